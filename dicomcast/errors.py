@@ -1,0 +1,85 @@
+"""Every error dicomcast raises, grouped by what the caller should do about it.
+
+```
+DicomcastError
+├── FatalError            stop at start-up with a one-line message and a non-zero exit
+│   ├── ConfigError           settings are missing or invalid
+│   ├── MappingFileError      a mapping file cannot be loaded or compiled (file:line: reason)
+│   └── StateSchemaError      the state database was written by a newer dicomcast
+├── RetriableError        transient: retry in-process briefly, then back off durably
+│   ├── SourceUnavailable     the DICOM server did not answer / answered 5xx
+│   ├── FhirUnavailable       the FHIR server did not answer / answered 429, 5xx
+│   └── FhirConflict          412 / concurrent change: re-read and try again
+└── StudyError            this study cannot be synced as it is: park it, keep the others going
+    ├── MappingError          the study's data cannot satisfy a required rule
+    └── FhirRejected          the FHIR server refused the study's resources (400/422)
+```
+
+A `StudyError` is deterministic: retrying without a change (new data, new mappings, an
+operator's decision) gives the same answer, so it is recorded as failed at once.
+"""
+
+from __future__ import annotations
+
+
+class DicomcastError(Exception):
+    """Base of every dicomcast error."""
+
+
+class FatalError(DicomcastError):
+    """The process cannot work at all; say why in one line and exit non-zero."""
+
+
+class ConfigError(FatalError):
+    """Settings are missing, malformed or contradictory."""
+
+
+class MappingFileError(FatalError):
+    """A mapping file is broken; the message names the file, line and rule."""
+
+
+class StateSchemaError(FatalError):
+    """The state database's schema is not one this version can use."""
+
+
+class RetriableError(DicomcastError):
+    """A transient failure: the same call may succeed later.
+
+    `retry_after` carries a server's Retry-After hint in seconds, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SourceUnavailable(RetriableError):
+    """The DICOM server could not be reached or failed on its side."""
+
+
+class FhirUnavailable(RetriableError):
+    """The FHIR server could not be reached, throttled us, or failed on its side."""
+
+
+class FhirConflict(RetriableError):
+    """A version conflict (412) or a concurrent create; re-read and reconcile again."""
+
+
+class StudyError(DicomcastError):
+    """This study cannot be synced as it stands; record it as failed and go on."""
+
+
+class MappingError(StudyError):
+    """The study's DICOM data cannot satisfy a required mapping rule."""
+
+
+class FhirRejected(StudyError):
+    """The FHIR server refused the resources (4xx other than 401/403/404/409/412/429).
+
+    `outcome` keeps the server's OperationOutcome text for the operator.
+    """
+
+    def __init__(self, message: str, *, status: int, outcome: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome

@@ -1,0 +1,406 @@
+"""Named converters the mapping files call with `as:` — where a DICOM value becomes FHIR.
+
+Each takes the value `from:` produced and a `ConvertContext`, returns a FHIR value or None,
+and raises `ConversionError` for a malformed value: the engine then drops that one element
+and records a warning naming the file, rule and tag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomcast.studyview import text_value
+
+IDENTIFIER_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
+DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
+EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
+
+
+class ConversionError(ValueError):
+    """A DICOM value that cannot become the FHIR value asked for."""
+
+
+@dataclass
+class ConvertContext:
+    """What a converter may read besides its value: settings and the lookup tables."""
+
+    config: Mapping[str, Any]
+    tables: Mapping[str, Mapping[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        return self.tables.get(name, {})
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(str(self.config.get("timezone") or "UTC"))
+
+
+Converter = Callable[[Any, ConvertContext], Any]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(name: str) -> Callable[[Converter], Converter]:
+    def register(fn: Converter) -> Converter:
+        CONVERTERS[name] = fn
+        return fn
+
+    return register
+
+
+# --- text, numbers, UIDs ------------------------------------------------------------------
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+@converter("text")
+def to_text(value: Any, ctx: ConvertContext) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _uid(value: Any) -> str:
+    uid = str(value).strip().rstrip("\x00")
+    if not uid or len(uid) > 64 or not _UID.match(uid):
+        raise ConversionError(f"{value!r} is not a valid DICOM UID")
+    return uid
+
+
+@converter("uid")
+def to_uid(value: Any, ctx: ConvertContext) -> str:
+    return _uid(value)
+
+
+@converter("uid_to_urn_oid")
+def uid_to_urn_oid(value: Any, ctx: ConvertContext) -> str:
+    return f"urn:oid:{_uid(value)}"
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConversionError(f"{value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?\d{1,12}", text):
+        raise ConversionError(f"{value!r} is not a DICOM integer string (IS)")
+    return int(text)
+
+
+@converter("unsigned_int")
+def to_unsigned_int(value: Any, ctx: ConvertContext) -> int:
+    number = _integer(value)
+    if number < 0:
+        raise ConversionError(f"{value!r} is negative; FHIR unsignedInt needs >= 0")
+    return number
+
+
+@converter("positive_int")
+def to_positive_int(value: Any, ctx: ConvertContext) -> int:
+    number = _integer(value)
+    if number < 1:
+        raise ConversionError(f"{value!r} is not positive; FHIR positiveInt needs >= 1")
+    return number
+
+
+# --- dates and times ------------------------------------------------------------------------
+
+_DA = re.compile(r"^(\d{4})(\d{2})?(\d{2})?$")
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+_OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
+
+
+def _fhir_date(value: Any) -> tuple[str, tuple[int, int, int] | None]:
+    """DICOM DA (also legacy `YYYY.MM.DD`, partial `YYYY`/`YYYYMM`) -> FHIR date text.
+
+    Also returns (y, m, d) when the date is complete, for combining with a time.
+    """
+    text = str(value).strip()
+    if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", text):
+        text = text.replace(".", "")
+    match = _DA.match(text)
+    if not match:
+        raise ConversionError(f"{value!r} is not a DICOM date (YYYYMMDD)")
+    year, month, day = match.groups()
+    if year == "0000":
+        raise ConversionError(f"{value!r} has year 0000")
+    try:
+        if day:
+            dt.date(int(year), int(month), int(day))
+            return f"{year}-{month}-{day}", (int(year), int(month), int(day))
+        if month:
+            if not 1 <= int(month) <= 12:
+                raise ValueError
+            return f"{year}-{month}", None
+    except ValueError:
+        raise ConversionError(f"{value!r} is not a calendar date") from None
+    return year, None
+
+
+def _fhir_time(value: Any) -> tuple[str, tuple[int, int, int, int]]:
+    """DICOM TM (also legacy `HH:MM:SS`) -> `hh:mm:ss[.f]`; missing minutes/seconds are 00.
+
+    FHIR dateTime has no minute-precision form, so `0930` must become `09:30:00`; the hour is
+    never lost and midnight is never invented.
+    """
+    text = str(value).strip().replace(":", "")
+    match = _TM.match(text)
+    if not match:
+        raise ConversionError(f"{value!r} is not a DICOM time (HHMMSS.FFFFFF)")
+    hours, minutes, seconds, fraction = match.groups()
+    h, m, s = int(hours), int(minutes or 0), int(seconds or 0)
+    # DICOM allows second 60 (leap second); FHIR does not.
+    if h > 23 or m > 59 or s > 60:
+        raise ConversionError(f"{value!r} is not a time of day")
+    s = min(s, 59)
+    micro = int((fraction or ".0")[1:].ljust(6, "0"))
+    return f"{h:02d}:{m:02d}:{s:02d}{fraction or ''}", (h, m, s, micro)
+
+
+def _offset(value: Any) -> str:
+    text = str(value).strip()
+    match = _OFFSET.match(text)
+    if not match or int(match.group(2)) > 14 or int(match.group(3)) > 59:
+        raise ConversionError(f"{value!r} is not a UTC offset (+HHMM)")
+    sign, hh, mm = match.groups()
+    return f"{sign}{hh}:{mm}"
+
+
+def _zone_offset(date: tuple[int, int, int], time: tuple[int, int, int, int], zone: Any) -> str:
+    local = dt.datetime(*date, *time, tzinfo=zone)
+    delta = local.utcoffset() or dt.timedelta(0)
+    minutes = int(delta.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+@converter("da_to_date")
+def da_to_date(value: Any, ctx: ConvertContext) -> str:
+    return _fhir_date(value)[0]
+
+
+@converter("date_time_to_datetime")
+def date_time_to_datetime(value: Any, ctx: ConvertContext) -> str | None:
+    """(DA, TM, TimezoneOffsetFromUTC) -> FHIR dateTime, keeping the precision given.
+
+    A date alone stays a date; a time gets the DICOM offset, else the configured zone's
+    offset on that day (daylight saving included).
+    """
+    if not isinstance(value, tuple):
+        value = (value, None, None)
+    date_value, time_value, offset_value = (tuple(value) + (None, None, None))[:3]
+    if date_value is None:
+        return None
+    date_text, full_date = _fhir_date(date_value)
+    if time_value is None or full_date is None:
+        return date_text
+    time_text, time_parts = _fhir_time(time_value)
+    if offset_value is not None:
+        zone_text = _offset(offset_value)
+    else:
+        zone_text = _zone_offset(full_date, time_parts, ctx.zone)
+    return f"{date_text}T{time_text}{zone_text}"
+
+
+_DT = re.compile(
+    r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$"
+)
+
+
+@converter("dt_to_datetime")
+def dt_to_datetime(value: Any, ctx: ConvertContext) -> str:
+    """DICOM DT (`YYYYMMDDHHMMSS.FFFFFF&ZZXX`, any prefix of it) -> FHIR dateTime."""
+    text = str(value).strip()
+    match = _DT.match(text)
+    if not match:
+        raise ConversionError(f"{value!r} is not a DICOM date-time (DT)")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    date_text, full_date = _fhir_date(year + (month or "") + (day or ""))
+    if hour is None or full_date is None:
+        return date_text
+    time_text, time_parts = _fhir_time(hour + (minute or "") + (second or "") + (fraction or ""))
+    zone_text = _offset(offset) if offset else _zone_offset(full_date, time_parts, ctx.zone)
+    return f"{date_text}T{time_text}{zone_text}"
+
+
+# --- person names ---------------------------------------------------------------------------
+
+_REPRESENTATION = {"Alphabetic": None, "Ideographic": "IDE", "Phonetic": "SYL"}
+
+
+def _pn_groups(value: Any) -> dict[str, str]:
+    """A PN from DICOM JSON (`{"Alphabetic": ...}`) or as text (`A=I=P`) -> its groups."""
+    if isinstance(value, Mapping):
+        groups = {k: str(value[k]) for k in _REPRESENTATION if isinstance(value.get(k), str)}
+        if not groups and value:
+            raise ConversionError("person name object has no Alphabetic/Ideographic/Phonetic group")
+        return groups
+    if isinstance(value, str):
+        parts = value.split("=")
+        if len(parts) > 3:
+            raise ConversionError("person name has more than three component groups")
+        return {k: p for k, p in zip(_REPRESENTATION, parts, strict=False) if p}
+    raise ConversionError(f"a {type(value).__name__} is not a person name")
+
+
+def _human_name(group: str, representation: str | None) -> dict[str, Any] | None:
+    components = [c.strip() for c in group.split("^")]
+    if len(components) > 5:
+        raise ConversionError("person name group has more than five components")
+    family, given, middle, prefix, suffix = (components + [""] * 5)[:5]
+    name: dict[str, Any] = {}
+    if representation:
+        name["extension"] = [{"url": EN_REPRESENTATION, "valueCode": representation}]
+    if family:
+        name["family"] = family
+    givens = [g for g in (given, *middle.split(" ")) if g]
+    if givens:
+        name["given"] = givens
+    if prefix:
+        name["prefix"] = [prefix]
+    if suffix:
+        name["suffix"] = [suffix]
+    return name if len(name) > (1 if representation else 0) else None
+
+
+@converter("pn_to_humannames")
+def pn_to_humannames(value: Any, ctx: ConvertContext) -> list[dict[str, Any]]:
+    """One HumanName per PN group; ideographic/phonetic marked with EN-representation."""
+    names = []
+    for key, group in _pn_groups(value).items():
+        name = _human_name(group, _REPRESENTATION[key])
+        if name:
+            names.append(name)
+    return names
+
+
+@converter("pn_to_text")
+def pn_to_text(value: Any, ctx: ConvertContext) -> str | None:
+    """A display form (`Dr. Jane Q Smith`) of the first non-empty PN group."""
+    for group in _pn_groups(value).values():
+        components = [c.strip() for c in group.split("^")]
+        family, given, middle, prefix, suffix = (components + [""] * 5)[:5]
+        text = " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+        if text:
+            return text
+    return None
+
+
+# --- issuers, codes, modalities ------------------------------------------------------------
+
+_ISSUER_LOCAL = "00400031"  # LocalNamespaceEntityID
+_ISSUER_UNIVERSAL = "00400032"  # UniversalEntityID
+_ISSUER_TYPE = "00400033"  # UniversalEntityIDType
+
+
+def _universal_to_system(uid: str, kind: str | None) -> str:
+    kind = (kind or "").upper()
+    if kind == "ISO":
+        return f"urn:oid:{_uid(uid)}"
+    if kind == "UUID":
+        return f"urn:uuid:{uid.lower()}"
+    if kind in ("URI", "URL") or "://" in uid or uid.startswith("urn:"):
+        return uid
+    if _UID.match(uid):
+        return f"urn:oid:{uid}"
+    raise ConversionError(f"cannot turn issuer {uid!r} of type {kind or 'unknown'} into a URI")
+
+
+@converter("issuer_system")
+def issuer_system(value: Any, ctx: ConvertContext) -> str | None:
+    """An issuer (a HL7 v2 HD item of a DICOM sequence, or a local name) -> system URI.
+
+    Universal IDs become `urn:oid:` / `urn:uuid:` URIs; local names go through the
+    `issuer_systems` setting. An issuer we cannot place gives None, never an empty system.
+    """
+    local: str | None
+    if isinstance(value, Mapping):
+        universal = text_value(value, _ISSUER_UNIVERSAL)
+        if universal:
+            return _universal_to_system(universal, text_value(value, _ISSUER_TYPE))
+        local = text_value(value, _ISSUER_LOCAL)
+    else:
+        local = str(value).strip() if value is not None else None
+    if not local:
+        return None
+    systems = ctx.config.get("issuer_systems") or {}
+    if local in systems:
+        return str(systems[local])
+    ctx.warnings.append(f"issuer {local!r} is not in the issuer_systems setting")
+    return None
+
+
+@converter("code_item_to_coding")
+def code_item_to_coding(value: Any, ctx: ConvertContext) -> dict[str, Any]:
+    """A DICOM code sequence item -> Coding, the designator turned into a URI by table."""
+    if not isinstance(value, Mapping):
+        raise ConversionError("expected a code sequence item")
+    code = (
+        text_value(value, "00080100")  # CodeValue
+        or text_value(value, "00080119")  # LongCodeValue
+        or text_value(value, "00080120")  # URNCodeValue
+    )
+    designator = text_value(value, "00080102")  # CodingSchemeDesignator
+    meaning = text_value(value, "00080104")  # CodeMeaning
+    if not code:
+        raise ConversionError("code sequence item has no CodeValue")
+    system = None
+    if designator:
+        row = ctx.table("coding_schemes").get(designator)
+        system = row.get("system") if isinstance(row, Mapping) else row
+        if not system:
+            raise ConversionError(
+                f"coding scheme designator {designator!r} is not in tables/coding_schemes.csv"
+            )
+    coding: dict[str, Any] = {"system": system, "code": code, "display": meaning}
+    return {k: v for k, v in coding.items() if v}
+
+
+@converter("code_item_to_concept")
+def code_item_to_concept(value: Any, ctx: ConvertContext) -> dict[str, Any]:
+    coding = code_item_to_coding(value, ctx)
+    concept: dict[str, Any] = {"coding": [coding]}
+    if coding.get("display"):
+        concept["text"] = coding["display"]
+    return concept
+
+
+def _modality_coding(code: str, ctx: ConvertContext) -> dict[str, Any]:
+    code = str(code).strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_]{1,16}", code):
+        raise ConversionError(f"{code!r} is not a modality code")
+    row = ctx.table("modalities").get(code)
+    coding = {"system": DCM_SYSTEM, "code": code}
+    if isinstance(row, Mapping) and row.get("display"):
+        coding["display"] = str(row["display"])
+    return coding
+
+
+@converter("modality_coding")
+def modality_coding(value: Any, ctx: ConvertContext) -> dict[str, Any]:
+    return _modality_coding(value, ctx)
+
+
+@converter("acquisition_modality_coding")
+def acquisition_modality_coding(value: Any, ctx: ConvertContext) -> dict[str, Any] | None:
+    """Like modality_coding, but None for non-acquisition modalities (SR, KO, PR, ...).
+
+    ImagingStudy.modality is bound to DICOM CID 29, acquisition modalities only.
+    """
+    coding = _modality_coding(value, ctx)
+    row = ctx.table("modalities").get(coding["code"])
+    if not isinstance(row, Mapping) or str(row.get("acquisition", "")).lower() != "yes":
+        return None
+    return coding
+
+
+def get_converter(name: str) -> Converter | None:
+    return CONVERTERS.get(name)

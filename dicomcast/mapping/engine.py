@@ -1,0 +1,528 @@
+"""Load the mapping folder once, compile every rule into a Python closure, run them per study.
+
+A mapping file looks like the FHIR JSON it produces. A YAML mapping is a *directive* when it
+has one of the producer keys (`from`, `const`, `first`, `config`, `ref`, `foreach`), else a
+*template* whose keys are FHIR element names. Lists splice their items; empty results (None,
+"", [], {}) are left out, so a rule whose DICOM element is absent simply writes nothing.
+The format is documented in mappings/README.md.
+
+Compilation checks everything that can be checked without data (directive names, DICOM
+keywords, converters, tables, config keys) and fails with `file:line: reason`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dicomcast.errors import MappingError, MappingFileError
+from dicomcast.mapping.converters import ConversionError, ConvertContext, get_converter
+from dicomcast.studyview import (
+    DicomJson,
+    SeriesView,
+    StudyView,
+    describe_tag,
+    tag_of,
+    values,
+)
+
+PRODUCERS = ("from", "const", "first", "config", "ref", "foreach")
+MODIFIERS = ("many", "as", "lookup", "in", "default", "when", "required", "each")
+TEMPLATE_KEYS = ("when", "required", "needs")
+COMPUTED = ("$item", "$series_count", "$instance_count", "$series_modalities")
+REFERABLE = ("Patient", "ImagingStudy", "Endpoint")
+# A converter that trips over malformed input must cost one element, never the study.
+_CONVERTER_FAULTS = (ConversionError, ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a rule is evaluated: the dataset `from` reads, plus the study/series around it."""
+
+    data: DicomJson
+    study: StudyView | None = None
+    series: SeriesView | None = None
+    item: Any = None
+
+
+@dataclass
+class Run:
+    """One evaluation of the mappings: settings, tables, references and collected warnings."""
+
+    ctx: ConvertContext
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.ctx.warnings
+
+
+Node = Callable[[Scope, Run], Any]
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _where(node: yaml.Node, file: Path) -> str:
+    return f"{file.name}:{node.start_mark.line + 1}"
+
+
+class _Compiler:
+    """Turns one file's YAML node tree into closures; knows the file for error messages."""
+
+    def __init__(
+        self, file: Path, tables: Mapping[str, Mapping[str, Any]], config_keys: Iterable[str]
+    ) -> None:
+        self.file = file
+        self.tables = tables
+        self.config_keys = frozenset(config_keys)
+        self._loader = yaml.SafeLoader("")
+
+    def fail(self, node: yaml.Node, reason: str) -> MappingFileError:
+        return MappingFileError(f"{_where(node, self.file)}: {reason}")
+
+    def plain(self, node: yaml.Node) -> Any:
+        return self._loader.construct_object(node, deep=True)
+
+    def compile(self, node: yaml.Node, path: str) -> Node:
+        if isinstance(node, yaml.MappingNode):
+            keys = self._keys(node)
+            if any(k in PRODUCERS for k in keys):
+                return self._directive(node, path)
+            return self._template(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return self._sequence(node, path)
+        literal = self.plain(node)
+        return lambda scope, run: literal
+
+    def _keys(self, node: yaml.MappingNode) -> dict[str, yaml.Node]:
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = self.plain(key_node)
+            if not isinstance(key, str):
+                raise self.fail(key_node, f"keys must be text, not {key!r}")
+            if key in out:
+                raise self.fail(key_node, f"{key!r} appears twice")
+            out[key] = value_node
+        return out
+
+    # --- templates and lists
+
+    def _template(self, node: yaml.MappingNode, path: str) -> Node:
+        keys = self._keys(node)
+        when = self._condition(keys["when"], path) if "when" in keys else None
+        required = bool(self.plain(keys["required"])) if "required" in keys else False
+        needs: list[str] = []
+        if "needs" in keys:
+            needs_value = self.plain(keys["needs"])
+            if not isinstance(needs_value, list) or not all(isinstance(n, str) for n in needs_value):
+                raise self.fail(keys["needs"], "needs: expects a list of element names")
+            needs = needs_value
+        fields = [
+            (name, self.compile(child, f"{path}.{name}" if path else name))
+            for name, child in keys.items()
+            if name not in TEMPLATE_KEYS
+        ]
+        unknown_needs = [n for n in needs if n not in dict(fields)]
+        if unknown_needs:
+            raise self.fail(keys["needs"], f"needs: names no element of this object: {unknown_needs}")
+        where = _where(node, self.file)
+
+        def template(scope: Scope, run: Run) -> Any:
+            if when is not None and not when(scope, run):
+                return None
+            out: dict[str, Any] = {}
+            for name, fn in fields:
+                value = fn(scope, run)
+                if not _empty(value):
+                    out[name] = value
+            missing = [n for n in needs if n not in out]
+            if missing:
+                run.warnings.append(f"{where} {path}: left out, no value for {', '.join(missing)}")
+                out = {}
+            if not out and required:
+                raise MappingError(f"{where} {path}: required, but the study gives it no value")
+            return out or None
+
+        return template
+
+    def _sequence(self, node: yaml.SequenceNode, path: str) -> Node:
+        items = [self.compile(child, path) for child in node.value]
+
+        def sequence(scope: Scope, run: Run) -> Any:
+            out: list[Any] = []
+            for fn in items:
+                value = fn(scope, run)
+                if _empty(value):
+                    continue
+                if isinstance(value, list):
+                    out.extend(v for v in value if not _empty(v))
+                else:
+                    out.append(value)
+            return out or None
+
+        return sequence
+
+    def _condition(self, node: yaml.Node, path: str) -> Node:
+        """`when: Keyword.Path` (present and non-empty) or `when: {directive}` (truthy)."""
+        if isinstance(node, yaml.ScalarNode):
+            read, _ = self._reader(node, self.plain(node), many=False)
+            return read
+        return self.compile(node, path)
+
+    # --- directives
+
+    def _directive(self, node: yaml.MappingNode, path: str) -> Node:
+        keys = self._keys(node)
+        unknown = [k for k in keys if k not in PRODUCERS + MODIFIERS]
+        if unknown:
+            raise self.fail(
+                node, f"unknown key(s) {unknown} in a directive (one of {', '.join(PRODUCERS)} "
+                f"with {', '.join(MODIFIERS)})"
+            )
+        producers = [k for k in keys if k in PRODUCERS]
+        if len(producers) != 1:
+            raise self.fail(node, f"a directive takes exactly one of {PRODUCERS}, got {producers}")
+        kind = producers[0]
+        if "each" in keys and kind != "foreach":
+            raise self.fail(keys["each"], "each: belongs to a foreach directive")
+        many = bool(self.plain(keys["many"])) if "many" in keys else False
+        source = "value"
+        if kind == "from":
+            produce, source = self._reader(keys["from"], self.plain(keys["from"]), many)
+        elif kind == "const":
+            literal = self.plain(keys["const"])
+            produce = lambda scope, run: literal  # noqa: E731
+        elif kind == "first":
+            produce = self._first(keys["first"], path)
+        elif kind == "config":
+            produce = self._config(keys["config"])
+        elif kind == "ref":
+            produce = self._ref(keys["ref"])
+        else:
+            produce = self._foreach(keys, path)
+        return self._modified(node, keys, path, produce, source)
+
+    def _modified(
+        self, node: yaml.MappingNode, keys: dict[str, yaml.Node], path: str, produce: Node,
+        source: str,
+    ) -> Node:
+        where = _where(node, self.file)
+        when = self._condition(keys["when"], path) if "when" in keys else None
+        steps = self._steps(keys, where, path, source)
+        has_default = "default" in keys
+        default = self.plain(keys["default"]) if has_default else None
+        required = bool(self.plain(keys["required"])) if "required" in keys else False
+
+        def directive(scope: Scope, run: Run) -> Any:
+            if when is not None and not when(scope, run):
+                return None
+            value = produce(scope, run)
+            for step in steps:
+                if _empty(value):
+                    break
+                value = step(value, run)
+            if _empty(value) and has_default:
+                value = default
+            if _empty(value) and required:
+                raise MappingError(f"{where} {path}: required, but {source} gives no usable value")
+            return value
+
+        return directive
+
+    def _steps(
+        self, keys: dict[str, yaml.Node], where: str, path: str, source: str
+    ) -> list[Callable[[Any, Run], Any]]:
+        """The `in` filter on raw values, then `as` converters, then `lookup`; per item of a list."""
+        steps: list[Callable[[Any, Run], Any]] = []
+        if "in" in keys:
+            allowed = self.plain(keys["in"])
+            if not isinstance(allowed, list):
+                raise self.fail(keys["in"], "in: expects a list of values")
+            allowed_set = frozenset(str(a) for a in allowed)
+            steps.append(_per_item(lambda value, run: value if str(value) in allowed_set else None))
+        if "as" in keys:
+            names = self.plain(keys["as"])
+            names = names if isinstance(names, list) else [names]
+            for name in names:
+                conv = get_converter(str(name))
+                if conv is None:
+                    raise self.fail(keys["as"], f"unknown converter {name!r}")
+                steps.append(_per_item(_guarded(conv, where, path, source)))
+        if "lookup" in keys:
+            table_name = self.plain(keys["lookup"])
+            if table_name not in self.tables:
+                raise self.fail(keys["lookup"], f"unknown table {table_name!r}")
+            table = self.tables[table_name]
+
+            def lookup(value: Any, run: Run) -> Any:
+                found = table.get(str(value))
+                if found is None:
+                    run.warnings.append(
+                        f"{where} {path}: {source} {value!r} is not in table {table_name!r}"
+                    )
+                return found
+
+            steps.append(_per_item(lookup))
+        return steps
+
+    def _reader(self, node: yaml.Node, spec: Any, many: bool) -> tuple[Node, str]:
+        """`from:` — a keyword path (`Seq.Keyword`), a computed `$name`, or a list of paths."""
+        if isinstance(spec, list):
+            readers = [self._reader(node, s, False) for s in spec]
+            fns = [r[0] for r in readers]
+            label = " + ".join(r[1] for r in readers)
+            return (lambda scope, run: tuple(fn(scope, run) for fn in fns)), label
+        if not isinstance(spec, str) or not spec:
+            raise self.fail(node, "from: expects a DICOM keyword path or a list of them")
+        if spec.startswith("$"):
+            if spec not in COMPUTED:
+                raise self.fail(node, f"unknown computed value {spec!r} (known: {COMPUTED})")
+            return _computed(spec), spec
+        try:
+            tags = [tag_of(part) for part in spec.split(".")]
+        except ValueError as exc:
+            raise self.fail(node, str(exc)) from None
+        label = describe_tag(tags[-1])
+
+        def read(scope: Scope, run: Run) -> Any:
+            return _read_path(scope.data, tags, many)
+
+        return read, label
+
+    def _first(self, node: yaml.Node, path: str) -> Node:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, "first: expects a list of alternatives")
+        options = [self.compile(child, path) for child in node.value]
+
+        def first(scope: Scope, run: Run) -> Any:
+            for fn in options:
+                value = fn(scope, run)
+                if not _empty(value):
+                    return value
+            return None
+
+        return first
+
+    def _config(self, node: yaml.Node) -> Node:
+        key = self.plain(node)
+        if key not in self.config_keys:
+            raise self.fail(node, f"unknown setting {key!r}")
+        return lambda scope, run: run.ctx.config.get(key)
+
+    def _ref(self, node: yaml.Node) -> Node:
+        target = self.plain(node)
+        if target not in REFERABLE:
+            raise self.fail(node, f"ref: names one of {REFERABLE}, not {target!r}")
+
+        def ref(scope: Scope, run: Run) -> Any:
+            reference = run.refs.get(target)
+            return {"reference": reference} if reference else None
+
+        return ref
+
+    def _foreach(self, keys: dict[str, yaml.Node], path: str) -> Node:
+        if "each" not in keys:
+            raise self.fail(keys["foreach"], "foreach: needs an each: template")
+        body = self.compile(keys["each"], path)
+        over_node = keys["foreach"]
+        over = self.plain(over_node) if isinstance(over_node, yaml.ScalarNode) else None
+        scopes: Callable[[Scope, Run], Iterable[Scope]]
+        if over == "series":
+
+            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
+                study = scope.study
+                return [Scope(s.data, study, s) for s in study.series] if study else []
+
+        elif over == "instances":
+
+            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
+                series = scope.series
+                if series is None:
+                    return []
+                return [Scope(i.data, scope.study, series) for i in series.instances]
+
+        elif isinstance(over, str):
+            try:
+                tag = tag_of(over)
+            except ValueError as exc:
+                raise self.fail(over_node, f"foreach: {exc}") from None
+
+            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
+                return [
+                    Scope(item, scope.study, scope.series, item)
+                    for item in values(scope.data, tag)
+                    if isinstance(item, Mapping)
+                ]
+
+        else:
+            producer = self.compile(over_node, path)
+
+            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
+                found = producer(scope, run)
+                items = found if isinstance(found, list) else ([] if _empty(found) else [found])
+                return [Scope(scope.data, scope.study, scope.series, item) for item in items]
+
+        def foreach(scope: Scope, run: Run) -> Any:
+            out: list[Any] = []
+            for inner in scopes(scope, run):
+                value = body(inner, run)
+                if isinstance(value, list):
+                    out.extend(value)
+                elif not _empty(value):
+                    out.append(value)
+            return out or None
+
+        return foreach
+
+
+def _computed(name: str) -> Node:
+    def computed(scope: Scope, run: Run) -> Any:
+        if name == "$item":
+            return scope.item
+        study = scope.study
+        if study is None:
+            return None
+        if name == "$series_count":
+            return len(study.series)
+        if name == "$instance_count":
+            return len(scope.series.instances) if scope.series else study.instance_count
+        return study.series_modalities
+
+    return computed
+
+
+def _read_path(data: DicomJson, tags: list[str], many: bool) -> Any:
+    current: list[Any] = [data]
+    last = len(tags) - 1
+    for index, tag in enumerate(tags):
+        found: list[Any] = []
+        for item in current:
+            if not isinstance(item, Mapping):
+                continue
+            item_values = values(item, tag)
+            found.extend(item_values if (many or index == last) else item_values[:1])
+        current = [_clean(v) for v in found]
+        current = [v for v in current if not _empty(v)]
+        if not current:
+            return None
+    return current if many else current[0]
+
+
+def _clean(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _per_item(step: Callable[[Any, Run], Any]) -> Callable[[Any, Run], Any]:
+    """Apply a step to each item of a list (flattening list results), or to a single value."""
+
+    def apply(value: Any, run: Run) -> Any:
+        if not isinstance(value, list):
+            return step(value, run)
+        out: list[Any] = []
+        for item in value:
+            result = step(item, run)
+            if isinstance(result, list):
+                out.extend(r for r in result if not _empty(r))
+            elif not _empty(result):
+                out.append(result)
+        return out or None
+
+    return apply
+
+
+def _guarded(
+    conv: Callable[[Any, ConvertContext], Any], where: str, path: str, source: str
+) -> Callable[[Any, Run], Any]:
+    """Run a converter; a bad value costs this element and leaves a warning, not the study."""
+
+    def guarded(value: Any, run: Run) -> Any:
+        before = len(run.warnings)
+        try:
+            result = conv(value, run.ctx)
+        except _CONVERTER_FAULTS as exc:
+            run.warnings.append(f"{where} {path}: {source} dropped: {exc}")
+            return None
+        for index in range(before, len(run.warnings)):
+            run.warnings[index] = f"{where} {path}: {run.warnings[index]}"
+        return result
+
+    return guarded
+
+
+# --- files and tables ---------------------------------------------------------------------
+
+
+def load_tables(folder: Path) -> dict[str, dict[str, Any]]:
+    """`tables/NAME.csv`: first column the key; one more column gives a value, several a row."""
+    tables: dict[str, dict[str, Any]] = {}
+    if not folder.is_dir():
+        return tables
+    for path in sorted(folder.glob("*.csv")):
+        try:
+            with path.open(encoding="utf-8", newline="") as handle:
+                rows = list(csv.reader(line for line in handle if not line.startswith("#")))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise MappingFileError(f"{path.name}: cannot read table: {exc}") from None
+        if not rows or len(rows[0]) < 2:
+            raise MappingFileError(f"{path.name}:1: a table needs a header with >= 2 columns")
+        header = [h.strip() for h in rows[0]]
+        table: dict[str, Any] = {}
+        for number, row in enumerate(rows[1:], start=2):
+            if not row or not row[0].strip():
+                continue
+            if len(row) != len(header):
+                raise MappingFileError(
+                    f"{path.name}:{number}: {len(row)} columns, the header has {len(header)}"
+                )
+            key = row[0].strip()
+            cells = {h: c.strip() for h, c in zip(header[1:], row[1:], strict=True) if c.strip()}
+            table[key] = next(iter(cells.values()), None) if len(header) == 2 else cells
+        tables[path.stem] = table
+    return tables
+
+
+@dataclass(frozen=True)
+class ResourceMapping:
+    """One compiled mapping file. `owned` lists the top-level elements it writes."""
+
+    resource_type: str
+    file: Path
+    owned: frozenset[str]
+    build: Node
+
+
+def compile_file(
+    path: Path, resource_type: str, tables: Mapping[str, Mapping[str, Any]],
+    config_keys: Iterable[str],
+) -> ResourceMapping:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise MappingFileError(f"{path.name}: not valid YAML: {exc}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise MappingFileError(f"{path.name}:1: expected a mapping of FHIR elements")
+    compiler = _Compiler(path, tables, config_keys)
+    keys = compiler._keys(root)
+    if "tables" in keys:
+        inline = compiler.plain(keys["tables"])
+        if not isinstance(inline, dict) or not all(isinstance(t, dict) for t in inline.values()):
+            raise compiler.fail(keys["tables"], "tables: maps a name to {key: value}")
+        compiler.tables = {**tables, **{k: {str(a): b for a, b in v.items()} for k, v in inline.items()}}
+        root.value = [(k, v) for k, v in root.value if compiler.plain(k) != "tables"]
+    declared = compiler.plain(keys["resourceType"]) if "resourceType" in keys else None
+    if declared != resource_type:
+        raise compiler.fail(root, f"resourceType must be {resource_type!r}, found {declared!r}")
+    build = compiler.compile(root, "")
+    owned = frozenset(k for k in keys if k not in ("resourceType", "tables", *TEMPLATE_KEYS))
+    return ResourceMapping(resource_type, path, owned, build)

@@ -1,0 +1,148 @@
+"""Turn one StudyView into the FHIR resources the mapping folder describes, validated.
+
+The first identifier of each resource is its match key on the FHIR server (conditional
+create / search); a resource without a usable one is a `MappingError`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from dicomcast.errors import MappingError, MappingFileError
+from dicomcast.mapping.converters import ConvertContext
+from dicomcast.mapping.engine import ResourceMapping, Run, Scope, compile_file, load_tables
+from dicomcast.studyview import StudyView
+
+RESOURCE_FILES = {
+    "Patient": "patient.yaml",
+    "ImagingStudy": "imagingstudy.yaml",
+    "Endpoint": "endpoint.yaml",
+}
+# Derived from a fixed namespace so a dry run and a worker name the same placeholders.
+_PLACEHOLDER_NS = uuid.UUID("5b0b6a1e-4c1d-4f62-9d0e-6a3d1c0f7e21")
+
+
+def default_mapping_dir() -> Path:
+    """The bundled mappings: packaged beside the code, or the repository's `mappings/`."""
+    packaged = Path(__file__).resolve().parent.parent / "default_mappings"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "mappings"
+
+
+def placeholder(kind: str, key: str) -> str:
+    """A stable `urn:uuid:` for a resource not yet known to exist on the server."""
+    return f"urn:uuid:{uuid.uuid5(_PLACEHOLDER_NS, f'{kind}|{key}')}"
+
+
+def match_key(resource: Mapping[str, Any]) -> tuple[str, str]:
+    """(system, value) of the first identifier: how the resource is found on the server."""
+    identifiers = resource.get("identifier") or []
+    first = identifiers[0] if identifiers else {}
+    system, value = first.get("system"), first.get("value")
+    if not system or not value:
+        kind = resource.get("resourceType", "resource")
+        what = "no identifier" if not identifiers else "an identifier without system or value"
+        raise MappingError(f"{kind} has {what}: it could not be matched on the FHIR server")
+    return str(system), str(value)
+
+
+def search_token(resource: Mapping[str, Any]) -> str:
+    system, value = match_key(resource)
+    escape = lambda s: s.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,")  # noqa: E731
+    return f"{escape(system)}|{escape(value)}"
+
+
+def validate(resource: dict[str, Any]) -> None:
+    """Check a resource against the R4B model; `MappingError` naming the bad elements."""
+    model = get_fhir_model_class(resource["resourceType"])
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise MappingError(f"{resource['resourceType']} is not valid FHIR R4: {problems}") from None
+
+
+@dataclass(frozen=True)
+class MappedStudy:
+    """The desired FHIR state of one study, before it meets the server's current state."""
+
+    study_uid: str
+    patient: dict[str, Any]
+    imaging_study: dict[str, Any]
+    patient_placeholder: str
+    warnings: tuple[str, ...]
+
+
+class Mappings:
+    """The compiled mapping folder. Build it once at start-up; it is read-only afterwards."""
+
+    def __init__(
+        self,
+        folder: Path,
+        resources: Mapping[str, ResourceMapping],
+        tables: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        self.folder = folder
+        self.resources = dict(resources)
+        self.tables = tables
+
+    @classmethod
+    def load(cls, folder: Path | None, config_keys: set[str]) -> Mappings:
+        folder = folder or default_mapping_dir()
+        if not folder.is_dir():
+            raise MappingFileError(f"mapping folder {folder} does not exist")
+        tables = load_tables(folder / "tables")
+        resources = {}
+        for resource_type, name in RESOURCE_FILES.items():
+            path = folder / name
+            if not path.is_file():
+                raise MappingFileError(f"{folder}: {name} is missing (maps {resource_type})")
+            resources[resource_type] = compile_file(path, resource_type, tables, config_keys)
+        return cls(folder, resources, tables)
+
+    def owned(self, resource_type: str) -> frozenset[str]:
+        return self.resources[resource_type].owned
+
+    def _run(self, config: Mapping[str, Any]) -> Run:
+        return Run(ConvertContext(config=config, tables=self.tables))
+
+    def _build(self, resource_type: str, scope: Scope, run: Run) -> dict[str, Any]:
+        built = self.resources[resource_type].build(scope, run)
+        if not isinstance(built, dict):
+            raise MappingError(f"{resource_type} mapping produced nothing for this study")
+        return built
+
+    def map_study(
+        self, study: StudyView, config: Mapping[str, Any], endpoint_ref: str | None
+    ) -> MappedStudy:
+        """Patient + ImagingStudy for a study; the ImagingStudy points at placeholders."""
+        run = self._run(config)
+        run.warnings.extend(study.warnings)
+        scope = Scope(study.data, study)
+        patient = self._build("Patient", scope, run)
+        patient_ref = placeholder("Patient", search_token(patient))
+        run.refs = {"Patient": patient_ref, **({"Endpoint": endpoint_ref} if endpoint_ref else {})}
+        imaging_study = self._build("ImagingStudy", scope, run)
+        match_key(imaging_study)
+        validate(patient)
+        validate(imaging_study)
+        return MappedStudy(
+            study.uid, patient, imaging_study, patient_ref, tuple(dict.fromkeys(run.warnings))
+        )
+
+    def map_endpoint(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        run = self._run(config)
+        endpoint = self._build("Endpoint", Scope({}), run)
+        match_key(endpoint)
+        validate(endpoint)
+        return endpoint

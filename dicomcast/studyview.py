@@ -1,0 +1,168 @@
+"""The normalized study the mappings read: patient + study + series + instances.
+
+Instances are kept as DICOM JSON objects (PS3.18 F.2), the form DICOMweb servers return and
+pydicom writes, so a study read from a server and one read from files look the same. Series
+and instances are sorted (number, then UID) so that the same study always maps to the same
+FHIR resources, which is what makes no-op detection and replays work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+DicomJson = Mapping[str, Any]
+
+STUDY_UID = "0020000D"
+SERIES_UID = "0020000E"
+SOP_UID = "00080018"
+SERIES_NUMBER = "00200011"
+INSTANCE_NUMBER = "00200013"
+MODALITY = "00080060"
+
+
+@lru_cache(maxsize=4096)
+def tag_of(name: str) -> str:
+    """`StudyDate` or `00080020` or `(0008,0020)` -> `00080020`; ValueError when unknown."""
+    cleaned = name.strip().replace("(", "").replace(")", "").replace(",", "").replace(" ", "")
+    if len(cleaned) == 8 and all(c in "0123456789abcdefABCDEF" for c in cleaned):
+        return cleaned.upper()
+    tag = tag_for_keyword(name.strip())
+    if tag is None:
+        raise ValueError(f"unknown DICOM keyword {name!r}")
+    return f"{tag:08X}"
+
+
+def describe_tag(tag: str) -> str:
+    """`00080020` -> `StudyDate (0008,0020)` for messages operators read."""
+    keyword = keyword_for_tag(int(tag, 16)) or "unknown"
+    return f"{keyword} ({tag[:4]},{tag[4:]})"
+
+
+def values(data: DicomJson, tag: str) -> list[Any]:
+    """The `Value` list of an element; [] when absent, empty, or not shaped as DICOM JSON."""
+    element = data.get(tag)
+    if not isinstance(element, Mapping):
+        return []
+    found = element.get("Value")
+    return found if isinstance(found, list) else []
+
+
+def first_value(data: DicomJson, tag: str) -> Any:
+    found = values(data, tag)
+    return found[0] if found else None
+
+
+def text_value(data: DicomJson, tag: str) -> str | None:
+    value = first_value(data, tag)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _number(data: DicomJson, tag: str) -> float:
+    value = first_value(data, tag)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    uid: str
+    data: DicomJson
+
+
+@dataclass(frozen=True)
+class SeriesView:
+    uid: str
+    instances: tuple[InstanceView, ...]
+
+    @property
+    def data(self) -> DicomJson:
+        """Series-level attributes: those of the series' first instance."""
+        return self.instances[0].data
+
+    @property
+    def modality(self) -> str | None:
+        return text_value(self.data, MODALITY)
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """One study as it is now on the source. `warnings` lists what was dropped while reading."""
+
+    uid: str
+    series: tuple[SeriesView, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def data(self) -> DicomJson:
+        """Patient- and study-level attributes: those of the first instance."""
+        return self.series[0].instances[0].data
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(s.instances) for s in self.series)
+
+    @property
+    def series_modalities(self) -> list[str]:
+        """Distinct series modalities in series order (for a missing ModalitiesInStudy)."""
+        seen: dict[str, None] = {}
+        for series in self.series:
+            if series.modality:
+                seen.setdefault(series.modality, None)
+        return list(seen)
+
+
+def build_study_views(instances: Iterable[DicomJson]) -> tuple[list[StudyView], list[str]]:
+    """Group instances into studies; drop (with a reason) what cannot belong to any series.
+
+    Returns the studies and warnings about instances that belong to no study at all.
+    """
+    by_study: dict[str, dict[str, dict[str, DicomJson]]] = {}
+    study_warnings: dict[str, list[str]] = {}
+    orphans: list[str] = []
+    for data in instances:
+        if not isinstance(data, Mapping):
+            orphans.append("an instance is not a DICOM JSON object; skipped")
+            continue
+        study_uid = text_value(data, STUDY_UID)
+        if not study_uid:
+            orphans.append("an instance has no StudyInstanceUID (0020,000D); skipped")
+            continue
+        notes = study_warnings.setdefault(study_uid, [])
+        series_uid = text_value(data, SERIES_UID)
+        sop_uid = text_value(data, SOP_UID)
+        if not series_uid or not sop_uid:
+            missing = "SeriesInstanceUID (0020,000E)" if not series_uid else "SOPInstanceUID"
+            notes.append(f"instance without {missing} skipped")
+            continue
+        series = by_study.setdefault(study_uid, {}).setdefault(series_uid, {})
+        if sop_uid in series:
+            notes.append(f"duplicate SOPInstanceUID {sop_uid} kept once")
+            continue
+        series[sop_uid] = data
+    studies = []
+    for study_uid, series_map in by_study.items():
+        series_views = []
+        for series_uid, inst_map in series_map.items():
+            ordered = sorted(inst_map.items(), key=lambda kv: (_number(kv[1], INSTANCE_NUMBER), kv[0]))
+            series_views.append(
+                SeriesView(series_uid, tuple(InstanceView(uid, d) for uid, d in ordered))
+            )
+        series_views.sort(key=lambda s: (_number(s.data, SERIES_NUMBER), s.uid))
+        studies.append(
+            StudyView(study_uid, tuple(series_views), tuple(study_warnings.get(study_uid, ())))
+        )
+    # Studies whose every instance was refused never reach a series; report them too.
+    for study_uid, notes in study_warnings.items():
+        if study_uid not in by_study:
+            orphans.extend(f"study {study_uid}: {n}" for n in notes)
+    return studies, orphans
