@@ -12,7 +12,9 @@ DicomcastError
 │   └── FhirConflict          412 / concurrent change: re-read and try again
 └── StudyError            this study cannot be synced as it is: park it, keep the others going
     ├── MappingError          the study's data cannot satisfy a required rule
-    └── FhirRejected          the FHIR server refused the study's resources (400/422)
+    └── Rejected              a server refused a request about this study (4xx)
+        ├── FhirRejected          the FHIR server refused the study's resources (400/422)
+        └── SourceRejected        the DICOM server refused to give the study (4xx)
 ```
 
 A `StudyError` is deterministic: retrying without a change (new data, new mappings, an
@@ -73,13 +75,19 @@ class MappingError(StudyError):
     """The study's DICOM data cannot satisfy a required mapping rule."""
 
 
-class FhirRejected(StudyError):
-    """The FHIR server refused the resources (4xx other than 401/403/404/409/412/429).
-
-    `outcome` keeps the server's OperationOutcome text for the operator.
-    """
+class Rejected(StudyError):
+    """A server refused a request about this study; `status` and `outcome` say how."""
 
     def __init__(self, message: str, *, status: int, outcome: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.outcome = outcome
+
+
+class FhirRejected(Rejected):
+    """The FHIR server refused the resources (4xx other than 401/403/412/429); `outcome`
+    keeps the server's OperationOutcome text for the operator."""
+
+
+class SourceRejected(Rejected):
+    """The DICOM server refused a request about this study (4xx other than 401/403/429)."""

@@ -1,0 +1,251 @@
+"""Reconcile one study's desired FHIR state with what the server holds now.
+
+Per study: one batch read (Patient and ImagingStudy by identifier), a merge that touches only
+the elements the mappings own, and one transaction — or nothing at all when the merge
+changes nothing. Creates are conditional (`ifNoneExist`) and updates carry `If-Match`, so
+concurrent workers or an EHR writing at the same time can never produce duplicates or lose
+updates; a conflict re-reads and merges again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dicomcast.config import DeletedStudyPolicy, PatientPolicy
+from dicomcast.errors import FhirConflict, MappingError
+from dicomcast.fhir.client import FhirClient
+from dicomcast.http import with_retries
+from dicomcast.mapping.mapper import MappedStudy, search_token
+
+log = logging.getLogger(__name__)
+SERVER_OWNED = ("id", "meta")
+CONFLICT_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    patient_id: str | None
+    imaging_study_id: str | None
+    wrote: bool
+
+
+def _comparable(resource: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in SERVER_OWNED}
+
+
+def _version(resource: Mapping[str, Any]) -> str | None:
+    version = resource.get("meta", {}).get("versionId")
+    return f'W/"{version}"' if version else None
+
+
+def _single(matches: list[dict[str, Any]], what: str, token: str) -> dict[str, Any] | None:
+    if len(matches) > 1:
+        raise MappingError(
+            f"{len(matches)} {what} resources match identifier {token}; refusing to guess which "
+            "one is right (merge them on the FHIR server, then retry)"
+        )
+    return matches[0] if matches else None
+
+
+def _replace_refs(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        if value.get("reference") == old:
+            return {**value, "reference": new}
+        return {k: _replace_refs(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_refs(v, old, new) for v in value]
+    return value
+
+
+def _merge_identifiers(current: list[Any], desired: list[Any]) -> list[Any]:
+    seen = {(i.get("system"), i.get("value")) for i in current if isinstance(i, dict)}
+    extra = [i for i in desired if (i.get("system"), i.get("value")) not in seen]
+    return current + extra
+
+
+def merge_patient(
+    current: dict[str, Any], desired: dict[str, Any], owned: frozenset[str], policy: PatientPolicy
+) -> dict[str, Any]:
+    """The Patient to write, given the one the server has (often the EHR's own)."""
+    if policy == "never":
+        return current
+    merged = dict(current)
+    for name in owned:
+        if name not in desired:
+            continue
+        if name == "identifier":
+            merged[name] = _merge_identifiers(current.get(name, []), desired[name])
+        elif policy == "overwrite" or name not in current:
+            merged[name] = desired[name]
+    return merged
+
+
+def merge_owned(
+    current: dict[str, Any], desired: dict[str, Any], owned: frozenset[str]
+) -> dict[str, Any]:
+    """Owned elements come from DICOM (absent ones removed); the rest stay as the server has them."""
+    merged = {k: v for k, v in current.items() if k not in owned}
+    merged.update({k: v for k, v in desired.items() if k != "resourceType"})
+    merged["resourceType"] = desired["resourceType"]
+    return merged
+
+
+def _created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(id, created) from a transaction-response entry's location and status."""
+    response = entry.get("response", {})
+    location = str(response.get("location") or "")
+    parts = location.split("/_history")[0].rstrip("/").split("/")
+    resource_id = parts[-1] if len(parts) >= 2 else None
+    if not resource_id and isinstance(entry.get("resource"), dict):
+        resource_id = entry["resource"].get("id")
+    return resource_id, str(response.get("status", "")).startswith("201")
+
+
+class FhirWriter:
+    """Writes studies into one FHIR server according to the configured policies."""
+
+    def __init__(
+        self, client: FhirClient, *, patient_owned: frozenset[str],
+        study_owned: frozenset[str], patient_policy: PatientPolicy,
+        deleted_policy: DeletedStudyPolicy, max_entries: int,
+    ) -> None:
+        self.client = client
+        self.patient_owned = patient_owned
+        self.study_owned = study_owned
+        self.patient_policy = patient_policy
+        self.deleted_policy = deleted_policy
+        self.max_entries = max_entries
+
+    # --- Endpoint
+
+    def ensure_endpoint(self, endpoint: dict[str, Any]) -> str:
+        """Find (or create, or update) the source's Endpoint; returns `Endpoint/{id}`."""
+        token = search_token(endpoint)
+        for _ in range(CONFLICT_ATTEMPTS):
+            current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
+            if current is None:
+                entry = {
+                    "fullUrl": "urn:uuid:00000000-0000-4000-8000-00000000e001",
+                    "resource": endpoint,
+                    "request": {"method": "POST", "url": "Endpoint", "ifNoneExist": f"identifier={token}"},
+                }
+                resource_id, _ = _created_id(self.client.transaction([entry])[0])
+                if resource_id:
+                    return f"Endpoint/{resource_id}"
+                continue
+            merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
+            if _comparable(merged) != _comparable(current):
+                try:
+                    self.client.transaction([self._update(merged, current)])
+                except FhirConflict:
+                    continue
+            return f"Endpoint/{current['id']}"
+        raise FhirConflict("Endpoint kept changing while it was being written")
+
+    # --- studies
+
+    def upsert_study(self, mapped: MappedStudy) -> UpsertResult:
+        """Make the server hold `mapped`; no request beyond the read when nothing changed."""
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                return self._upsert_once(mapped)
+            except FhirConflict:
+                log.info("conflict writing study %s, re-reading (attempt %d)",
+                         mapped.study_uid, attempt + 1)
+        raise FhirConflict(f"study {mapped.study_uid} kept changing on the FHIR server")
+
+    def _upsert_once(self, mapped: MappedStudy) -> UpsertResult:
+        patient_token = search_token(mapped.patient)
+        study_token = search_token(mapped.imaging_study)
+        patients, studies = self.client.search_many(
+            [f"Patient?identifier={patient_token}", f"ImagingStudy?identifier={study_token}"]
+        )
+        current_patient = _single(patients, "Patient", patient_token)
+        current_study = _single(studies, "ImagingStudy", study_token)
+
+        patient_entry: dict[str, Any] | None = None
+        if current_patient is None:
+            patient_ref = mapped.patient_placeholder
+            patient_entry = {
+                "fullUrl": patient_ref,
+                "resource": mapped.patient,
+                "request": {"method": "POST", "url": "Patient",
+                            "ifNoneExist": f"identifier={patient_token}"},
+            }
+        else:
+            patient_ref = f"Patient/{current_patient['id']}"
+            merged = merge_patient(
+                current_patient, mapped.patient, self.patient_owned, self.patient_policy
+            )
+            if _comparable(merged) != _comparable(current_patient):
+                patient_entry = self._update(merged, current_patient)
+
+        desired = _replace_refs(mapped.imaging_study, mapped.patient_placeholder, patient_ref)
+        study_entry: dict[str, Any] | None = None
+        if current_study is None:
+            study_entry = {
+                "resource": desired,
+                "request": {"method": "POST", "url": "ImagingStudy",
+                            "ifNoneExist": f"identifier={study_token}"},
+            }
+        else:
+            merged_study = merge_owned(current_study, desired, self.study_owned)
+            if _comparable(merged_study) != _comparable(current_study):
+                study_entry = self._update(merged_study, current_study)
+
+        patient_id = current_patient["id"] if current_patient else None
+        study_id = current_study["id"] if current_study else None
+        if patient_entry is None and study_entry is None:
+            return UpsertResult(patient_id, study_id, wrote=False)
+
+        entries = [e for e in (patient_entry, study_entry) if e is not None]
+        if len(entries) > self.max_entries:
+            # The server takes one entry per transaction: the Patient first, then the
+            # ImagingStudy pointing at the id the Patient got.
+            assert patient_entry is not None and study_entry is not None
+            (patient_response,) = self.client.transaction([patient_entry])
+            patient_id, _ = _created_id(patient_response)
+            study_entry = _replace_refs(study_entry, patient_ref, f"Patient/{patient_id}")
+            responses = [patient_response, *self.client.transaction([study_entry])]
+        else:
+            responses = self.client.transaction(entries)
+        by_entry = dict(zip((id(e) for e in entries), responses, strict=False))
+        if patient_entry is not None and id(patient_entry) in by_entry:
+            patient_id = _created_id(by_entry[id(patient_entry)])[0] or patient_id
+        if study_entry is not None and responses:
+            study_id, created = _created_id(responses[-1])
+            if current_study is None and not created:
+                # Someone created it between our read and our write: merge with theirs.
+                raise FhirConflict("ImagingStudy appeared concurrently")
+        return UpsertResult(patient_id, study_id, wrote=True)
+
+    @staticmethod
+    def _update(merged: dict[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+        resource_type = current["resourceType"]
+        resource = {**merged, "id": current["id"]}
+        resource.pop("meta", None)
+        request = {"method": "PUT", "url": f"{resource_type}/{current['id']}"}
+        version = _version(current)
+        if version:
+            request["ifMatch"] = version
+        return {"resource": resource, "request": request}
+
+    def remove_study(self, study_uid: str) -> int:
+        """Reflect a deleted study: delete its ImagingStudy, or mark it entered-in-error."""
+        token = f"urn:dicom:uid|urn:oid:{study_uid}"
+
+        def once() -> int:
+            matches = self.client.search(f"ImagingStudy?identifier={token}")
+            for resource in matches:
+                if self.deleted_policy == "delete":
+                    self.client.delete("ImagingStudy", resource["id"])
+                elif resource.get("status") != "entered-in-error":
+                    self.client.transaction(
+                        [self._update({**resource, "status": "entered-in-error"}, resource)]
+                    )
+            return len(matches)
+
+        return with_retries(once, attempts=CONFLICT_ATTEMPTS)

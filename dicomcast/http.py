@@ -1,0 +1,196 @@
+"""HTTP plumbing shared by the DICOM and FHIR clients: auth, error classes, short retries.
+
+Responses are classified by what the caller should do (see `dicomcast.errors`): transport
+errors, 429 and 5xx are retriable; a 412 is a conflict to re-read; other 4xx are the study's.
+Retries here are short and in-process (seconds); longer outages become durable per-study
+backoff in the state DB, so a worker never sleeps minutes inside one request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+import httpx
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from dicomcast.errors import FhirConflict, Rejected, RetriableError
+
+T = TypeVar("T")
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+USER_AGENT = "dicomcast/0.1"
+
+
+class BearerToken(httpx.Auth):
+    """A static bearer token (never printed: httpx does not log headers)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+class ClientCredentials(httpx.Auth):
+    """OAuth2 client-credentials grant; the token is cached and renewed 60 s before expiry,
+    and once more when the server answers 401 (a revoked or rotated token)."""
+
+    requires_response_body = True
+
+    def __init__(
+        self, token_url: str, client_id: str, client_secret: str, scope: str | None,
+        *, verify: bool | str = True, transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.scope = scope
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+        self._http = httpx.Client(verify=verify, transport=transport, timeout=30)
+
+    def _fetch(self) -> str:
+        data = {"grant_type": "client_credentials", "client_id": self.client_id,
+                "client_secret": self.client_secret}
+        if self.scope:
+            data["scope"] = self.scope
+        try:
+            response = self._http.post(self.token_url, data=data)
+        except httpx.HTTPError as exc:
+            raise RetriableError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise RetriableError(f"token endpoint answered {response.status_code}")
+        body = response.json()
+        self._token = str(body["access_token"])
+        self._expires_at = time.monotonic() + float(body.get("expires_in", 3600)) - 60
+        return self._token
+
+    def token(self, force: bool = False) -> str:
+        with self._lock:
+            if force or self._token is None or time.monotonic() >= self._expires_at:
+                return self._fetch()
+            return self._token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["Authorization"] = f"Bearer {self.token(force=True)}"
+            yield request
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or bad."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def outcome_text(response: httpx.Response) -> str:
+    """The diagnostics of an OperationOutcome body, or the start of whatever came back."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        parts = [
+            " ".join(str(i.get(k)) for k in ("severity", "code", "diagnostics") if i.get(k))
+            for i in body.get("issue", [])
+            if isinstance(i, dict)
+        ]
+        return "; ".join(parts)[:2000]
+    return str(body)[:500]
+
+
+def classify(
+    response: httpx.Response, what: str, unavailable: type[RetriableError],
+    rejected: type[Rejected],
+) -> None:
+    """Raise the error class that says what to do with this response; return if it is fine."""
+    status = response.status_code
+    if status < 400:
+        return
+    if status in RETRY_STATUSES:
+        raise unavailable(
+            f"{what}: HTTP {status} {outcome_text(response)[:200]}".rstrip(),
+            retry_after=retry_after_seconds(response),
+        )
+    if status in (401, 403):
+        # Credentials are wrong for every study alike: never park studies for it.
+        raise unavailable(f"{what}: HTTP {status}, authentication or permission refused")
+    if status in (409, 412):
+        raise FhirConflict(f"{what}: HTTP {status} version conflict")
+    raise rejected(f"{what}: HTTP {status}", status=status, outcome=outcome_text(response))
+
+
+def _wait(base: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
+    """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hint = getattr(exc, "retry_after", None) or 0.0
+        return max(base(state), min(float(hint), 30.0))
+
+    return wait
+
+
+def with_retries(
+    fn: Callable[[], T], *, attempts: int = 4, max_delay: float = 30.0
+) -> T:
+    """Call `fn`, retrying RetriableError briefly (bounded by attempts and elapsed time)."""
+    retrying = retry(
+        retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
+        stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
+        wait=_wait(wait_exponential_jitter(initial=0.5, max=8.0, jitter=0.5)),
+        reraise=True,
+    )
+    return retrying(fn)()
+
+
+def make_client(
+    base_url: str, *, auth: httpx.Auth | None, verify: bool | str, timeout: float,
+    transport: httpx.BaseTransport | None = None, max_connections: int = 16,
+    headers: dict[str, str] | None = None,
+) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url.rstrip("/") + "/",
+        auth=auth,
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        transport=transport,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
+        follow_redirects=False,
+    )
+
+
+def send(
+    client: httpx.Client, method: str, url: str, what: str, unavailable: type[RetriableError],
+    rejected: type[Rejected], **kwargs: Any,
+) -> httpx.Response:
+    """One request with transport errors mapped to `unavailable` and the status classified."""
+    try:
+        response = client.request(method, url, **kwargs)
+    except httpx.TimeoutException:
+        raise unavailable(f"{what}: timed out") from None
+    except httpx.TransportError as exc:
+        raise unavailable(f"{what}: {type(exc).__name__}") from None
+    classify(response, what, unavailable, rejected)
+    return response

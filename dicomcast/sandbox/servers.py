@@ -1,0 +1,184 @@
+"""Start a real Orthanc and a real FHIR server (sekmet-fhir) on 127.0.0.1, for the demo,
+the integration tests and the benchmark: free ports, fresh data folders, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ORTHANC_BIN = os.environ.get("DICOMCAST_ORTHANC_BIN", "/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = os.environ.get(
+    "DICOMCAST_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class OrthancServer:
+    """A throw-away Orthanc with the DICOMweb plugin; `stable_age` in seconds."""
+
+    def __init__(self, folder: Path, *, stable_age: int = 2, user: tuple[str, str] | None = None):
+        self.folder = folder
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.stable_age = stable_age
+        self.user = user
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> OrthancServer:
+        config_dir = self.folder / "config"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "Name": "dicomcast-test",
+            "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "DICOMCAST",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": self.user is not None,
+            "StableAge": self.stable_age,
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        if self.user:
+            config["RegisteredUsers"] = {self.user[0]: self.user[1]}
+        (config_dir / "orthanc.json").write_text(json.dumps(config))
+        log = self.folder / "orthanc.log"
+        self.proc = subprocess.Popen(
+            [ORTHANC_BIN, f"--logfile={log}", str(config_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        _wait_auth = httpx.BasicAuth(*self.user) if self.user else None
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{self.url}/system", auth=_wait_auth, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start; see {log}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def client(self) -> httpx.Client:
+        auth = httpx.BasicAuth(*self.user) if self.user else None
+        return httpx.Client(base_url=self.url, auth=auth, timeout=60)
+
+    def upload(self, payloads: list[bytes]) -> list[dict[str, Any]]:
+        with self.client() as http:
+            answers = []
+            for payload in payloads:
+                response = http.post("/instances", content=payload,
+                                     headers={"Content-Type": "application/dicom"})
+                response.raise_for_status()
+                answers.append(response.json())
+            return answers
+
+
+def sekmet_command() -> list[str]:
+    """Where the FHIR server's entry point is: $DICOMCAST_SEKMET, the repo's .venv-fhir, PATH."""
+    configured = os.environ.get("DICOMCAST_SEKMET")
+    if configured:
+        return [configured]
+    local = REPO / ".venv-fhir" / "bin" / "sekmet"
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("sekmet")
+    if found:
+        return [found]
+    raise RuntimeError(
+        "sekmet-fhir is not installed: run ./scripts/test (it installs it into .venv-fhir) "
+        "or set DICOMCAST_SEKMET to its `sekmet` executable"
+    )
+
+
+class FhirServer:
+    """A throw-away sekmet-fhir (FHIR R4) with its hospital simulator off."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def start(self) -> FhirServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        settings = self.folder / "sekmet.yaml"
+        settings.write_text(
+            f"base_url: {self.url}\nhost: 127.0.0.1\nport: {self.port}\n"
+            f"data_dir: {self.folder / 'data'}\nsimulator:\n  enabled: false\nlog_inbound: false\n"
+        )
+        log = self.folder / "sekmet.log"
+        env = {**os.environ, "SEKMET_CONFIG": str(settings), "SEKMET_BASE_URL": self.url}
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*sekmet_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.folder,
+            )
+        _wait(f"{self.url}/metadata", self.proc, "sekmet-fhir", log, timeout=60)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/", timeout=60,
+                            headers={"Accept": "application/fhir+json"})
+
+

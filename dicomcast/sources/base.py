@@ -1,0 +1,56 @@
+"""What every kind of DICOM server offers the worker: a change feed that names studies, the
+current state of one study, and a cheap list of all studies (for deletions no feed logs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dicomcast.state.store import DirtyMark
+from dicomcast.studyview import StudyView
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    """One read of the change feed. `cursor` is where the next read starts.
+
+    `reset` means the server's feed went backwards (its database was replaced): the caller
+    restarts from the beginning and scans for studies that vanished.
+    """
+
+    marks: list[DirtyMark]
+    cursor: str
+    head: str | None
+    done: bool
+    reset: bool = False
+    changes_read: int = 0
+
+
+@dataclass(frozen=True)
+class FetchedStudy:
+    """A study as the server has it now; `view` is None when the study no longer exists."""
+
+    key: str
+    view: StudyView | None
+    stable: bool = True
+    study_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Source(Protocol):
+    name: str
+    kind: str
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
+
+    def fetch_study(self, key: str) -> FetchedStudy: ...
+
+    def list_studies(self) -> dict[str, int]:
+        """Every study key the server holds now, with its instance count."""
+        ...
+
+    def check(self) -> str:
+        """Raise SourceUnavailable when unreachable; else a one-line description."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,183 @@
+"""Orthanc: the `/changes` feed, DICOMweb study metadata, and `/series` for reconciling.
+
+Feed facts this relies on (see shared/design/servers.md): `Seq` never repeats and has gaps;
+deletes are not logged at all; a `Last` below our cursor means the database was replaced.
+Study keys are Orthanc study IDs (they already separate two patients' studies that share a
+StudyInstanceUID).
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import httpx
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import SourceRejected, SourceUnavailable
+from dicomcast.http import BearerToken, make_client, send, with_retries
+from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.state.store import DirtyMark
+from dicomcast.studyview import build_study_views, text_value
+
+log = logging.getLogger(__name__)
+
+STUDY_CHANGES = frozenset({"NewStudy", "StableStudy", "UpdatedAttachment", "UpdatedMetadata"})
+SERIES_CHANGES = frozenset({"NewSeries", "StableSeries"})
+INSTANCE_CHANGES = frozenset({"NewInstance"})
+PATIENT_ID = "00100020"
+
+
+def _event_time(date: Any) -> float | None:
+    """Orthanc's `Date` (`20261123T182242`, UTC) -> epoch seconds."""
+    try:
+        return float(calendar.timegm(time.strptime(str(date), "%Y%m%dT%H%M%S")))
+    except (TypeError, ValueError):
+        return None
+
+
+class NotFound(Exception):
+    """The resource is gone (404) — normal for anything deleted after the event."""
+
+
+class OrthancSource:
+    kind = "orthanc"
+
+    def __init__(
+        self, settings: SourceSettings, *, verify: bool | str = True, timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        auth: httpx.Auth | None = None
+        if settings.token:
+            auth = BearerToken(settings.token.get_secret_value())
+        elif settings.username:
+            password = settings.password.get_secret_value() if settings.password else ""
+            auth = httpx.BasicAuth(settings.username, password)
+        self.http = make_client(settings.url, auth=auth, verify=verify, timeout=timeout,
+                                transport=transport)
+        # series -> study; series are few and immutable in parentage, so caching is safe.
+        self._series_study: OrderedDict[str, str] = OrderedDict()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _get(self, path: str, **params: Any) -> Any:
+        def once() -> Any:
+            try:
+                response = send(self.http, "GET", path, f"Orthanc GET {path}",
+                                SourceUnavailable, SourceRejected, params=params or None)
+            except SourceRejected as exc:
+                if exc.status == 404:
+                    raise NotFound(path) from None
+                raise
+            try:
+                return response.json()
+            except ValueError:
+                raise SourceUnavailable(f"Orthanc GET {path}: answer is not JSON") from None
+
+        return with_retries(once)
+
+    def check(self) -> str:
+        system = self._get("system")
+        return f"Orthanc {system.get('Version', '?')} ({system.get('Name', '')})"
+
+    # --- the change feed
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        since = int(cursor or 0)
+        page = self._get("changes", since=since, limit=limit)
+        changes = page.get("Changes") or []
+        last = int(page.get("Last", since))
+        if not changes and last < since:
+            log.error(
+                "Orthanc change feed is at %d but our cursor is %d: the archive's database was "
+                "reset or replaced; restarting from 0 and scanning for vanished studies",
+                last, since,
+            )
+            return FeedPage([], "0", str(last), done=False, reset=True)
+        marks: list[DirtyMark] = []
+        for change in changes:
+            key = self._study_of(change)
+            if key:
+                marks.append(DirtyMark(key, _event_time(change.get("Date"))))
+        next_cursor = max([since, last, *(int(c.get("Seq", 0)) for c in changes)])
+        return FeedPage(marks, str(next_cursor), str(last), bool(page.get("Done", True)),
+                        changes_read=len(changes))
+
+    def _study_of(self, change: dict[str, Any]) -> str | None:
+        kind, resource_id = change.get("ChangeType"), change.get("ID")
+        if not isinstance(resource_id, str):
+            log.warning("skipping a change without an ID (seq %s)", change.get("Seq"))
+            return None
+        try:
+            if change.get("ResourceType") == "Study" and kind in STUDY_CHANGES:
+                return resource_id
+            if kind in SERIES_CHANGES:
+                return self._series_parent(resource_id)
+            if kind in INSTANCE_CHANGES:
+                instance = self._get(f"instances/{resource_id}")
+                return self._series_parent(str(instance["ParentSeries"]))
+        except NotFound:
+            return None  # deleted since; the reconcile scan covers what it leaves behind
+        except (KeyError, TypeError):
+            log.warning("unexpected Orthanc answer for %s %s", kind, resource_id)
+        return None
+
+    def _series_parent(self, series_id: str) -> str:
+        study = self._series_study.get(series_id)
+        if study is None:
+            study = str(self._get(f"series/{series_id}")["ParentStudy"])
+            self._series_study[series_id] = study
+            if len(self._series_study) > 50_000:
+                self._series_study.popitem(last=False)
+        return study
+
+    # --- one study
+
+    def fetch_study(self, key: str) -> FetchedStudy:
+        try:
+            study = self._get(f"studies/{key}")
+        except NotFound:
+            return FetchedStudy(key, None)
+        study_uid = str(study.get("MainDicomTags", {}).get("StudyInstanceUID") or "").strip()
+        if not study_uid:
+            return FetchedStudy(key, None)
+        patient_id = study.get("PatientMainDicomTags", {}).get("PatientID")
+        try:
+            metadata = self._get(f"dicom-web/studies/{study_uid}/metadata")
+        except NotFound:
+            return FetchedStudy(key, None, study_uid=study_uid)
+        if not isinstance(metadata, list):
+            raise SourceUnavailable(f"DICOMweb metadata of {study_uid} is not a JSON array")
+        # DICOMweb answers by StudyInstanceUID alone; keep only this Orthanc study's patient.
+        instances = [
+            m for m in metadata
+            if isinstance(m, dict) and (patient_id is None or text_value(m, PATIENT_ID) == patient_id
+                                        or (not patient_id and not text_value(m, PATIENT_ID)))
+        ]
+        views, orphans = build_study_views(instances)
+        view = next((v for v in views if v.uid == study_uid), None)
+        return FetchedStudy(key, view, bool(study.get("IsStable", True)), study_uid, orphans)
+
+    # --- everything, for deletions the feed does not log
+
+    def list_studies(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        since, limit = 0, 1000
+        while True:
+            page = self._get("series", expand="", since=since, limit=limit)
+            if not isinstance(page, list):
+                raise SourceUnavailable("Orthanc /series did not return a list")
+            for series in page:
+                parent = str(series.get("ParentStudy", ""))
+                if parent:
+                    counts[parent] = counts.get(parent, 0) + len(series.get("Instances", []))
+                    self._series_study.setdefault(str(series.get("ID")), parent)
+            if len(page) < limit:
+                return counts
+            since += limit

@@ -1,0 +1,59 @@
+"""Tables of the state database. Times are UTC epoch seconds (float): portable and easy to
+compare on SQLite and PostgreSQL alike. The schema is owned by the Alembic migrations in
+`migrations/`; change both together."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SourceRow(Base):
+    """One followed DICOM server: where its feed was read up to, and how far the feed goes."""
+
+    __tablename__ = "sources"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    cursor: Mapped[str | None] = mapped_column(String(200))
+    feed_head: Mapped[str | None] = mapped_column(String(200))
+    last_poll_at: Mapped[float | None] = mapped_column(Float)
+    last_reconcile_at: Mapped[float | None] = mapped_column(Float)
+    last_success_at: Mapped[float | None] = mapped_column(Float)
+    resets: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StudyRow(Base):
+    """One study of one source: its place in the dirty set and what was last written to FHIR.
+
+    `generation` grows each time the study is marked dirty; a sync that started at an older
+    generation must not mark it clean, because newer data arrived while it ran.
+    """
+
+    __tablename__ = "studies"
+    __table_args__ = (UniqueConstraint("source", "study_key", name="uq_studies_source_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100), index=True)
+    study_key: Mapped[str] = mapped_column(String(200))
+    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dirty | clean | failed
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    dirty_since: Mapped[float | None] = mapped_column(Float)
+    event_time: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_kind: Mapped[str | None] = mapped_column(String(40))
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[float | None] = mapped_column(Float)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    fhir_patient_id: Mapped[str | None] = mapped_column(String(64))
+    fhir_imagingstudy_id: Mapped[str | None] = mapped_column(String(64))
+    instance_count: Mapped[int | None] = mapped_column(Integer)
+    warnings: Mapped[str | None] = mapped_column(Text)
+    last_synced_at: Mapped[float | None] = mapped_column(Float)

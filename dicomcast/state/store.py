@@ -1,0 +1,413 @@
+"""The state database: per-source cursor, the durable dirty-study set, retry state, FHIR ids.
+
+The one rule everything rests on: `record_page` marks a page's studies dirty and moves the
+cursor in ONE transaction. A crash before it commits replays the page; after it, the studies
+are durably dirty. Either way nothing is lost, and re-syncing a study is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, case, create_engine, delete, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from dicomcast.config import mask_url
+from dicomcast.errors import ConfigError, StateSchemaError
+from dicomcast.state.models import SourceRow, StudyRow
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@dataclass(frozen=True)
+class DirtyMark:
+    """A study the feed says changed; `event_time` is the source event's time (for lag)."""
+
+    study_key: str
+    event_time: float | None = None
+    study_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyTask:
+    """A snapshot of a dirty study, taken when it was claimed for syncing."""
+
+    id: int
+    source: str
+    study_key: str
+    study_uid: str | None
+    generation: int
+    attempts: int
+    dirty_since: float | None
+    event_time: float | None
+    content_hash: str | None
+    fhir_patient_id: str | None
+    fhir_imagingstudy_id: str | None
+    instance_count: int | None
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """What a successful sync wrote (or found already written)."""
+
+    study_uid: str | None
+    content_hash: str | None
+    fhir_patient_id: str | None
+    fhir_imagingstudy_id: str | None
+    instance_count: int | None
+    warnings: Sequence[str] = ()
+
+
+def _task(row: StudyRow) -> StudyTask:
+    return StudyTask(
+        row.id, row.source, row.study_key, row.study_uid, row.generation, row.attempts,
+        row.dirty_since, row.event_time, row.content_hash, row.fhir_patient_id,
+        row.fhir_imagingstudy_id, row.instance_count,
+    )
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            memory = url in ("sqlite://", "sqlite:///:memory:")
+            engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                poolclass=StaticPool if memory else None,
+            )
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                if not memory:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF")
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.close()
+
+            return engine
+        return create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise ConfigError(f"state database URL {mask_url(url)!r} is not usable: {exc}") from None
+
+
+class StateStore:
+    """All reads and writes of the state DB; each method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- schema
+
+    def _alembic(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    def migrate(self) -> None:
+        """Bring the schema to this version's head; refuse a DB written by a newer version."""
+        cfg = self._alembic()
+        heads = set(ScriptDirectory.from_config(cfg).get_heads())
+        known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+        with self.engine.begin() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+            unknown = current - known
+            if unknown:
+                raise StateSchemaError(
+                    f"state database {mask_url(self.url)} has schema {sorted(unknown)}, newer "
+                    f"than this dicomcast knows ({sorted(heads)}); upgrade dicomcast"
+                )
+            if current != heads:
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, "head")
+
+    def schema_revision(self) -> set[str]:
+        with self.engine.connect() as connection:
+            return set(MigrationContext.configure(connection).get_current_heads())
+
+    # --- sources and cursors
+
+    def ensure_source(self, name: str, kind: str) -> SourceRow:
+        with self._session.begin() as session:
+            row = session.get(SourceRow, name)
+            if row is None:
+                row = SourceRow(name=name, kind=kind, resets=0)
+                session.add(row)
+            return row
+
+    def get_source(self, name: str) -> SourceRow | None:
+        with self._session() as session:
+            return session.get(SourceRow, name)
+
+    def record_page(
+        self, source: str, cursor: str, feed_head: str | None, marks: Iterable[DirtyMark],
+        now: float | None = None,
+    ) -> int:
+        """Mark studies dirty AND move the cursor, atomically. Returns how many were marked."""
+        now = time.time() if now is None else now
+        marks = list(marks)
+        with self._session.begin() as session:
+            self._mark(session, source, marks, now)
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == source)
+                .values(cursor=cursor, feed_head=feed_head, last_poll_at=now)
+            )
+        return len(marks)
+
+    def note_poll(self, source: str, feed_head: str | None, now: float | None = None) -> None:
+        with self._session.begin() as session:
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == source)
+                .values(feed_head=feed_head, last_poll_at=time.time() if now is None else now)
+            )
+
+    def reset_cursor(self, source: str, cursor: str | None) -> None:
+        """Operator or archive-reset path: set the cursor, count it as a reset."""
+        with self._session.begin() as session:
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == source)
+                .values(cursor=cursor, resets=SourceRow.resets + 1)
+            )
+
+    def mark_dirty(self, source: str, marks: Iterable[DirtyMark], now: float | None = None) -> int:
+        marks = list(marks)
+        with self._session.begin() as session:
+            self._mark(session, source, marks, time.time() if now is None else now)
+        return len(marks)
+
+    def _mark(self, session: Session, source: str, marks: list[DirtyMark], now: float) -> None:
+        if not marks:
+            return
+        # One mark per study: the earliest event time is the one lag is measured from.
+        merged: dict[str, DirtyMark] = {}
+        for mark in marks:
+            prior = merged.get(mark.study_key)
+            if prior is None:
+                merged[mark.study_key] = mark
+            else:
+                times = [t for t in (prior.event_time, mark.event_time) if t is not None]
+                merged[mark.study_key] = DirtyMark(
+                    mark.study_key, min(times) if times else None, prior.study_uid or mark.study_uid
+                )
+        dialect = session.bind.dialect.name if session.bind else "sqlite"
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        rows = [
+            {
+                "source": source, "study_key": m.study_key, "study_uid": m.study_uid,
+                "status": "dirty", "generation": 1, "dirty_since": now,
+                "event_time": m.event_time if m.event_time is not None else now,
+                "attempts": 0, "next_attempt_at": now,
+            }
+            for m in merged.values()
+        ]
+        stmt = insert(StudyRow)
+        was_dirty = StudyRow.status == "dirty"
+        # Two-argument scalar minimum: min() on SQLite, least() on PostgreSQL.
+        smaller = func.least if dialect == "postgresql" else func.min
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["source", "study_key"],
+            set_={
+                "status": "dirty",
+                "generation": StudyRow.generation + 1,
+                "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
+                "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),
+                "event_time": case(
+                    (was_dirty, smaller(StudyRow.event_time, stmt.excluded.event_time)),
+                    else_=stmt.excluded.event_time,
+                ),
+                # New data deserves a fresh try, but a study already backing off keeps its
+                # schedule so that a busy feed cannot turn its retries into a hot loop.
+                "attempts": case((was_dirty, StudyRow.attempts), else_=0),
+                "next_attempt_at": case(
+                    (was_dirty, StudyRow.next_attempt_at), else_=stmt.excluded.next_attempt_at
+                ),
+            },
+        )
+        for start in range(0, len(rows), 500):
+            session.execute(stmt, rows[start : start + 500])
+
+    # --- the dirty set
+
+    def due(self, source: str, limit: int, now: float | None = None) -> list[StudyTask]:
+        """Dirty studies whose time has come and that no live worker holds."""
+        now = time.time() if now is None else now
+        with self._session() as session:
+            rows = session.scalars(
+                select(StudyRow)
+                .where(
+                    StudyRow.source == source,
+                    StudyRow.status == "dirty",
+                    StudyRow.next_attempt_at <= now,
+                    (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
+                )
+                .order_by(StudyRow.next_attempt_at, StudyRow.id)
+                .limit(limit)
+            ).all()
+            return [_task(r) for r in rows]
+
+    def claim(self, task: StudyTask, owner: str, lease: float, now: float | None = None) -> bool:
+        """Take a study for syncing; False if another worker holds it (multi-process safe)."""
+        now = time.time() if now is None else now
+        with self._session.begin() as session:
+            result = session.execute(
+                update(StudyRow)
+                .where(
+                    StudyRow.id == task.id,
+                    (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
+                )
+                .values(claimed_by=owner, claimed_until=now + lease)
+            )
+            return bool(result.rowcount)
+
+    def release(self, task: StudyTask, not_before: float | None = None) -> None:
+        """Give a study back unsynced (e.g. still receiving instances), to try at `not_before`."""
+        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+        if not_before is not None:
+            values["next_attempt_at"] = not_before
+        with self._session.begin() as session:
+            session.execute(update(StudyRow).where(StudyRow.id == task.id).values(**values))
+
+    def finish_clean(self, task: StudyTask, outcome: SyncOutcome, now: float | None = None) -> bool:
+        """Record a successful sync. Clean only if no newer change arrived while it ran."""
+        now = time.time() if now is None else now
+        common = {
+            "study_uid": outcome.study_uid or task.study_uid,
+            "content_hash": outcome.content_hash,
+            "fhir_patient_id": outcome.fhir_patient_id,
+            "fhir_imagingstudy_id": outcome.fhir_imagingstudy_id,
+            "instance_count": outcome.instance_count,
+            "warnings": json.dumps(list(outcome.warnings)) if outcome.warnings else None,
+            "last_synced_at": now,
+            "claimed_by": None,
+            "claimed_until": None,
+            "last_error": None,
+            "error_kind": None,
+        }
+        with self._session.begin() as session:
+            done = session.execute(
+                update(StudyRow)
+                .where(StudyRow.id == task.id, StudyRow.generation == task.generation)
+                .values(status="clean", attempts=0, next_attempt_at=None, dirty_since=None,
+                        event_time=None, **common)
+            ).rowcount
+            if not done:  # newer data came in: keep it dirty, but remember what was written
+                session.execute(update(StudyRow).where(StudyRow.id == task.id).values(**common))
+            session.execute(
+                update(SourceRow).where(SourceRow.name == task.source).values(last_success_at=now)
+            )
+            return bool(done)
+
+    def finish_gone(self, task: StudyTask) -> bool:
+        """The study no longer exists and FHIR reflects that: forget it (unless it came back)."""
+        with self._session.begin() as session:
+            return bool(
+                session.execute(
+                    delete(StudyRow).where(
+                        StudyRow.id == task.id, StudyRow.generation == task.generation
+                    )
+                ).rowcount
+            )
+
+    def finish_failed(
+        self, task: StudyTask, error: str, kind: str, *, park: bool, retry_at: float | None
+    ) -> None:
+        """Record a failed attempt: back off until `retry_at`, or park it as failed."""
+        with self._session.begin() as session:
+            session.execute(
+                update(StudyRow)
+                .where(StudyRow.id == task.id)
+                .values(
+                    status="failed" if park else "dirty",
+                    attempts=StudyRow.attempts + 1,
+                    next_attempt_at=None if park else retry_at,
+                    last_error=error[:4000],
+                    error_kind=kind,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+    def retry_failed(self, source: str, study_key: str | None = None) -> int:
+        """Put parked studies (one, or all) back in the dirty set for an immediate try."""
+        now = time.time()
+        with self._session.begin() as session:
+            stmt = update(StudyRow).where(StudyRow.source == source, StudyRow.status == "failed")
+            if study_key:
+                stmt = stmt.where(
+                    (StudyRow.study_key == study_key) | (StudyRow.study_uid == study_key)
+                )
+            return int(
+                session.execute(
+                    stmt.values(status="dirty", attempts=0, next_attempt_at=now,
+                                generation=StudyRow.generation + 1)
+                ).rowcount
+            )
+
+    # --- views for reconcile and status
+
+    def known_studies(self, source: str) -> dict[str, int | None]:
+        """study_key -> instance count last synced, for every study the state knows."""
+        with self._session() as session:
+            rows = session.execute(
+                select(StudyRow.study_key, StudyRow.instance_count).where(StudyRow.source == source)
+            ).all()
+            return {key: count for key, count in rows}
+
+    def study(self, source: str, key: str) -> StudyRow | None:
+        with self._session() as session:
+            return session.scalars(
+                select(StudyRow).where(
+                    StudyRow.source == source,
+                    (StudyRow.study_key == key) | (StudyRow.study_uid == key),
+                )
+            ).first()
+
+    def counts(self, source: str) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.execute(
+                select(StudyRow.status, func.count())
+                .where(StudyRow.source == source)
+                .group_by(StudyRow.status)
+            ).all()
+            return {status: int(n) for status, n in rows}
+
+    def oldest_dirty(self, source: str) -> float | None:
+        with self._session() as session:
+            return session.scalar(
+                select(func.min(StudyRow.dirty_since)).where(
+                    StudyRow.source == source, StudyRow.status == "dirty"
+                )
+            )
+
+    def failures(self, source: str) -> list[StudyRow]:
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(StudyRow)
+                    .where(
+                        StudyRow.source == source,
+                        (StudyRow.status == "failed") | (StudyRow.last_error.is_not(None)),
+                    )
+                    .order_by(StudyRow.id)
+                ).all()
+            )
