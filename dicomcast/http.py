@@ -158,7 +158,7 @@ def with_retries(
     retrying = retry(
         retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
-        wait=_wait(wait_exponential_jitter(initial=0.5, max=8.0, jitter=0.5)),
+        wait=_wait(wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5)),
         reraise=True,
     )
     return retrying(fn)()

@@ -187,7 +187,7 @@ def demo_studies() -> list[StudySpec]:
         ),
         StudySpec(
             key="mr-knee-garcia", patient_id="MRN2002", patient_name="García López^María José",
-            birth_date="19750229", sex="F", issuer="HOSP-A", accession="",
+            birth_date="19750229", sex="F", accession="",
             description="MR KNEE RIGHT", study_date="20261001", study_time="1530",
             series=[SeriesSpec("MR", 3, "PD FS COR", "KNEE", laterality="R", number=1)],
         ),

@@ -1,0 +1,93 @@
+"""Shared fixtures. Integration fixtures start a real Orthanc and a real sekmet-fhir per test,
+on free ports with fresh folders, and stop them afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomcast.app import build_app
+from dicomcast.config import Settings, load_settings
+from dicomcast.sandbox.samples import DEMO_ISSUERS, DEMO_PATIENT_SYSTEM
+from dicomcast.sandbox.servers import FhirServer, OrthancServer
+from dicomcast.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own DICOMCAST_* variables must not leak into the tests."""
+    for name in list(os.environ):
+        if name.startswith("DICOMCAST_") and name not in ("DICOMCAST_SEKMET",
+                                                         "DICOMCAST_ORTHANC_BIN"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    server = OrthancServer(tmp_path / "orthanc").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fhir(tmp_path: Path) -> Iterator[FhirServer]:
+    server = FhirServer(tmp_path / "fhir").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_settings(
+    orthanc: OrthancServer, fhir: FhirServer, tmp_path: Path
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "source_url": orthanc.url,
+            "fhir_url": fhir.url,
+            "state_url": f"sqlite:///{tmp_path / 'state.db'}",
+            "patient_id_system": DEMO_PATIENT_SYSTEM,
+            "issuer_systems": DEMO_ISSUERS,
+            "timezone": "Europe/Berlin",
+            "backoff_base": 0.1,
+        }
+        values.update(overrides)
+        return load_settings(None, **values)
+
+    return make
+
+
+@pytest.fixture
+def sync_once(make_settings: Callable[..., Settings]) -> Callable[..., tuple[int, Worker]]:
+    """Run `run --once` in-process; returns (exit code, the worker for its counters)."""
+
+    def run(**overrides: Any) -> tuple[int, Worker]:
+        app = build_app(make_settings(**overrides))
+        worker = Worker(app)
+        try:
+            code = worker.run_once()
+        finally:
+            worker.close()
+            app.close()
+        return code, worker
+
+    return run
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment variables that give a `dicomcast` subprocess the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMCAST_")}
+    for name in ("DICOMCAST_SEKMET",):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    for key, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        elif hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"DICOMCAST_{key.upper()}"] = str(value)
+    return env
