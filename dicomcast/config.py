@@ -8,6 +8,7 @@ them), defaults. Secrets are `SecretStr` and print as `**********` everywhere.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 import zoneinfo
 from pathlib import Path
@@ -87,6 +88,11 @@ class Settings(BaseSettings):
     deleted_study_policy: DeletedStudyPolicy = "delete"
 
     # --- scheduling
+    worker_id: str = Field(
+        default_factory=socket.gethostname,
+        description="This worker's identity for study claims; unique per process when several "
+        "workers share one state DB.",
+    )
     poll_interval: float = Field(2.0, gt=0, description="Seconds between change-feed polls.")
     concurrency: int = Field(4, ge=1, le=64, description="Studies synced at once.")
     feed_page_size: int = Field(1000, ge=1, le=10000)

@@ -17,7 +17,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,11 +54,12 @@ class Worker:
         self.settings = app.settings
         self.source = app.source
         self.store = app.store
-        self.owner = owner or f"worker-{uuid.uuid4().hex[:8]}"
+        self.owner = owner or app.settings.worker_id
         self.config = mapping_config(app.settings)
         self.endpoint_ref: str | None = None
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
+        self._current_uid = threading.local()  # the study UID being synced, for log lines
         self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency,
                                         thread_name_prefix="sync")
 
@@ -71,6 +71,10 @@ class Worker:
     def prepare(self) -> None:
         """Register the source and make sure its Endpoint exists on the FHIR server."""
         self.store.ensure_source(self.source.name, self.source.kind)
+        released = self.store.release_claims(self.source.name, self.owner)
+        if released:
+            log.warning("took back %d studies an earlier run of this worker left claimed",
+                        released, extra={"source": self.source.name, "count": released})
         if self.endpoint_ref is None:
             endpoint = self.app.mappings.map_endpoint(self.config)
             self.endpoint_ref = self.app.writer.ensure_endpoint(endpoint)
@@ -126,6 +130,7 @@ class Worker:
     def sync_one(self, task: StudyTask, wait_for_stable: bool = False) -> str:
         """Bring one study's FHIR state in line with the source; never raises."""
         started = time.monotonic()
+        self._current_uid.value = task.study_uid
         try:
             outcome = self._sync(task, wait_for_stable)
         except StudyError as exc:
@@ -146,7 +151,8 @@ class Worker:
 
     def _extra(self, task: StudyTask, outcome: str) -> dict[str, Any]:
         return {"source": task.source, "study_key": task.study_key,
-                "study_uid": task.study_uid, "outcome": outcome}
+                "study_uid": getattr(self._current_uid, "value", None) or task.study_uid,
+                "outcome": outcome}
 
     def _backoff(self, task: StudyTask, exc: RetriableError) -> str:
         attempts = task.attempts + 1
@@ -165,6 +171,7 @@ class Worker:
 
     def _sync(self, task: StudyTask, wait_for_stable: bool) -> str:
         fetched = self.source.fetch_study(task.study_key)
+        self._current_uid.value = fetched.study_uid or task.study_uid
         if fetched.view is None:
             study_uid = fetched.study_uid or task.study_uid
             if study_uid and task.fhir_imagingstudy_id:

@@ -279,6 +279,17 @@ class StateStore:
             )
             return bool(result.rowcount)
 
+    def release_claims(self, source: str, owner: str) -> int:
+        """Free the claims a previous run of this same worker left behind (it was killed)."""
+        with self._session.begin() as session:
+            return int(
+                session.execute(
+                    update(StudyRow)
+                    .where(StudyRow.source == source, StudyRow.claimed_by == owner)
+                    .values(claimed_by=None, claimed_until=None)
+                ).rowcount
+            )
+
     def release(self, task: StudyTask, not_before: float | None = None) -> None:
         """Give a study back unsynced (e.g. still receiving instances), to try at `not_before`."""
         values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
