@@ -156,7 +156,10 @@ def with_retries(
 ) -> T:
     """Call `fn`, retrying RetriableError briefly (bounded by attempts and elapsed time)."""
     retrying = retry(
-        retry=retry_if_exception(lambda e: isinstance(e, RetriableError)),
+        # A conflict is never resent as it was: the caller must re-read and merge first.
+        retry=retry_if_exception(
+            lambda e: isinstance(e, RetriableError) and not isinstance(e, FhirConflict)
+        ),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
         wait=_wait(wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5)),
         reraise=True,

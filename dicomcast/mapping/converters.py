@@ -202,11 +202,16 @@ def date_time_to_datetime(value: Any, ctx: ConvertContext) -> str | None:
     date_text, full_date = _fhir_date(date_value)
     if time_value is None or full_date is None:
         return date_text
-    time_text, time_parts = _fhir_time(time_value)
-    if offset_value is not None:
-        zone_text = _offset(offset_value)
-    else:
-        zone_text = _zone_offset(full_date, time_parts, ctx.zone)
+    try:
+        time_text, time_parts = _fhir_time(time_value)
+        if offset_value is not None:
+            zone_text = _offset(offset_value)
+        else:
+            zone_text = _zone_offset(full_date, time_parts, ctx.zone)
+    except ConversionError as exc:
+        # A good date is worth keeping when only its time or offset is broken.
+        ctx.warnings.append(f"time dropped, date kept: {exc}")
+        return date_text
     return f"{date_text}T{time_text}{zone_text}"
 
 

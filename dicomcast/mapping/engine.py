@@ -450,7 +450,7 @@ def _guarded(
             run.warnings.append(f"{where} {path}: {source} dropped: {exc}")
             return None
         for index in range(before, len(run.warnings)):
-            run.warnings[index] = f"{where} {path}: {run.warnings[index]}"
+            run.warnings[index] = f"{where} {path}: {source}: {run.warnings[index]}"
         return result
 
     return guarded

@@ -1,0 +1,78 @@
+"""Settings sources and masking; the state store's atomic page and generation rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomcast.config import load_settings, mask_url
+from dicomcast.errors import ConfigError, StateSchemaError
+from dicomcast.state.store import DirtyMark, StateStore, SyncOutcome
+
+
+def test_env_wins_over_file_and_secrets_are_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "dicomcast.toml"
+    config.write_text('fhir_url = "http://from-file/fhir"\nconcurrency = 7\n'
+                      'fhir_token = "tok-123"\n[issuer_systems]\nHOSP = "urn:oid:1.2"\n')
+    monkeypatch.setenv("DICOMCAST_FHIR_URL", "http://from-env/fhir/")
+    monkeypatch.setenv("DICOMCAST_STATE_URL", "postgresql://u:pw@db:5432/dc")
+    settings = load_settings(config)
+    assert settings.fhir_url == "http://from-env/fhir"
+    assert settings.concurrency == 7 and settings.issuer_systems == {"HOSP": "urn:oid:1.2"}
+    public = settings.public_dict()
+    assert public["fhir_token"] == "**********"
+    assert public["state_url"] == "postgresql://u:***@db:5432/dc"
+    assert "tok-123" not in str(public) and "pw" not in public["state_url"]
+    assert mask_url("http://plain/x") == "http://plain/x"
+
+
+def test_bad_settings_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="timezone"):
+        load_settings(None, timezone="Mars/Olympus")
+    with pytest.raises(ConfigError, match="concurrency"):
+        load_settings(None, concurrency=0)
+    with pytest.raises(ConfigError, match="DICOMCAST_SOURCE_URL"):
+        load_settings(None, fhir_url="http://f").require_worker_settings()
+
+
+def test_record_page_is_atomic_with_the_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StateStore("sqlite://")
+    store.migrate()
+    store.ensure_source("s", "orthanc")
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_mark", explode)
+    with pytest.raises(RuntimeError):
+        store.record_page("s", "50", "50", [DirtyMark("a")])
+    source = store.get_source("s")
+    assert source is not None and source.cursor is None  # nothing half-recorded
+
+
+def test_newer_change_during_a_sync_keeps_the_study_dirty() -> None:
+    store = StateStore("sqlite://")
+    store.migrate()
+    store.ensure_source("s", "orthanc")
+    store.record_page("s", "1", "1", [DirtyMark("a", 100.0)])
+    (task,) = store.due("s", 10)
+    assert store.claim(task, "w", 60)
+    store.record_page("s", "2", "2", [DirtyMark("a", 200.0)])  # arrives mid-sync
+    assert store.finish_clean(task, SyncOutcome("1.2", "h", "p", "i", 3)) is False
+    (again,) = store.due("s", 10)
+    assert again.generation == task.generation + 1 and again.content_hash == "h"
+    assert store.finish_clean(again, SyncOutcome("1.2", "h", "p", "i", 3)) is True
+    assert store.counts("s") == {"clean": 1}
+
+
+def test_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = StateStore(url)
+    store.migrate()
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StateSchemaError, match="newer"):
+        StateStore(url).migrate()

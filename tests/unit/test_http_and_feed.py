@@ -1,0 +1,109 @@
+"""HTTP error classes and retries, and the Orthanc change feed's corner cases (MockTransport)."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import FhirConflict, FhirRejected, FhirUnavailable
+from dicomcast.fhir.client import FhirClient
+from dicomcast.sources.orthanc import OrthancSource
+
+
+def client(handler: Any) -> FhirClient:
+    return FhirClient("http://fhir.test", transport=httpx.MockTransport(handler))
+
+
+def test_429_is_retried_honouring_retry_after() -> None:
+    seen: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        return httpx.Response(200, json={"resourceType": "CapabilityStatement"})
+
+    assert client(handler).metadata()["resourceType"] == "CapabilityStatement"
+    assert len(seen) == 2 and seen[1] - seen[0] >= 0.95
+
+
+def test_5xx_and_timeouts_give_up_as_retriable_after_bounded_tries() -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise httpx.ConnectTimeout("slow")
+        return httpx.Response(503)
+
+    with pytest.raises(FhirUnavailable):
+        client(handler).metadata()
+    assert calls["n"] == 4
+
+
+@pytest.mark.parametrize(("status", "error"), [(412, FhirConflict), (409, FhirConflict),
+                                               (422, FhirRejected), (401, FhirUnavailable)])
+def test_status_classes(status: int, error: type[Exception]) -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(status)
+
+    with pytest.raises(error):
+        client(handler).search("Patient?identifier=a|b")
+    # Only transient statuses are retried in-process; conflicts go back to the merge.
+    assert calls["n"] == (4 if error is FhirUnavailable else 1)
+
+
+def orthanc(handler: Any) -> OrthancSource:
+    settings = SourceSettings(name="o", kind="orthanc", url="http://orthanc.test",
+                              public_url="http://orthanc.test/dicom-web")
+    return OrthancSource(settings, transport=httpx.MockTransport(handler))
+
+
+def test_feed_maps_changes_to_studies_and_skips_deleted_resources() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/changes":
+            assert request.url.params["since"] == "10"
+            return httpx.Response(200, json={"Changes": [
+                {"ChangeType": "NewInstance", "ID": "i1", "ResourceType": "Instance", "Seq": 11,
+                 "Date": "20261123T182242"},
+                {"ChangeType": "NewInstance", "ID": "i-gone", "ResourceType": "Instance", "Seq": 12},
+                {"ChangeType": "NewSeries", "ID": "s1", "ResourceType": "Series", "Seq": 14},
+                {"ChangeType": "StableStudy", "ID": "st2", "ResourceType": "Study", "Seq": 17},
+                {"ChangeType": "NewPatient", "ID": "p1", "ResourceType": "Patient", "Seq": 18},
+                {"ChangeType": "NewInstance", "ResourceType": "Instance", "Seq": 19},
+            ], "Done": True, "Last": 19})
+        if path == "/instances/i1":
+            return httpx.Response(200, json={"ParentSeries": "s1"})
+        if path == "/series/s1":
+            return httpx.Response(200, json={"ParentStudy": "st1"})
+        return httpx.Response(404)
+
+    page = orthanc(handler).read_changes("10", 100)
+    assert [m.study_key for m in page.marks] == ["st1", "st1", "st2"]
+    assert page.marks[0].event_time == calendar.timegm((2026, 11, 23, 18, 22, 42, 0, 0, 0))
+    assert (page.cursor, page.done, page.reset, page.changes_read) == ("19", True, False, 6)
+
+
+def test_feed_behind_the_cursor_is_reported_as_a_reset() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"Changes": [], "Done": True, "Last": 3})
+
+    page = orthanc(handler).read_changes("500", 100)
+    assert page.reset and page.cursor == "0"
+
+
+def test_empty_page_keeps_cursor_and_gaps_are_skipped() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"Changes": [], "Done": True, "Last": 500})
+
+    page = orthanc(handler).read_changes("500", 100)
+    assert not page.reset and page.cursor == "500" and page.marks == []
