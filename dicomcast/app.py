@@ -16,8 +16,12 @@ from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
 
 MAPPING_CONFIG_KEYS = {
-    "patient_id_system", "accession_system", "issuer_systems", "timezone",
-    "source_name", "source_public_url",
+    "patient_id_system",
+    "accession_system",
+    "issuer_systems",
+    "timezone",
+    "source_name",
+    "source_public_url",
 }
 
 
@@ -38,12 +42,11 @@ def load_mappings(settings: Settings) -> Mappings:
     return Mappings.load(settings.mapping_dir, MAPPING_CONFIG_KEYS)
 
 
-def make_source(
-    settings: Settings, transport: httpx.BaseTransport | None = None
-) -> Source:
+def make_source(settings: Settings, transport: httpx.BaseTransport | None = None) -> Source:
     verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
-    return OrthancSource(settings.source, verify=verify, timeout=settings.http_timeout,
-                         transport=transport)
+    return OrthancSource(
+        settings.source, verify=verify, timeout=settings.http_timeout, transport=transport
+    )
 
 
 @dataclass
@@ -62,7 +65,9 @@ class App:
 
 
 def build_app(
-    settings: Settings, *, source: Source | None = None,
+    settings: Settings,
+    *,
+    source: Source | None = None,
     fhir_transport: httpx.BaseTransport | None = None,
 ) -> App:
     """Validate settings, compile mappings, migrate the state DB: every fatal check up front."""

@@ -112,14 +112,19 @@ def _status(settings: Settings) -> dict[str, Any]:
         failures: dict[str, int] = {}
         for row in store.failures(settings.source_name):
             if row.status == "failed":
-                failures[row.error_kind or "unknown"] = failures.get(row.error_kind or "unknown", 0) + 1
+                failures[row.error_kind or "unknown"] = (
+                    failures.get(row.error_kind or "unknown", 0) + 1
+                )
         return {
             "source": settings.source_name,
             "cursor": cursor,
             "feed_head": head,
             "lag_events": lag,
-            "studies": {"clean": counts.get("clean", 0), "dirty": counts.get("dirty", 0),
-                        "failed": counts.get("failed", 0)},
+            "studies": {
+                "clean": counts.get("clean", 0),
+                "dirty": counts.get("dirty", 0),
+                "failed": counts.get("failed", 0),
+            },
             "oldest_dirty_age_s": round(now - oldest, 1) if oldest else None,
             "failures_by_kind": failures,
             "last_success_at": _iso(source.last_success_at) if source else None,
@@ -151,14 +156,17 @@ def status(
         + (f"  ({info['lag_events']} events behind)" if info["lag_events"] is not None else ""),
         f"studies         {studies['clean']} clean, {studies['dirty']} dirty, "
         f"{studies['failed']} failed",
-        f"oldest dirty    {info['oldest_dirty_age_s']} s" if info["oldest_dirty_age_s"] else
-        "oldest dirty    -",
+        f"oldest dirty    {info['oldest_dirty_age_s']} s"
+        if info["oldest_dirty_age_s"]
+        else "oldest dirty    -",
         f"last success    {info['last_success_at'] or '-'}",
         f"last poll       {info['last_poll_at'] or '-'}",
     ]
     if info["failures_by_kind"]:
-        lines.append("failures        " + ", ".join(
-            f"{k}: {n}" for k, n in sorted(info["failures_by_kind"].items())))
+        lines.append(
+            "failures        "
+            + ", ".join(f"{k}: {n}" for k, n in sorted(info["failures_by_kind"].items()))
+        )
     typer.echo("\n".join(lines))
 
 
@@ -191,9 +199,18 @@ def map_files(
             continue
         for warning in mapped.warnings:
             typer.echo(f"warning: study {study.uid}: {warning}", err=True)
-        bundles.append(_dry_run_bundle(endpoint, endpoint_ref, mapped.patient,
-                                       mapped.patient_placeholder, mapped.imaging_study))
-    json.dump(bundles[0] if len(bundles) == 1 else bundles, sys.stdout, indent=2, ensure_ascii=False)
+        bundles.append(
+            _dry_run_bundle(
+                endpoint,
+                endpoint_ref,
+                mapped.patient,
+                mapped.patient_placeholder,
+                mapped.imaging_study,
+            )
+        )
+    json.dump(
+        bundles[0] if len(bundles) == 1 else bundles, sys.stdout, indent=2, ensure_ascii=False
+    )
     sys.stdout.write("\n")
     if failed or not studies:
         typer.echo(f"dicomcast: {len(bundles)} studies mapped, {failed} refused", err=True)
@@ -201,21 +218,36 @@ def map_files(
 
 
 def _dry_run_bundle(
-    endpoint: dict[str, Any], endpoint_ref: str, patient: dict[str, Any], patient_ref: str,
+    endpoint: dict[str, Any],
+    endpoint_ref: str,
+    patient: dict[str, Any],
+    patient_ref: str,
     study: dict[str, Any],
 ) -> dict[str, Any]:
     from dicomcast.mapping.mapper import search_token
 
     def create(full_url: str | None, resource: dict[str, Any]) -> dict[str, Any]:
-        entry: dict[str, Any] = {"resource": resource, "request": {
-            "method": "POST", "url": resource["resourceType"],
-            "ifNoneExist": f"identifier={search_token(resource)}"}}
+        entry: dict[str, Any] = {
+            "resource": resource,
+            "request": {
+                "method": "POST",
+                "url": resource["resourceType"],
+                "ifNoneExist": f"identifier={search_token(resource)}",
+            },
+        }
         if full_url:
             entry = {"fullUrl": full_url, **entry}
         return entry
 
-    return {"resourceType": "Bundle", "type": "transaction", "entry": [
-        create(endpoint_ref, endpoint), create(patient_ref, patient), create(None, study)]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            create(endpoint_ref, endpoint),
+            create(patient_ref, patient),
+            create(None, study),
+        ],
+    }
 
 
 @app.command("check-config")

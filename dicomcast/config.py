@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     source_kind: Literal["orthanc"] = "orthanc"
     source_url: str | None = Field(None, description="REST base URL of the DICOM server.")
     source_public_url: str | None = Field(
-        None, description="DICOMweb base URL published in the FHIR Endpoint (default: URL/dicom-web)."
+        None,
+        description="DICOMweb base URL published in the FHIR Endpoint (default: URL/dicom-web).",
     )
     source_username: str | None = None
     source_password: SecretStr | None = None
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
     # --- the FHIR server
     fhir_url: str | None = Field(None, description="FHIR R4 base URL.")
     fhir_token: SecretStr | None = Field(None, description="Static bearer token.")
-    fhir_oauth_token_url: str | None = Field(None, description="OAuth2 client-credentials token URL.")
+    fhir_oauth_token_url: str | None = Field(
+        None, description="OAuth2 client-credentials token URL."
+    )
     fhir_client_id: str | None = None
     fhir_client_secret: SecretStr | None = None
     fhir_scope: str | None = None
@@ -143,7 +146,9 @@ class Settings(BaseSettings):
     def source(self) -> SourceSettings:
         """The configured source; `ConfigError` when its URL is missing."""
         if not self.source_url:
-            raise ConfigError("DICOMCAST_SOURCE_URL is not set: which DICOM server should I follow?")
+            raise ConfigError(
+                "DICOMCAST_SOURCE_URL is not set: which DICOM server should I follow?"
+            )
         return SourceSettings(
             name=self.source_name,
             kind=self.source_kind,

@@ -49,8 +49,14 @@ class ClientCredentials(httpx.Auth):
     requires_response_body = True
 
     def __init__(
-        self, token_url: str, client_id: str, client_secret: str, scope: str | None,
-        *, verify: bool | str = True, transport: httpx.BaseTransport | None = None,
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        scope: str | None,
+        *,
+        verify: bool | str = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.token_url = token_url
         self.client_id = client_id
@@ -62,8 +68,11 @@ class ClientCredentials(httpx.Auth):
         self._http = httpx.Client(verify=verify, transport=transport, timeout=30)
 
     def _fetch(self) -> str:
-        data = {"grant_type": "client_credentials", "client_id": self.client_id,
-                "client_secret": self.client_secret}
+        data = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+        }
         if self.scope:
             data["scope"] = self.scope
         try:
@@ -120,7 +129,9 @@ def outcome_text(response: httpx.Response) -> str:
 
 
 def classify(
-    response: httpx.Response, what: str, unavailable: type[RetriableError],
+    response: httpx.Response,
+    what: str,
+    unavailable: type[RetriableError],
     rejected: type[Rejected],
 ) -> None:
     """Raise the error class that says what to do with this response; return if it is fine."""
@@ -151,9 +162,7 @@ def _wait(base: Callable[[RetryCallState], float]) -> Callable[[RetryCallState],
     return wait
 
 
-def with_retries(
-    fn: Callable[[], T], *, attempts: int = 4, max_delay: float = 30.0
-) -> T:
+def with_retries(fn: Callable[[], T], *, attempts: int = 4, max_delay: float = 30.0) -> T:
     """Call `fn`, retrying RetriableError briefly (bounded by attempts and elapsed time)."""
     retrying = retry(
         # A conflict is never resent as it was: the caller must re-read and merge first.
@@ -168,8 +177,13 @@ def with_retries(
 
 
 def make_client(
-    base_url: str, *, auth: httpx.Auth | None, verify: bool | str, timeout: float,
-    transport: httpx.BaseTransport | None = None, max_connections: int = 16,
+    base_url: str,
+    *,
+    auth: httpx.Auth | None,
+    verify: bool | str,
+    timeout: float,
+    transport: httpx.BaseTransport | None = None,
+    max_connections: int = 16,
     headers: dict[str, str] | None = None,
 ) -> httpx.Client:
     return httpx.Client(
@@ -178,15 +192,22 @@ def make_client(
         verify=verify,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         transport=transport,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
         headers={"User-Agent": USER_AGENT, **(headers or {})},
         follow_redirects=False,
     )
 
 
 def send(
-    client: httpx.Client, method: str, url: str, what: str, unavailable: type[RetriableError],
-    rejected: type[Rejected], **kwargs: Any,
+    client: httpx.Client,
+    method: str,
+    url: str,
+    what: str,
+    unavailable: type[RetriableError],
+    rejected: type[Rejected],
+    **kwargs: Any,
 ) -> httpx.Response:
     """One request with transport errors mapped to `unavailable` and the status classified."""
     try:

@@ -153,7 +153,9 @@ def build_study_views(instances: Iterable[DicomJson]) -> tuple[list[StudyView], 
     for study_uid, series_map in by_study.items():
         series_views = []
         for series_uid, inst_map in series_map.items():
-            ordered = sorted(inst_map.items(), key=lambda kv: (_number(kv[1], INSTANCE_NUMBER), kv[0]))
+            ordered = sorted(
+                inst_map.items(), key=lambda kv: (_number(kv[1], INSTANCE_NUMBER), kv[0])
+            )
             series_views.append(
                 SeriesView(series_uid, tuple(InstanceView(uid, d) for uid, d in ordered))
             )

@@ -60,8 +60,9 @@ class Worker:
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
         self._current_uid = threading.local()  # the study UID being synced, for log lines
-        self._pool = ThreadPoolExecutor(max_workers=self.settings.concurrency,
-                                        thread_name_prefix="sync")
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.settings.concurrency, thread_name_prefix="sync"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -73,13 +74,17 @@ class Worker:
         self.store.ensure_source(self.source.name, self.source.kind)
         released = self.store.release_claims(self.source.name, self.owner)
         if released:
-            log.warning("took back %d studies an earlier run of this worker left claimed",
-                        released, extra={"source": self.source.name, "count": released})
+            log.warning(
+                "took back %d studies an earlier run of this worker left claimed",
+                released,
+                extra={"source": self.source.name, "count": released},
+            )
         if self.endpoint_ref is None:
             endpoint = self.app.mappings.map_endpoint(self.config)
             self.endpoint_ref = self.app.writer.ensure_endpoint(endpoint)
-            log.info("endpoint ready", extra={"source": self.source.name,
-                                              "endpoint": self.endpoint_ref})
+            log.info(
+                "endpoint ready", extra={"source": self.source.name, "endpoint": self.endpoint_ref}
+            )
 
     # --- the feed
 
@@ -111,8 +116,11 @@ class Worker:
         # is a cheap no-op (content hash), so no special case is needed.
         self.store.mark_dirty(self.source.name, marks, now)
         if marks:
-            log.info("reconcile found %d studies to sync", len(marks),
-                     extra={"source": self.source.name, "count": len(marks)})
+            log.info(
+                "reconcile found %d studies to sync",
+                len(marks),
+                extra={"source": self.source.name, "count": len(marks)},
+            )
         return len(marks)
 
     # --- syncing
@@ -134,39 +142,57 @@ class Worker:
         try:
             outcome = self._sync(task, wait_for_stable)
         except StudyError as exc:
-            self.store.finish_failed(task, str(exc) + _outcome_suffix(exc), type(exc).__name__,
-                                     park=True, retry_at=None)
+            self.store.finish_failed(
+                task, str(exc) + _outcome_suffix(exc), type(exc).__name__, park=True, retry_at=None
+            )
             outcome = "failed"
             log.warning("study refused: %s", exc, extra=self._extra(task, outcome))
         except RetriableError as exc:
             outcome = self._backoff(task, exc)
-        except Exception as exc:  # noqa: BLE001 - one study must never stop the others
-            self.store.finish_failed(task, f"internal error: {type(exc).__name__}: {exc}",
-                                     "InternalError", park=True, retry_at=None)
+        except Exception as exc:
+            self.store.finish_failed(
+                task,
+                f"internal error: {type(exc).__name__}: {exc}",
+                "InternalError",
+                park=True,
+                retry_at=None,
+            )
             outcome = "failed"
             log.exception("internal error syncing a study", extra=self._extra(task, outcome))
-        log.info("study %s", outcome, extra={**self._extra(task, outcome),
-                                             "ms": round((time.monotonic() - started) * 1000)})
+        log.info(
+            "study %s",
+            outcome,
+            extra={**self._extra(task, outcome), "ms": round((time.monotonic() - started) * 1000)},
+        )
         return outcome
 
     def _extra(self, task: StudyTask, outcome: str) -> dict[str, Any]:
-        return {"source": task.source, "study_key": task.study_key,
-                "study_uid": getattr(self._current_uid, "value", None) or task.study_uid,
-                "outcome": outcome}
+        return {
+            "source": task.source,
+            "study_key": task.study_key,
+            "study_uid": getattr(self._current_uid, "value", None) or task.study_uid,
+            "outcome": outcome,
+        }
 
     def _backoff(self, task: StudyTask, exc: RetriableError) -> str:
         attempts = task.attempts + 1
         if attempts >= self.settings.max_attempts:
             self.store.finish_failed(task, str(exc), type(exc).__name__, park=True, retry_at=None)
-            log.warning("study parked after %d attempts: %s", attempts, exc,
-                        extra=self._extra(task, "failed"))
+            log.warning(
+                "study parked after %d attempts: %s",
+                attempts,
+                exc,
+                extra=self._extra(task, "failed"),
+            )
             return "failed"
         delay = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempts - 1))
         delay = max(delay * random.uniform(0.8, 1.2), exc.retry_after or 0.0)  # noqa: S311
-        self.store.finish_failed(task, str(exc), type(exc).__name__, park=False,
-                                 retry_at=time.time() + delay)
-        log.info("study will be retried in %.0f s: %s", delay, exc,
-                 extra=self._extra(task, "retry"))
+        self.store.finish_failed(
+            task, str(exc), type(exc).__name__, park=False, retry_at=time.time() + delay
+        )
+        log.info(
+            "study will be retried in %.0f s: %s", delay, exc, extra=self._extra(task, "retry")
+        )
         return "retry"
 
     def _sync(self, task: StudyTask, wait_for_stable: bool) -> str:
@@ -190,14 +216,30 @@ class Worker:
         warnings = tuple(fetched.warnings) + mapped.warnings
         digest = content_hash(mapped.patient, mapped.imaging_study, self.settings.patient_policy)
         if digest == task.content_hash and task.fhir_imagingstudy_id:
-            self.store.finish_clean(task, SyncOutcome(
-                view.uid, digest, task.fhir_patient_id, task.fhir_imagingstudy_id,
-                view.instance_count, warnings))
+            self.store.finish_clean(
+                task,
+                SyncOutcome(
+                    view.uid,
+                    digest,
+                    task.fhir_patient_id,
+                    task.fhir_imagingstudy_id,
+                    view.instance_count,
+                    warnings,
+                ),
+            )
             return "unchanged"
         result = self.app.writer.upsert_study(mapped)
-        self.store.finish_clean(task, SyncOutcome(
-            view.uid, digest, result.patient_id, result.imaging_study_id,
-            view.instance_count, warnings))
+        self.store.finish_clean(
+            task,
+            SyncOutcome(
+                view.uid,
+                digest,
+                result.patient_id,
+                result.imaging_study_id,
+                view.instance_count,
+                warnings,
+            ),
+        )
         return "synced" if result.wrote else "unchanged"
 
     # --- running
@@ -211,9 +253,9 @@ class Worker:
             stats = self.sync_round(wait_for_stable=False)
             if progress:
                 progress(stats)
-            if stats.attempted == 0:
-                if self.tail() == 0:
-                    break
+            # Nothing was due: stop once the feed, read again, names nothing new either.
+            if stats.attempted == 0 and self.tail() == 0:
+                break
         counts = self.store.counts(self.source.name)
         left = counts.get("failed", 0) + counts.get("dirty", 0)
         return 1 if left else 0
@@ -221,13 +263,23 @@ class Worker:
     def run_forever(self) -> None:
         """The long-running worker: poll, sync, and scan on schedules until SIGTERM/SIGINT."""
         self.prepare()
-        scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
-                                                      "misfire_grace_time": None})
-        scheduler.add_job(self._guarded(self._cycle), "interval",
-                          seconds=self.settings.poll_interval, id="cycle", next_run_time=_now())
-        scheduler.add_job(self._guarded(self.reconcile), "interval",
-                          seconds=self.settings.reconcile_interval, id="reconcile",
-                          next_run_time=_now())
+        scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        scheduler.add_job(
+            self._guarded(self._cycle),
+            "interval",
+            seconds=self.settings.poll_interval,
+            id="cycle",
+            next_run_time=_now(),
+        )
+        scheduler.add_job(
+            self._guarded(self.reconcile),
+            "interval",
+            seconds=self.settings.reconcile_interval,
+            id="reconcile",
+            next_run_time=_now(),
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
         scheduler.start()
@@ -252,7 +304,7 @@ class Worker:
                 job()
             except DicomcastError as exc:
                 log.warning("%s failed: %s", job.__name__, exc, extra={"source": self.source.name})
-            except Exception:  # noqa: BLE001 - the schedule must keep going
+            except Exception:
                 log.exception("%s failed unexpectedly", job.__name__)
 
         return run

@@ -22,8 +22,10 @@ from dicomcast.worker import Worker
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own DICOMCAST_* variables must not leak into the tests."""
     for name in list(os.environ):
-        if name.startswith("DICOMCAST_") and name not in ("DICOMCAST_SEKMET",
-                                                         "DICOMCAST_ORTHANC_BIN"):
+        if name.startswith("DICOMCAST_") and name not in (
+            "DICOMCAST_SEKMET",
+            "DICOMCAST_ORTHANC_BIN",
+        ):
             monkeypatch.delenv(name)
 
 

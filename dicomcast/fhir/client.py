@@ -16,12 +16,17 @@ from dicomcast.http import BearerToken, ClientCredentials, classify, make_client
 FHIR_JSON = "application/fhir+json"
 
 
-def fhir_auth(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Auth | None:
+def fhir_auth(
+    settings: Settings, transport: httpx.BaseTransport | None = None
+) -> httpx.Auth | None:
     if settings.fhir_oauth_token_url and settings.fhir_client_id and settings.fhir_client_secret:
         return ClientCredentials(
-            settings.fhir_oauth_token_url, settings.fhir_client_id,
-            settings.fhir_client_secret.get_secret_value(), settings.fhir_scope,
-            verify=_verify(settings), transport=transport,
+            settings.fhir_oauth_token_url,
+            settings.fhir_client_id,
+            settings.fhir_client_secret.get_secret_value(),
+            settings.fhir_scope,
+            verify=_verify(settings),
+            transport=transport,
         )
     if settings.fhir_token:
         return BearerToken(settings.fhir_token.get_secret_value())
@@ -38,13 +43,22 @@ class FhirClient:
     """Thread-safe; one instance per FHIR server, shared by all syncers (connection reuse)."""
 
     def __init__(
-        self, base_url: str, *, auth: httpx.Auth | None = None, verify: bool | str = True,
-        timeout: float = 30.0, transport: httpx.BaseTransport | None = None,
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
         max_connections: int = 16,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = make_client(
-            self.base_url, auth=auth, verify=verify, timeout=timeout, transport=transport,
+            self.base_url,
+            auth=auth,
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
             max_connections=max_connections,
             headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
         )
@@ -59,8 +73,11 @@ class FhirClient:
     ) -> FhirClient:
         assert settings.fhir_url
         return cls(
-            settings.fhir_url, auth=fhir_auth(settings), verify=_verify(settings),
-            timeout=settings.http_timeout, transport=transport,
+            settings.fhir_url,
+            auth=fhir_auth(settings),
+            verify=_verify(settings),
+            timeout=settings.http_timeout,
+            transport=transport,
             max_connections=max(4, settings.concurrency * 2),
         )
 
@@ -106,8 +123,12 @@ class FhirClient:
                     status = str(entry.get("response", {}).get("status", "200"))
                     code = int(status.split()[0]) if status.split()[0].isdigit() else 200
                     if code >= 400:
-                        classify(httpx.Response(code, json=entry.get("resource")), "batch search",
-                                 FhirUnavailable, FhirRejected)
+                        classify(
+                            httpx.Response(code, json=entry.get("resource")),
+                            "batch search",
+                            FhirUnavailable,
+                            FhirRejected,
+                        )
                     results.append(_matches(entry.get("resource") or {}))
                 if len(results) == len(queries):
                     return results

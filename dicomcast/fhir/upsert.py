@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from dicomcast.config import DeletedStudyPolicy, PatientPolicy
 from dicomcast.errors import FhirConflict, MappingError
@@ -86,7 +87,7 @@ def merge_patient(
 def merge_owned(
     current: dict[str, Any], desired: dict[str, Any], owned: frozenset[str]
 ) -> dict[str, Any]:
-    """Owned elements come from DICOM (absent ones removed); the rest stay as the server has them."""
+    """Owned elements come from DICOM (absent ones removed); others stay as the server has them."""
     merged = {k: v for k, v in current.items() if k not in owned}
     merged.update({k: v for k, v in desired.items() if k != "resourceType"})
     merged["resourceType"] = desired["resourceType"]
@@ -108,9 +109,14 @@ class FhirWriter:
     """Writes studies into one FHIR server according to the configured policies."""
 
     def __init__(
-        self, client: FhirClient, *, patient_owned: frozenset[str],
-        study_owned: frozenset[str], patient_policy: PatientPolicy,
-        deleted_policy: DeletedStudyPolicy, max_entries: int,
+        self,
+        client: FhirClient,
+        *,
+        patient_owned: frozenset[str],
+        study_owned: frozenset[str],
+        patient_policy: PatientPolicy,
+        deleted_policy: DeletedStudyPolicy,
+        max_entries: int,
     ) -> None:
         self.client = client
         self.patient_owned = patient_owned
@@ -130,7 +136,11 @@ class FhirWriter:
                 entry = {
                     "fullUrl": "urn:uuid:00000000-0000-4000-8000-00000000e001",
                     "resource": endpoint,
-                    "request": {"method": "POST", "url": "Endpoint", "ifNoneExist": f"identifier={token}"},
+                    "request": {
+                        "method": "POST",
+                        "url": "Endpoint",
+                        "ifNoneExist": f"identifier={token}",
+                    },
                 }
                 resource_id, _ = _created_id(self.client.transaction([entry])[0])
                 if resource_id:
@@ -153,8 +163,11 @@ class FhirWriter:
             try:
                 return self._upsert_once(mapped)
             except FhirConflict:
-                log.info("conflict writing study %s, re-reading (attempt %d)",
-                         mapped.study_uid, attempt + 1)
+                log.info(
+                    "conflict writing study %s, re-reading (attempt %d)",
+                    mapped.study_uid,
+                    attempt + 1,
+                )
         raise FhirConflict(f"study {mapped.study_uid} kept changing on the FHIR server")
 
     def _upsert_once(self, mapped: MappedStudy) -> UpsertResult:
@@ -172,8 +185,11 @@ class FhirWriter:
             patient_entry = {
                 "fullUrl": patient_ref,
                 "resource": mapped.patient,
-                "request": {"method": "POST", "url": "Patient",
-                            "ifNoneExist": f"identifier={patient_token}"},
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": f"identifier={patient_token}",
+                },
             }
         else:
             patient_ref = f"Patient/{current_patient['id']}"
@@ -188,8 +204,11 @@ class FhirWriter:
         if current_study is None:
             study_entry = {
                 "resource": desired,
-                "request": {"method": "POST", "url": "ImagingStudy",
-                            "ifNoneExist": f"identifier={study_token}"},
+                "request": {
+                    "method": "POST",
+                    "url": "ImagingStudy",
+                    "ifNoneExist": f"identifier={study_token}",
+                },
             }
         else:
             merged_study = merge_owned(current_study, desired, self.study_owned)
@@ -235,7 +254,7 @@ class FhirWriter:
 
     def remove_study(self, study_uid: str) -> int:
         """Reflect a deleted study: delete its ImagingStudy, or mark it entered-in-error."""
-        token = f"urn:dicom:uid|urn:oid:{study_uid}"
+        token = quote(f"urn:dicom:uid|urn:oid:{study_uid}", safe=":/|")
 
         def once() -> int:
             matches = self.client.search(f"ImagingStudy?identifier={token}")

@@ -196,7 +196,7 @@ def date_time_to_datetime(value: Any, ctx: ConvertContext) -> str | None:
     """
     if not isinstance(value, tuple):
         value = (value, None, None)
-    date_value, time_value, offset_value = (tuple(value) + (None, None, None))[:3]
+    date_value, time_value, offset_value = (*tuple(value), None, None, None)[:3]
     if date_value is None:
         return None
     date_text, full_date = _fhir_date(date_value)
@@ -215,9 +215,7 @@ def date_time_to_datetime(value: Any, ctx: ConvertContext) -> str | None:
     return f"{date_text}T{time_text}{zone_text}"
 
 
-_DT = re.compile(
-    r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$"
-)
+_DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
 
 
 @converter("dt_to_datetime")

@@ -121,7 +121,9 @@ class _Compiler:
         needs: list[str] = []
         if "needs" in keys:
             needs_value = self.plain(keys["needs"])
-            if not isinstance(needs_value, list) or not all(isinstance(n, str) for n in needs_value):
+            if not isinstance(needs_value, list) or not all(
+                isinstance(n, str) for n in needs_value
+            ):
                 raise self.fail(keys["needs"], "needs: expects a list of element names")
             needs = needs_value
         fields = [
@@ -131,7 +133,9 @@ class _Compiler:
         ]
         unknown_needs = [n for n in needs if n not in dict(fields)]
         if unknown_needs:
-            raise self.fail(keys["needs"], f"needs: names no element of this object: {unknown_needs}")
+            raise self.fail(
+                keys["needs"], f"needs: names no element of this object: {unknown_needs}"
+            )
         where = _where(node, self.file)
 
         def template(scope: Scope, run: Run) -> Any:
@@ -183,8 +187,9 @@ class _Compiler:
         unknown = [k for k in keys if k not in PRODUCERS + MODIFIERS]
         if unknown:
             raise self.fail(
-                node, f"unknown key(s) {unknown} in a directive (one of {', '.join(PRODUCERS)} "
-                f"with {', '.join(MODIFIERS)})"
+                node,
+                f"unknown key(s) {unknown} in a directive (one of {', '.join(PRODUCERS)} "
+                f"with {', '.join(MODIFIERS)})",
             )
         producers = [k for k in keys if k in PRODUCERS]
         if len(producers) != 1:
@@ -210,7 +215,11 @@ class _Compiler:
         return self._modified(node, keys, path, produce, source)
 
     def _modified(
-        self, node: yaml.MappingNode, keys: dict[str, yaml.Node], path: str, produce: Node,
+        self,
+        node: yaml.MappingNode,
+        keys: dict[str, yaml.Node],
+        path: str,
+        produce: Node,
         source: str,
     ) -> Node:
         where = _where(node, self.file)
@@ -239,7 +248,7 @@ class _Compiler:
     def _steps(
         self, keys: dict[str, yaml.Node], where: str, path: str, source: str
     ) -> list[Callable[[Any, Run], Any]]:
-        """The `in` filter on raw values, then `as` converters, then `lookup`; per item of a list."""
+        """The `in` filter on raw values, then `as` converters, then `lookup`; per list item."""
         steps: list[Callable[[Any, Run], Any]] = []
         if "in" in keys:
             allowed = self.plain(keys["in"])
@@ -499,7 +508,9 @@ class ResourceMapping:
 
 
 def compile_file(
-    path: Path, resource_type: str, tables: Mapping[str, Mapping[str, Any]],
+    path: Path,
+    resource_type: str,
+    tables: Mapping[str, Mapping[str, Any]],
     config_keys: Iterable[str],
 ) -> ResourceMapping:
     try:
@@ -518,7 +529,10 @@ def compile_file(
         inline = compiler.plain(keys["tables"])
         if not isinstance(inline, dict) or not all(isinstance(t, dict) for t in inline.values()):
             raise compiler.fail(keys["tables"], "tables: maps a name to {key: value}")
-        compiler.tables = {**tables, **{k: {str(a): b for a, b in v.items()} for k, v in inline.items()}}
+        compiler.tables = {
+            **tables,
+            **{k: {str(a): b for a, b in v.items()} for k, v in inline.items()},
+        }
         root.value = [(k, v) for k, v in root.value if compiler.plain(k) != "tables"]
     declared = compiler.plain(keys["resourceType"]) if "resourceType" in keys else None
     if declared != resource_type:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
@@ -54,10 +55,16 @@ def match_key(resource: Mapping[str, Any]) -> tuple[str, str]:
     return str(system), str(value)
 
 
+def _escape(text: str) -> str:
+    """Escape a search token part (FHIR search: `\\`, `|`, `,` and `$` are special)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+
+
 def search_token(resource: Mapping[str, Any]) -> str:
+    """`system|value` of the match key, escaped for FHIR search and percent-encoded for a URL
+    (patient IDs may hold `&`, `+`, `#` or spaces)."""
     system, value = match_key(resource)
-    escape = lambda s: s.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,")  # noqa: E731
-    return f"{escape(system)}|{escape(value)}"
+    return quote(f"{_escape(system)}|{_escape(value)}", safe=":/|")
 
 
 def validate(resource: dict[str, Any]) -> None:

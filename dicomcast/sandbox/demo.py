@@ -26,10 +26,12 @@ COHORT = "ImagingStudy?modality=CT&patient.birthdate=le1970-01-01"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--folder", type=Path, default=REPO / ".demo",
-                        help="working folder (emptied first)")
-    parser.add_argument("--keep", action="store_true",
-                        help="leave both servers running until Ctrl-C")
+    parser.add_argument(
+        "--folder", type=Path, default=REPO / ".demo", help="working folder (emptied first)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="leave both servers running until Ctrl-C"
+    )
     args = parser.parse_args()
     shutil.rmtree(args.folder, ignore_errors=True)
     args.folder.mkdir(parents=True)
@@ -76,10 +78,12 @@ def main() -> int:
             for entry in studies:
                 study = entry["resource"]
                 modalities = ",".join(c["code"] for c in study.get("modality", []))
-                print(f"  {study.get('started', '?'):<30} {modalities:<4} "
-                      f"{study.get('numberOfSeries', 0)} series/{study.get('numberOfInstances', 0)}"
-                      f" inst  {study.get('description', ''):<22} "
-                      f"{names.get(study['subject']['reference'], '?')}")
+                print(
+                    f"  {study.get('started', '?'):<30} {modalities:<4} "
+                    f"{study.get('numberOfSeries', 0)} series/{study.get('numberOfInstances', 0)}"
+                    f" inst  {study.get('description', ''):<22} "
+                    f"{names.get(study['subject']['reference'], '?')}"
+                )
             cohort = http.get(COHORT).json()
             print(f"\nCohort query: GET {COHORT}")
             for entry in cohort.get("entry", []):

@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,8 @@ class OrthancServer:
         log = self.folder / "orthanc.log"
         self.proc = subprocess.Popen(
             [ORTHANC_BIN, f"--logfile={log}", str(config_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             env={**os.environ, "TCP_NODELAY": "1"},
         )
         _wait_auth = httpx.BasicAuth(*self.user) if self.user else None
@@ -121,8 +121,9 @@ class OrthancServer:
         with self.client() as http:
             answers = []
             for payload in payloads:
-                response = http.post("/instances", content=payload,
-                                     headers={"Content-Type": "application/dicom"})
+                response = http.post(
+                    "/instances", content=payload, headers={"Content-Type": "application/dicom"}
+                )
                 response.raise_for_status()
                 answers.append(response.json())
             return answers
@@ -169,7 +170,10 @@ class FhirServer:
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [*sekmet_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.folder,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.folder,
             )
         _wait(f"{self.url}/metadata", self.proc, "sekmet-fhir", log, timeout=60)
         return self
@@ -178,7 +182,6 @@ class FhirServer:
         _stop(self.proc)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/", timeout=60,
-                            headers={"Accept": "application/fhir+json"})
-
-
+        return httpx.Client(
+            base_url=self.url + "/", timeout=60, headers={"Accept": "application/fhir+json"}
+        )

@@ -47,7 +47,11 @@ class OrthancSource:
     kind = "orthanc"
 
     def __init__(
-        self, settings: SourceSettings, *, verify: bool | str = True, timeout: float = 30.0,
+        self,
+        settings: SourceSettings,
+        *,
+        verify: bool | str = True,
+        timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.name = settings.name
@@ -58,8 +62,9 @@ class OrthancSource:
         elif settings.username:
             password = settings.password.get_secret_value() if settings.password else ""
             auth = httpx.BasicAuth(settings.username, password)
-        self.http = make_client(settings.url, auth=auth, verify=verify, timeout=timeout,
-                                transport=transport)
+        self.http = make_client(
+            settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
+        )
         # series -> study; series are few and immutable in parentage, so caching is safe.
         self._series_study: OrderedDict[str, str] = OrderedDict()
 
@@ -69,8 +74,15 @@ class OrthancSource:
     def _get(self, path: str, **params: Any) -> Any:
         def once() -> Any:
             try:
-                response = send(self.http, "GET", path, f"Orthanc GET {path}",
-                                SourceUnavailable, SourceRejected, params=params or None)
+                response = send(
+                    self.http,
+                    "GET",
+                    path,
+                    f"Orthanc GET {path}",
+                    SourceUnavailable,
+                    SourceRejected,
+                    params=params or None,
+                )
             except SourceRejected as exc:
                 if exc.status == 404:
                     raise NotFound(path) from None
@@ -97,7 +109,8 @@ class OrthancSource:
             log.error(
                 "Orthanc change feed is at %d but our cursor is %d: the archive's database was "
                 "reset or replaced; restarting from 0 and scanning for vanished studies",
-                last, since,
+                last,
+                since,
             )
             return FeedPage([], "0", str(last), done=False, reset=True)
         marks: list[DirtyMark] = []
@@ -106,8 +119,13 @@ class OrthancSource:
             if key:
                 marks.append(DirtyMark(key, _event_time(change.get("Date"))))
         next_cursor = max([since, last, *(int(c.get("Seq", 0)) for c in changes)])
-        return FeedPage(marks, str(next_cursor), str(last), bool(page.get("Done", True)),
-                        changes_read=len(changes))
+        return FeedPage(
+            marks,
+            str(next_cursor),
+            str(last),
+            bool(page.get("Done", True)),
+            changes_read=len(changes),
+        )
 
     def _study_of(self, change: dict[str, Any]) -> str | None:
         kind, resource_id = change.get("ChangeType"), change.get("ID")
@@ -156,9 +174,14 @@ class OrthancSource:
             raise SourceUnavailable(f"DICOMweb metadata of {study_uid} is not a JSON array")
         # DICOMweb answers by StudyInstanceUID alone; keep only this Orthanc study's patient.
         instances = [
-            m for m in metadata
-            if isinstance(m, dict) and (patient_id is None or text_value(m, PATIENT_ID) == patient_id
-                                        or (not patient_id and not text_value(m, PATIENT_ID)))
+            m
+            for m in metadata
+            if isinstance(m, dict)
+            and (
+                patient_id is None
+                or text_value(m, PATIENT_ID) == patient_id
+                or (not patient_id and not text_value(m, PATIENT_ID))
+            )
         ]
         views, orphans = build_study_views(instances)
         view = next((v for v in views if v.uid == study_uid), None)

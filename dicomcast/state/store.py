@@ -18,7 +18,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, case, create_engine, delete, event, func, select, update
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Executable,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,11 +81,26 @@ class SyncOutcome:
     warnings: Sequence[str] = ()
 
 
+def _changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE/DELETE and say how many rows it touched."""
+    result = session.execute(statement)
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
 def _task(row: StudyRow) -> StudyTask:
     return StudyTask(
-        row.id, row.source, row.study_key, row.study_uid, row.generation, row.attempts,
-        row.dirty_since, row.event_time, row.content_hash, row.fhir_patient_id,
-        row.fhir_imagingstudy_id, row.instance_count,
+        row.id,
+        row.source,
+        row.study_key,
+        row.study_uid,
+        row.generation,
+        row.attempts,
+        row.dirty_since,
+        row.event_time,
+        row.content_hash,
+        row.fhir_patient_id,
+        row.fhir_imagingstudy_id,
+        row.instance_count,
     )
 
 
@@ -93,7 +119,9 @@ def make_engine(url: str) -> Engine:
                 cursor = dbapi_connection.cursor()
                 if not memory:
                     cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF")
+                cursor.execute(
+                    "PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF"
+                )
                 cursor.execute("PRAGMA busy_timeout=30000")
                 cursor.close()
 
@@ -157,7 +185,11 @@ class StateStore:
             return session.get(SourceRow, name)
 
     def record_page(
-        self, source: str, cursor: str, feed_head: str | None, marks: Iterable[DirtyMark],
+        self,
+        source: str,
+        cursor: str,
+        feed_head: str | None,
+        marks: Iterable[DirtyMark],
         now: float | None = None,
     ) -> int:
         """Mark studies dirty AND move the cursor, atomically. Returns how many were marked."""
@@ -213,10 +245,15 @@ class StateStore:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         rows = [
             {
-                "source": source, "study_key": m.study_key, "study_uid": m.study_uid,
-                "status": "dirty", "generation": 1, "dirty_since": now,
+                "source": source,
+                "study_key": m.study_key,
+                "study_uid": m.study_uid,
+                "status": "dirty",
+                "generation": 1,
+                "dirty_since": now,
                 "event_time": m.event_time if m.event_time is not None else now,
-                "attempts": 0, "next_attempt_at": now,
+                "attempts": 0,
+                "next_attempt_at": now,
             }
             for m in merged.values()
         ]
@@ -230,7 +267,9 @@ class StateStore:
                 "status": "dirty",
                 "generation": StudyRow.generation + 1,
                 "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
-                "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),
+                "dirty_since": case(
+                    (was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since
+                ),
                 "event_time": case(
                     (was_dirty, smaller(StudyRow.event_time, stmt.excluded.event_time)),
                     else_=stmt.excluded.event_time,
@@ -269,25 +308,25 @@ class StateStore:
         """Take a study for syncing; False if another worker holds it (multi-process safe)."""
         now = time.time() if now is None else now
         with self._session.begin() as session:
-            result = session.execute(
+            taken = _changed(
+                session,
                 update(StudyRow)
                 .where(
                     StudyRow.id == task.id,
                     (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
                 )
-                .values(claimed_by=owner, claimed_until=now + lease)
+                .values(claimed_by=owner, claimed_until=now + lease),
             )
-            return bool(result.rowcount)
+            return bool(taken)
 
     def release_claims(self, source: str, owner: str) -> int:
         """Free the claims a previous run of this same worker left behind (it was killed)."""
         with self._session.begin() as session:
-            return int(
-                session.execute(
-                    update(StudyRow)
-                    .where(StudyRow.source == source, StudyRow.claimed_by == owner)
-                    .values(claimed_by=None, claimed_until=None)
-                ).rowcount
+            return _changed(
+                session,
+                update(StudyRow)
+                .where(StudyRow.source == source, StudyRow.claimed_by == owner)
+                .values(claimed_by=None, claimed_until=None),
             )
 
     def release(self, task: StudyTask, not_before: float | None = None) -> None:
@@ -315,12 +354,19 @@ class StateStore:
             "error_kind": None,
         }
         with self._session.begin() as session:
-            done = session.execute(
+            done = _changed(
+                session,
                 update(StudyRow)
                 .where(StudyRow.id == task.id, StudyRow.generation == task.generation)
-                .values(status="clean", attempts=0, next_attempt_at=None, dirty_since=None,
-                        event_time=None, **common)
-            ).rowcount
+                .values(
+                    status="clean",
+                    attempts=0,
+                    next_attempt_at=None,
+                    dirty_since=None,
+                    event_time=None,
+                    **common,
+                ),
+            )
             if not done:  # newer data came in: keep it dirty, but remember what was written
                 session.execute(update(StudyRow).where(StudyRow.id == task.id).values(**common))
             session.execute(
@@ -332,11 +378,12 @@ class StateStore:
         """The study no longer exists and FHIR reflects that: forget it (unless it came back)."""
         with self._session.begin() as session:
             return bool(
-                session.execute(
+                _changed(
+                    session,
                     delete(StudyRow).where(
                         StudyRow.id == task.id, StudyRow.generation == task.generation
-                    )
-                ).rowcount
+                    ),
+                )
             )
 
     def finish_failed(
@@ -367,11 +414,14 @@ class StateStore:
                 stmt = stmt.where(
                     (StudyRow.study_key == study_key) | (StudyRow.study_uid == study_key)
                 )
-            return int(
-                session.execute(
-                    stmt.values(status="dirty", attempts=0, next_attempt_at=now,
-                                generation=StudyRow.generation + 1)
-                ).rowcount
+            return _changed(
+                session,
+                stmt.values(
+                    status="dirty",
+                    attempts=0,
+                    next_attempt_at=now,
+                    generation=StudyRow.generation + 1,
+                ),
             )
 
     # --- views for reconcile and status

@@ -65,8 +65,9 @@ def test_demo_studies_land_with_expected_values(
     assert ct["status"] == "available"
     assert ct["identifier"][1] == {
         "use": "usual",
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                             "code": "ACSN"}]},
+        "type": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]
+        },
         "system": "urn:oid:1.2.826.0.1.3680043.8.498.2",
         "value": "ACC-1001",
     }
@@ -80,26 +81,35 @@ def test_demo_studies_land_with_expected_values(
     assert ct["endpoint"] == [{"reference": f"Endpoint/{endpoints[0]['id']}"}]
     series = ct["series"]
     assert [s["number"] for s in series] == [1, 2, 99]
-    assert series[0]["bodySite"] == {"system": "http://snomed.info/sct", "code": "51185008",
-                                     "display": "Thorax"}
+    assert series[0]["bodySite"] == {
+        "system": "http://snomed.info/sct",
+        "code": "51185008",
+        "display": "Thorax",
+    }
     assert series[2]["modality"]["code"] == "SR"
     assert series[0]["instance"][0]["sopClass"] == {
-        "system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}
+        "system": "urn:ietf:rfc:3986",
+        "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2",
+    }
     assert [i["number"] for i in series[0]["instance"]] == [1, 2, 3, 4, 5, 6]
 
-    doe = search(fhir, f"Patient?identifier=urn:oid:1.2.826.0.1.3680043.8.498.1|MRN1001")
+    doe = search(fhir, "Patient?identifier=urn:oid:1.2.826.0.1.3680043.8.498.1|MRN1001")
     assert len(doe) == 1
     assert ct["subject"] == {"reference": f"Patient/{doe[0]['id']}"}
-    assert doe[0]["name"] == [{"family": "Doe", "given": ["John", "Q"], "prefix": ["Mr."],
-                               "suffix": ["Jr."]}]
+    assert doe[0]["name"] == [
+        {"family": "Doe", "given": ["John", "Q"], "prefix": ["Mr."], "suffix": ["Jr."]}
+    ]
     assert doe[0]["birthDate"] == "1960-04-12" and doe[0]["gender"] == "male"
 
     cr = study_resource(fhir, by_key("cr-hand-yamada"))
     assert cr["started"] == "2026-05-15T08:00:00.125+09:00"
     assert cr["series"][0]["laterality"]["code"] == "7771000"
     (yamada,) = search(fhir, "Patient?identifier=urn:oid:1.2.392.200036.9116.2.6.1.48|JP-7788")
-    assert [n.get("extension", [{}])[0].get("valueCode") for n in yamada["name"]] == \
-        [None, "IDE", "SYL"]
+    assert [n.get("extension", [{}])[0].get("valueCode") for n in yamada["name"]] == [
+        None,
+        "IDE",
+        "SYL",
+    ]
     assert yamada["name"][1]["family"] == "山田"
 
     # A study time given to the hour keeps the hour; the configured zone gives the offset.
@@ -149,8 +159,13 @@ def test_state_lost_replay_creates_no_versions_or_duplicates(
 def test_new_instance_updates_counts_and_keeps_foreign_elements(
     orthanc: OrthancServer, fhir: FhirServer, sync_once: Sync
 ) -> None:
-    spec = StudySpec(key="grow", patient_id="G1", patient_name="Grow^Ing", birth_date="19990101",
-                     series=[SeriesSpec("CT", 2, "axial")])
+    spec = StudySpec(
+        key="grow",
+        patient_id="G1",
+        patient_name="Grow^Ing",
+        birth_date="19990101",
+        series=[SeriesSpec("CT", 2, "axial")],
+    )
     upload(orthanc, spec)
     assert sync_once()[0] == 0
     resource = study_resource(fhir, spec)
@@ -212,8 +227,12 @@ def test_deleted_study_entered_in_error_policy(
     ],
 )
 def test_ehr_patient_demographics_follow_policy(
-    orthanc: OrthancServer, fhir: FhirServer, sync_once: Sync, policy: str,
-    expect_name: str, expect_birth: str | None,
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    sync_once: Sync,
+    policy: str,
+    expect_name: str,
+    expect_birth: str | None,
 ) -> None:
     spec = by_key("ct-chest-doe")
     ehr_patient = {
@@ -250,8 +269,9 @@ def test_basic_auth_source(tmp_path: Any, fhir: FhirServer, make_settings: Any) 
             assert http.get(f"{secured.url}/changes").status_code == 401
         from dicomcast.app import build_app
 
-        settings = make_settings(source_url=secured.url, source_username="dicom",
-                                 source_password="s3cret")
+        settings = make_settings(
+            source_url=secured.url, source_username="dicom", source_password="s3cret"
+        )
         app = build_app(settings)
         worker = Worker(app)
         try:

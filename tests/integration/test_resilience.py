@@ -33,7 +33,9 @@ def all_resources(fhir: FhirServer, kind: str) -> list[dict[str, Any]]:
 
 
 def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
-    orthanc: OrthancServer, fhir: FhirServer, sync_once: Callable[..., tuple[int, Worker]],
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    sync_once: Callable[..., tuple[int, Worker]],
 ) -> None:
     accepted = 0
     with orthanc.client() as http:
@@ -52,7 +54,8 @@ def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
     failed = [r for r in rows if r.status == "failed"]
     # Every refusal is recorded with a reason an operator can read; none is a crash.
     assert all(r.last_error and r.error_kind != "InternalError" for r in failed), [
-        (r.study_uid, r.error_kind, r.last_error) for r in failed]
+        (r.study_uid, r.error_kind, r.last_error) for r in failed
+    ]
     assert code == (1 if failed else 0)
     counts = store.counts("default")
     assert counts.get("dirty", 0) == 0
@@ -64,15 +67,23 @@ def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
 
 def _studies(n: int) -> list[StudySpec]:
     return [
-        StudySpec(key=f"crash-{i}", patient_id=f"P{i % 7}", patient_name=f"Crash^Test{i % 7}",
-                  birth_date="19700101", issuer="HOSP-A", accession=f"A{i}",
-                  series=[SeriesSpec("CT", 2, "s1", number=1), SeriesSpec("MR", 1, "s2", number=2)])
+        StudySpec(
+            key=f"crash-{i}",
+            patient_id=f"P{i % 7}",
+            patient_name=f"Crash^Test{i % 7}",
+            birth_date="19700101",
+            issuer="HOSP-A",
+            accession=f"A{i}",
+            series=[SeriesSpec("CT", 2, "s1", number=1), SeriesSpec("MR", 1, "s2", number=2)],
+        )
         for i in range(n)
     ]
 
 
 def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
-    orthanc: OrthancServer, fhir: FhirServer, make_settings: Callable[..., Settings],
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
 ) -> None:
     specs = _studies(40)
     settings = make_settings(concurrency=4, poll_interval=0.2)
@@ -82,15 +93,24 @@ def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
     for batch in range(0, 40, 8):
         for spec in specs[batch : batch + 8]:
             orthanc.upload([to_bytes(ds) for ds in instances(spec)])
-        proc = subprocess.Popen([sys.executable, "-m", "dicomcast", "run"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomcast", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.8, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
     assert kills == 5
-    final = subprocess.run([sys.executable, "-m", "dicomcast", "run", "--once"], env=env,
-                           capture_output=True, text=True, timeout=300)
+    final = subprocess.run(
+        [sys.executable, "-m", "dicomcast", "run", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert final.returncode == 0, final.stderr[-2000:]
 
     studies = all_resources(fhir, "ImagingStudy")
@@ -108,12 +128,19 @@ def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
 
 
 def test_sigterm_stops_the_long_running_worker_cleanly(
-    orthanc: OrthancServer, fhir: FhirServer, make_settings: Callable[..., Settings],
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
 ) -> None:
     orthanc.upload([to_bytes(ds) for ds in instances(demo_studies()[2])])
     env = env_for(make_settings(poll_interval=0.2))
-    proc = subprocess.Popen([sys.executable, "-m", "dicomcast", "run"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomcast", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all_resources(fhir, "ImagingStudy"):
         time.sleep(0.2)

@@ -15,8 +15,10 @@ def test_env_wins_over_file_and_secrets_are_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "dicomcast.toml"
-    config.write_text('fhir_url = "http://from-file/fhir"\nconcurrency = 7\n'
-                      'fhir_token = "tok-123"\n[issuer_systems]\nHOSP = "urn:oid:1.2"\n')
+    config.write_text(
+        'fhir_url = "http://from-file/fhir"\nconcurrency = 7\n'
+        'fhir_token = "tok-123"\n[issuer_systems]\nHOSP = "urn:oid:1.2"\n'
+    )
     monkeypatch.setenv("DICOMCAST_FHIR_URL", "http://from-env/fhir/")
     monkeypatch.setenv("DICOMCAST_STATE_URL", "postgresql://u:pw@db:5432/dc")
     settings = load_settings(config)

@@ -28,8 +28,12 @@ CTX = ConvertContext(
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("20260102", "2026-01-02"), ("2026.01.02", "2026-01-02"), ("197001", "1970-01"),
-     ("1970", "1970")],
+    [
+        ("20260102", "2026-01-02"),
+        ("2026.01.02", "2026-01-02"),
+        ("197001", "1970-01"),
+        ("1970", "1970"),
+    ],
 )
 def test_dates_keep_their_precision(value: str, expected: str) -> None:
     assert da_to_date(value, CTX) == expected
@@ -58,8 +62,9 @@ def test_study_date_time_offsets(parts: tuple[Any, ...], expected: str | None) -
     assert date_time_to_datetime(parts, CTX) == expected
 
 
-@pytest.mark.parametrize("bad", [("20260102", "2561", None), ("20260102", "0930", "+2500"),
-                                 ("20260102", "09h30", None)])
+@pytest.mark.parametrize(
+    "bad", [("20260102", "2561", None), ("20260102", "0930", "+2500"), ("20260102", "09h30", None)]
+)
 def test_bad_times_and_offsets_keep_the_date_with_a_warning(bad: tuple[Any, ...]) -> None:
     ctx = ConvertContext(config={}, tables={})
     assert date_time_to_datetime(bad, ctx) == "2026-01-02"
@@ -85,8 +90,9 @@ def test_person_name_groups_and_components() -> None:
     assert names[1]["extension"][0]["valueCode"] == "IDE"
     assert names[2]["extension"][0]["valueCode"] == "SYL"
     full = pn_to_humannames("Doe^John^Quincy Adam^Dr.^PhD", CTX)
-    assert full == [{"family": "Doe", "given": ["John", "Quincy", "Adam"], "prefix": ["Dr."],
-                     "suffix": ["PhD"]}]
+    assert full == [
+        {"family": "Doe", "given": ["John", "Quincy", "Adam"], "prefix": ["Dr."], "suffix": ["PhD"]}
+    ]
     assert pn_to_humannames("=山田^太郎", CTX)[0]["family"] == "山田"
     assert pn_to_text("House^Gregory^^Dr.", CTX) == "Dr. Gregory House"
     assert pn_to_humannames({"Alphabetic": "^^^^"}, CTX) == []
@@ -113,8 +119,10 @@ def test_uids_and_integers() -> None:
 def test_issuers_become_uris_or_nothing() -> None:
     iso = {"00400032": {"Value": ["1.2.3.4"]}, "00400033": {"Value": ["ISO"]}}
     assert issuer_system(iso, CTX) == "urn:oid:1.2.3.4"
-    uuid_issuer = {"00400032": {"Value": ["A1B2C3D4-0000-0000-0000-000000000000"]},
-                   "00400033": {"Value": ["UUID"]}}
+    uuid_issuer = {
+        "00400032": {"Value": ["A1B2C3D4-0000-0000-0000-000000000000"]},
+        "00400033": {"Value": ["UUID"]},
+    }
     assert issuer_system(uuid_issuer, CTX) == "urn:uuid:a1b2c3d4-0000-0000-0000-000000000000"
     assert issuer_system("HOSP", CTX) == "urn:oid:1.2.3"
     ctx = ConvertContext(config={}, tables={})
@@ -123,11 +131,15 @@ def test_issuers_become_uris_or_nothing() -> None:
 
 
 def test_code_items_use_uri_systems_never_designators() -> None:
-    item = {"00080100": {"Value": ["51185008"]}, "00080102": {"Value": ["SCT"]},
-            "00080104": {"Value": ["Thorax"]}}
+    item = {
+        "00080100": {"Value": ["51185008"]},
+        "00080102": {"Value": ["SCT"]},
+        "00080104": {"Value": ["Thorax"]},
+    }
     assert code_item_to_concept(item, CTX) == {
         "coding": [{"system": "http://snomed.info/sct", "code": "51185008", "display": "Thorax"}],
-        "text": "Thorax"}
+        "text": "Thorax",
+    }
     unknown = {**item, "00080102": {"Value": ["99LOCAL"]}}
     with pytest.raises(ConversionError, match="coding_schemes"):
         code_item_to_concept(unknown, CTX)

@@ -46,8 +46,10 @@ def test_5xx_and_timeouts_give_up_as_retriable_after_bounded_tries() -> None:
     assert calls["n"] == 4
 
 
-@pytest.mark.parametrize(("status", "error"), [(412, FhirConflict), (409, FhirConflict),
-                                               (422, FhirRejected), (401, FhirUnavailable)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(412, FhirConflict), (409, FhirConflict), (422, FhirRejected), (401, FhirUnavailable)],
+)
 def test_status_classes(status: int, error: type[Exception]) -> None:
     calls = {"n": 0}
 
@@ -62,8 +64,12 @@ def test_status_classes(status: int, error: type[Exception]) -> None:
 
 
 def orthanc(handler: Any) -> OrthancSource:
-    settings = SourceSettings(name="o", kind="orthanc", url="http://orthanc.test",
-                              public_url="http://orthanc.test/dicom-web")
+    settings = SourceSettings(
+        name="o",
+        kind="orthanc",
+        url="http://orthanc.test",
+        public_url="http://orthanc.test/dicom-web",
+    )
     return OrthancSource(settings, transport=httpx.MockTransport(handler))
 
 
@@ -72,15 +78,47 @@ def test_feed_maps_changes_to_studies_and_skips_deleted_resources() -> None:
         path = request.url.path
         if path == "/changes":
             assert request.url.params["since"] == "10"
-            return httpx.Response(200, json={"Changes": [
-                {"ChangeType": "NewInstance", "ID": "i1", "ResourceType": "Instance", "Seq": 11,
-                 "Date": "20261123T182242"},
-                {"ChangeType": "NewInstance", "ID": "i-gone", "ResourceType": "Instance", "Seq": 12},
-                {"ChangeType": "NewSeries", "ID": "s1", "ResourceType": "Series", "Seq": 14},
-                {"ChangeType": "StableStudy", "ID": "st2", "ResourceType": "Study", "Seq": 17},
-                {"ChangeType": "NewPatient", "ID": "p1", "ResourceType": "Patient", "Seq": 18},
-                {"ChangeType": "NewInstance", "ResourceType": "Instance", "Seq": 19},
-            ], "Done": True, "Last": 19})
+            return httpx.Response(
+                200,
+                json={
+                    "Changes": [
+                        {
+                            "ChangeType": "NewInstance",
+                            "ID": "i1",
+                            "ResourceType": "Instance",
+                            "Seq": 11,
+                            "Date": "20261123T182242",
+                        },
+                        {
+                            "ChangeType": "NewInstance",
+                            "ID": "i-gone",
+                            "ResourceType": "Instance",
+                            "Seq": 12,
+                        },
+                        {
+                            "ChangeType": "NewSeries",
+                            "ID": "s1",
+                            "ResourceType": "Series",
+                            "Seq": 14,
+                        },
+                        {
+                            "ChangeType": "StableStudy",
+                            "ID": "st2",
+                            "ResourceType": "Study",
+                            "Seq": 17,
+                        },
+                        {
+                            "ChangeType": "NewPatient",
+                            "ID": "p1",
+                            "ResourceType": "Patient",
+                            "Seq": 18,
+                        },
+                        {"ChangeType": "NewInstance", "ResourceType": "Instance", "Seq": 19},
+                    ],
+                    "Done": True,
+                    "Last": 19,
+                },
+            )
         if path == "/instances/i1":
             return httpx.Response(200, json={"ParentSeries": "s1"})
         if path == "/series/s1":

@@ -14,8 +14,12 @@ from dicomcast.mapping.mapper import Mappings, default_mapping_dir
 from dicomcast.studyview import build_study_views
 
 CONFIG: dict[str, Any] = {
-    "patient_id_system": "urn:oid:9.9", "accession_system": None, "issuer_systems": {},
-    "timezone": "UTC", "source_name": "s", "source_public_url": "http://pacs/dicom-web",
+    "patient_id_system": "urn:oid:9.9",
+    "accession_system": None,
+    "issuer_systems": {},
+    "timezone": "UTC",
+    "source_name": "s",
+    "source_public_url": "http://pacs/dicom-web",
 }
 
 
@@ -25,12 +29,18 @@ def element(vr: str, *values: Any) -> dict[str, Any]:
 
 def instance(**overrides: Any) -> dict[str, Any]:
     data = {
-        "0020000D": element("UI", "1.2.3"), "0020000E": element("UI", "1.2.3.1"),
-        "00080018": element("UI", "1.2.3.1.1"), "00080016": element("UI", "1.2.840.10008.5.1.4.1.1.2"),
-        "00100020": element("LO", "PID1"), "00100010": element("PN", {"Alphabetic": "Doe^Jane"}),
-        "00100030": element("DA", "19800101"), "00100040": element("CS", "F"),
-        "00080060": element("CS", "CT"), "00080020": element("DA", "20260101"),
-        "00080030": element("TM", "101010"), "00200011": element("IS", 1),
+        "0020000D": element("UI", "1.2.3"),
+        "0020000E": element("UI", "1.2.3.1"),
+        "00080018": element("UI", "1.2.3.1.1"),
+        "00080016": element("UI", "1.2.840.10008.5.1.4.1.1.2"),
+        "00100020": element("LO", "PID1"),
+        "00100010": element("PN", {"Alphabetic": "Doe^Jane"}),
+        "00100030": element("DA", "19800101"),
+        "00100040": element("CS", "F"),
+        "00080060": element("CS", "CT"),
+        "00080020": element("DA", "20260101"),
+        "00080030": element("TM", "101010"),
+        "00200011": element("IS", 1),
         "00200013": element("IS", 1),
     }
     data.update(overrides)
@@ -55,13 +65,15 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_bad_value_drops_one_element_with_a_located_warning(bundled: Mappings) -> None:
-    result = mapped(bundled, instance(**{"00080030": element("TM", "99x"),
-                                         "00200011": element("IS", "-4")}))
+    result = mapped(
+        bundled, instance(**{"00080030": element("TM", "99x"), "00200011": element("IS", "-4")})
+    )
     study = result.imaging_study
     assert study["started"] == "2026-01-01"  # no time: the bad time is dropped, not the date
     assert "number" not in study["series"][0]
-    assert any(w.startswith("imagingstudy.yaml:") and "StudyTime (0008,0030)" in w
-               for w in result.warnings), result.warnings
+    assert any(
+        w.startswith("imagingstudy.yaml:") and "StudyTime (0008,0030)" in w for w in result.warnings
+    ), result.warnings
     assert any("SeriesNumber (0020,0011)" in w for w in result.warnings)
 
 
@@ -71,8 +83,14 @@ def test_missing_patient_id_refuses_the_study_with_a_reason(bundled: Mappings) -
 
 
 def test_modality_falls_back_to_series_and_skips_non_acquisition(bundled: Mappings) -> None:
-    sr = instance(**{"0020000E": element("UI", "1.2.3.2"), "00080018": element("UI", "1.2.3.2.1"),
-                     "00080060": element("CS", "SR"), "00200011": element("IS", 2)})
+    sr = instance(
+        **{
+            "0020000E": element("UI", "1.2.3.2"),
+            "00080018": element("UI", "1.2.3.2.1"),
+            "00080060": element("CS", "SR"),
+            "00200011": element("IS", 2),
+        }
+    )
     study = mapped(bundled, instance(), sr).imaging_study
     assert [c["code"] for c in study["modality"]] == ["CT"]
     assert [s["modality"]["code"] for s in study["series"]] == ["CT", "SR"]
@@ -88,9 +106,12 @@ def test_duplicate_instances_are_kept_once(bundled: Mappings) -> None:
 
 def test_a_user_folder_changes_an_element_without_python(folder: Path) -> None:
     path = folder / "imagingstudy.yaml"
-    path.write_text(path.read_text().replace(
-        "description: {from: StudyDescription}",
-        "description: {first: [{from: StudyDescription}, {const: no description}]}"))
+    path.write_text(
+        path.read_text().replace(
+            "description: {from: StudyDescription}",
+            "description: {first: [{from: StudyDescription}, {const: no description}]}",
+        )
+    )
     study = mapped(Mappings.load(folder, MAPPING_CONFIG_KEYS), instance()).imaging_study
     assert study["description"] == "no description"
 
@@ -98,7 +119,10 @@ def test_a_user_folder_changes_an_element_without_python(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ("description: {from: StudyDescriptionTypo}", "imagingstudy.yaml:LINE: unknown DICOM keyword"),
+        (
+            "description: {from: StudyDescriptionTypo}",
+            "imagingstudy.yaml:LINE: unknown DICOM keyword",
+        ),
         ("description: {from: StudyDescription, as: no_such}", "unknown converter 'no_such'"),
         ("description: {from: StudyDescription, lookup: nope}", "unknown table 'nope'"),
         ("description: {config: secret_key}", "unknown setting 'secret_key'"),
@@ -124,11 +148,11 @@ def test_missing_file_and_bad_table_are_refused(folder: Path) -> None:
     table = folder / "tables" / "laterality.csv"
     good = table.read_text()
     table.write_text("value,system\nR\n")
-    with pytest.raises(MappingFileError, match="laterality.csv:2"):
+    with pytest.raises(MappingFileError, match=r"laterality\.csv:2"):
         Mappings.load(folder, MAPPING_CONFIG_KEYS)
     table.write_text(good)
     (folder / "endpoint.yaml").unlink()
-    with pytest.raises(MappingFileError, match="endpoint.yaml is missing"):
+    with pytest.raises(MappingFileError, match=r"endpoint\.yaml is missing"):
         Mappings.load(folder, MAPPING_CONFIG_KEYS)
 
 

@@ -15,11 +15,19 @@ from dicomcast.fhir.upsert import FhirWriter, merge_patient
 from dicomcast.mapping.mapper import MappedStudy
 
 BASE = "http://fhir.test/fhir"
-PATIENT = {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "P1"}],
-           "name": [{"family": "Doe"}], "birthDate": "1980-01-01"}
-STUDY = {"resourceType": "ImagingStudy", "status": "available",
-         "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}],
-         "subject": {"reference": "urn:uuid:p"}, "description": "CT"}
+PATIENT = {
+    "resourceType": "Patient",
+    "identifier": [{"system": "urn:s", "value": "P1"}],
+    "name": [{"family": "Doe"}],
+    "birthDate": "1980-01-01",
+}
+STUDY = {
+    "resourceType": "ImagingStudy",
+    "status": "available",
+    "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"}],
+    "subject": {"reference": "urn:uuid:p"},
+    "description": "CT",
+}
 OWNED_P = frozenset({"identifier", "name", "gender", "birthDate"})
 OWNED_S = frozenset({"identifier", "status", "subject", "description", "series"})
 
@@ -29,20 +37,33 @@ def mapped() -> MappedStudy:
 
 
 def writer(max_entries: int = 100) -> FhirWriter:
-    return FhirWriter(FhirClient(BASE), patient_owned=OWNED_P, study_owned=OWNED_S,
-                      patient_policy="fill-missing", deleted_policy="delete",
-                      max_entries=max_entries)
+    return FhirWriter(
+        FhirClient(BASE),
+        patient_owned=OWNED_P,
+        study_owned=OWNED_S,
+        patient_policy="fill-missing",
+        deleted_policy="delete",
+        max_entries=max_entries,
+    )
 
 
 def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset",
-            "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
 
 
 def batch_answer(patients: list[Any], studies: list[Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "batch-response", "entry": [
-        {"response": {"status": "200 OK"}, "resource": searchset(*patients)},
-        {"response": {"status": "200 OK"}, "resource": searchset(*studies)}]}
+    return {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [
+            {"response": {"status": "200 OK"}, "resource": searchset(*patients)},
+            {"response": {"status": "200 OK"}, "resource": searchset(*studies)},
+        ],
+    }
 
 
 def stored(resource: dict[str, Any], rid: str, version: str = "1") -> dict[str, Any]:
@@ -50,9 +71,14 @@ def stored(resource: dict[str, Any], rid: str, version: str = "1") -> dict[str, 
 
 
 def tx_answer(*statuses: tuple[str, str]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
-        {"response": {"status": status, "location": f"{BASE}/{loc}/_history/1"}}
-        for status, loc in statuses]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [
+            {"response": {"status": status, "location": f"{BASE}/{loc}/_history/1"}}
+            for status, loc in statuses
+        ],
+    }
 
 
 def bundle_type(request: httpx.Request) -> str:
@@ -68,33 +94,51 @@ def test_new_study_is_one_read_and_one_conditional_transaction() -> None:
         if body["type"] == "batch":
             return httpx.Response(200, json=batch_answer([], []))
         sent.append(body)
-        return httpx.Response(200, json=tx_answer(("201 Created", "Patient/p9"),
-                                                  ("201 Created", "ImagingStudy/s9")))
+        return httpx.Response(
+            200, json=tx_answer(("201 Created", "Patient/p9"), ("201 Created", "ImagingStudy/s9"))
+        )
 
     respx.post(f"{BASE}/").mock(side_effect=answer)
     result = writer().upsert_study(mapped())
     assert (result.patient_id, result.imaging_study_id, result.wrote) == ("p9", "s9", True)
     (tx,) = sent
     assert [e["request"]["ifNoneExist"] for e in tx["entry"]] == [
-        "identifier=urn:s|P1", "identifier=urn:dicom:uid|urn:oid:1.2.3"]
+        "identifier=urn:s|P1",
+        "identifier=urn:dicom:uid|urn:oid:1.2.3",
+    ]
     assert tx["entry"][1]["resource"]["subject"] == {"reference": "urn:uuid:p"}
     assert tx["entry"][0]["fullUrl"] == "urn:uuid:p"
 
 
 @respx.mock
 def test_unchanged_study_is_not_written_and_foreign_elements_survive() -> None:
-    current = stored({**STUDY, "subject": {"reference": "Patient/p1"},
-                      "basedOn": [{"reference": "ServiceRequest/1"}]}, "s1")
-    route = respx.post(f"{BASE}/").mock(return_value=httpx.Response(
-        200, json=batch_answer([stored(PATIENT, "p1")], [current])))
+    current = stored(
+        {
+            **STUDY,
+            "subject": {"reference": "Patient/p1"},
+            "basedOn": [{"reference": "ServiceRequest/1"}],
+        },
+        "s1",
+    )
+    route = respx.post(f"{BASE}/").mock(
+        return_value=httpx.Response(200, json=batch_answer([stored(PATIENT, "p1")], [current]))
+    )
     result = writer().upsert_study(mapped())
     assert result.wrote is False and route.call_count == 1
 
 
 @respx.mock
 def test_changed_study_updates_with_if_match_and_retries_after_412() -> None:
-    current = stored({**STUDY, "subject": {"reference": "Patient/p1"}, "description": "old",
-                      "basedOn": [{"reference": "ServiceRequest/1"}]}, "s1", "4")
+    current = stored(
+        {
+            **STUDY,
+            "subject": {"reference": "Patient/p1"},
+            "description": "old",
+            "basedOn": [{"reference": "ServiceRequest/1"}],
+        },
+        "s1",
+        "4",
+    )
     calls: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -122,8 +166,11 @@ def test_study_created_concurrently_is_re_read_and_merged() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if bundle_type(request) == "batch":
             state["batches"] += 1
-            studies = [] if state["batches"] == 1 else [
-                stored({**STUDY, "subject": {"reference": "Patient/p1"}}, "s1")]
+            studies = (
+                []
+                if state["batches"] == 1
+                else [stored({**STUDY, "subject": {"reference": "Patient/p1"}}, "s1")]
+            )
             return httpx.Response(200, json=batch_answer([stored(PATIENT, "p1")], studies))
         # ifNoneExist matched someone else's new resource: 200, not 201.
         return httpx.Response(200, json=tx_answer(("200 OK", "ImagingStudy/s1")))
@@ -135,8 +182,11 @@ def test_study_created_concurrently_is_re_read_and_merged() -> None:
 
 @respx.mock
 def test_two_patients_with_one_identifier_are_refused_not_guessed() -> None:
-    respx.post(f"{BASE}/").mock(return_value=httpx.Response(
-        200, json=batch_answer([stored(PATIENT, "a"), stored(PATIENT, "b")], [])))
+    respx.post(f"{BASE}/").mock(
+        return_value=httpx.Response(
+            200, json=batch_answer([stored(PATIENT, "a"), stored(PATIENT, "b")], [])
+        )
+    )
     with pytest.raises(MappingError, match="2 Patient resources match"):
         writer().upsert_study(mapped())
 
@@ -146,8 +196,15 @@ def test_rejection_keeps_the_operation_outcome() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if bundle_type(request) == "batch":
             return httpx.Response(200, json=batch_answer([], []))
-        return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [
-            {"severity": "error", "code": "invalid", "diagnostics": "series.uid missing"}]})
+        return httpx.Response(
+            400,
+            json={
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {"severity": "error", "code": "invalid", "diagnostics": "series.uid missing"}
+                ],
+            },
+        )
 
     respx.post(f"{BASE}/").mock(side_effect=answer)
     with pytest.raises(FhirRejected) as caught:
@@ -160,21 +217,36 @@ def test_server_without_batch_falls_back_to_plain_searches() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if bundle_type(request) == "batch":
             return httpx.Response(501)
-        return httpx.Response(200, json=tx_answer(("201 Created", "Patient/p"),
-                                                  ("201 Created", "ImagingStudy/s")))
+        return httpx.Response(
+            200, json=tx_answer(("201 Created", "Patient/p"), ("201 Created", "ImagingStudy/s"))
+        )
 
     respx.post(f"{BASE}/").mock(side_effect=answer)
-    respx.get(url__startswith=f"{BASE}/Patient").mock(return_value=httpx.Response(200, json=searchset()))
+    respx.get(url__startswith=f"{BASE}/Patient").mock(
+        return_value=httpx.Response(200, json=searchset())
+    )
     respx.get(url__startswith=f"{BASE}/ImagingStudy").mock(
-        return_value=httpx.Response(200, json=searchset()))
+        return_value=httpx.Response(200, json=searchset())
+    )
     assert writer().upsert_study(mapped()).imaging_study_id == "s"
 
 
 def test_patient_policies() -> None:
-    ehr = {"resourceType": "Patient", "id": "x",
-           "identifier": [{"system": "urn:ehr", "value": "9"}], "name": [{"family": "EHR"}]}
+    ehr = {
+        "resourceType": "Patient",
+        "id": "x",
+        "identifier": [{"system": "urn:ehr", "value": "9"}],
+        "name": [{"family": "EHR"}],
+    }
     filled = merge_patient(ehr, PATIENT, OWNED_P, "fill-missing")
     assert filled["name"] == [{"family": "EHR"}] and filled["birthDate"] == "1980-01-01"
     assert len(filled["identifier"]) == 2
     assert merge_patient(ehr, PATIENT, OWNED_P, "never") == ehr
     assert merge_patient(ehr, PATIENT, OWNED_P, "overwrite")["name"] == [{"family": "Doe"}]
+
+
+def test_match_keys_are_escaped_and_url_encoded() -> None:
+    from dicomcast.mapping.mapper import search_token
+
+    patient = {"identifier": [{"system": "urn:oid:1.2", "value": "A&B +C|D#1"}]}
+    assert search_token(patient) == "urn:oid:1.2|A%26B%20%2BC%5C|D%231"

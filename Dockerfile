@@ -1,0 +1,23 @@
+# dicomcast worker image. Configure it with DICOMCAST_* environment variables (see README).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY dicomcast ./dicomcast
+COPY mappings ./mappings
+RUN pip install . && rm -rf /src \
+    && useradd --system --uid 10001 --create-home --home-dir /data dicomcast
+
+USER dicomcast
+WORKDIR /data
+# State lives in /data (mount a volume); point DICOMCAST_STATE_URL at PostgreSQL to share it.
+ENV DICOMCAST_STATE_URL=sqlite:////data/dicomcast.db
+VOLUME ["/data"]
+
+ENTRYPOINT ["dicomcast"]
+CMD ["run"]
