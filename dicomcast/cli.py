@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicomcast import __version__
 from dicomcast.app import build_app, load_mappings, make_source, mapping_config
@@ -259,33 +260,43 @@ def check_config(config: ConfigOption = None) -> None:
     typer.echo(f"settings    ok ({json.dumps(settings.public_dict(), default=str)})")
     typer.echo(f"mappings    ok ({mappings.folder})")
     failed = False
+    probes: list[tuple[str, Callable[[Settings], str]]] = [
+        ("source", _probe_source),
+        ("fhir", _probe_fhir),
+        ("state", _probe_state),
+    ]
+    for name, probe in probes:
+        try:
+            typer.echo(f"{name:<12}ok ({probe(settings)})")
+        except (DicomcastError, SQLAlchemyError) as exc:
+            failed = True
+            typer.echo(f"{name:<12}FAILED: {exc}")
+    raise typer.Exit(1 if failed else 0)
+
+
+def _probe_source(settings: Settings) -> str:
     source = make_source(settings)
     try:
-        typer.echo(f"source      ok ({source.check()})")
-    except DicomcastError as exc:
-        failed = True
-        typer.echo(f"source      FAILED: {exc}")
+        return source.check()
     finally:
         source.close()
+
+
+def _probe_fhir(settings: Settings) -> str:
     fhir = FhirClient.from_settings(settings)
     try:
-        meta = fhir.metadata()
-        typer.echo(f"fhir        ok (FHIR {meta.get('fhirVersion', '?')})")
-    except DicomcastError as exc:
-        failed = True
-        typer.echo(f"fhir        FAILED: {exc}")
+        return f"FHIR {fhir.metadata().get('fhirVersion', '?')}"
     finally:
         fhir.close()
+
+
+def _probe_state(settings: Settings) -> str:
     store = StateStore(settings.state_url)
     try:
         store.migrate()
-        typer.echo(f"state       ok (schema {', '.join(sorted(store.schema_revision()))})")
-    except DicomcastError as exc:
-        failed = True
-        typer.echo(f"state       FAILED: {exc}")
+        return f"schema {', '.join(sorted(store.schema_revision()))}"
     finally:
         store.close()
-    raise typer.Exit(1 if failed else 0)
 
 
 def main() -> None:

@@ -149,3 +149,28 @@ def test_sigterm_stops_the_long_running_worker_cleanly(
     assert proc.wait(15) == 0
     with httpx.Client() as http:
         assert http.get(f"{orthanc.url}/system").status_code == 200
+
+
+def test_logs_carry_no_patient_data_by_default(
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
+) -> None:
+    specs = demo_studies()
+    for spec in specs:
+        orthanc.upload([to_bytes(ds) for ds in instances(spec)])
+    env = env_for(make_settings(log_level="DEBUG", log_format="json"))
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomcast", "run", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    logs = done.stderr
+    assert '"study_uid": "1.2.826.0.1.3680043.8.498.' in logs  # logs do say which study
+    # The invalid birth date 19750229 is quoted in a warning: it must not reach the log.
+    for spec in specs:
+        family = spec.patient_name.split("^")[0]
+        for secret in (spec.patient_id, family, spec.birth_date):
+            assert secret not in logs, secret

@@ -1,0 +1,42 @@
+"""The command line: `map` as a dry run, fatal errors as one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from dicomcast.cli import app
+from dicomcast.mapping.mapper import default_mapping_dir
+from dicomcast.sandbox.samples import demo_studies, instances
+
+runner = CliRunner()
+
+
+def test_map_prints_the_transaction_and_reports_bad_files(tmp_path: Path) -> None:
+    spec = demo_studies()[2]
+    for number, ds in enumerate(instances(spec)):
+        ds.save_as(tmp_path / f"{number}.dcm", enforce_file_format=True)
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
+    result = runner.invoke(app, ["map", str(tmp_path), "--patient-id-system", "urn:oid:9"])
+    assert result.exit_code == 0, result.output
+    bundle = json.loads(result.stdout)
+    assert bundle["type"] == "transaction"
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds == ["Endpoint", "Patient", "ImagingStudy"]
+    study = bundle["entry"][2]["resource"]
+    assert study["subject"]["reference"] == bundle["entry"][1]["fullUrl"]
+    assert study["numberOfInstances"] == 2
+    assert "junk.dcm: not a DICOM file" in result.stderr
+
+
+def test_broken_mapping_folder_is_fatal_with_file_and_line(tmp_path: Path) -> None:
+    folder = tmp_path / "mappings"
+    shutil.copytree(default_mapping_dir(), folder)
+    patient = folder / "patient.yaml"
+    patient.write_text(patient.read_text().replace("as: da_to_date", "as: da_to_dat"))
+    result = runner.invoke(app, ["map", str(tmp_path)], env={"DICOMCAST_MAPPING_DIR": str(folder)})
+    assert result.exit_code == 2
+    assert "patient.yaml:" in result.stderr and "unknown converter 'da_to_dat'" in result.stderr
