@@ -30,32 +30,13 @@ from dicomcast.sandbox.samples import (
     DEMO_PATIENT_SYSTEM,
     SeriesSpec,
     StudySpec,
+    bulk_studies,
     instances,
     to_bytes,
 )
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import build_study_views
-
-
-def specs(studies: int, per_study: int) -> list[StudySpec]:
-    half = per_study // 2
-    return [
-        StudySpec(
-            key=f"bench-{i}",
-            patient_id=f"B{i % 50}",
-            patient_name=f"Bench^P{i % 50}",
-            birth_date="19650101",
-            issuer="HOSP-A",
-            accession=f"ACC{i}",
-            description="CT BENCH",
-            series=[
-                SeriesSpec("CT", half, "axial", "CHEST", number=1),
-                SeriesSpec("CT", per_study - half, "coronal", "CHEST", number=2),
-            ],
-        )
-        for i in range(studies)
-    ]
 
 
 def catch_up(orthanc: OrthancServer, fhir: FhirServer, folder: Path) -> dict[str, float]:
@@ -175,7 +156,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="20 studies x 50 instances")
     args = parser.parse_args()
     studies, per_study = (20, 50) if args.quick else (200, 50)
-    all_specs = specs(studies, per_study)
+    all_specs = bulk_studies(studies, per_study, patients=50, prefix="bench")
     total = studies * per_study
     config = {
         "patient_id_system": DEMO_PATIENT_SYSTEM,

@@ -228,5 +228,26 @@ def demo_studies() -> list[StudySpec]:
     ]
 
 
+def bulk_studies(count: int, per_study: int, *, patients: int, prefix: str) -> list[StudySpec]:
+    """`count` two-series CT studies of `per_study` instances, spread over `patients` patients."""
+    half = per_study // 2
+    return [
+        StudySpec(
+            key=f"{prefix}-{i}",
+            patient_id=f"{prefix.upper()}{i % patients}",
+            patient_name=f"{prefix.title()}^Patient{i % patients}",
+            birth_date="19650101",
+            issuer="HOSP-A",
+            accession=f"{prefix.upper()}-ACC{i}",
+            description="CT BULK",
+            series=[
+                SeriesSpec("CT", half, "axial", "CHEST", number=1),
+                SeriesSpec("CT", per_study - half, "coronal", "CHEST", number=2),
+            ],
+        )
+        for i in range(count)
+    ]
+
+
 DEMO_ISSUERS = {"HOSP-A": "urn:oid:1.2.826.0.1.3680043.8.498.1"}
 DEMO_PATIENT_SYSTEM = "urn:oid:1.2.826.0.1.3680043.8.498.99"

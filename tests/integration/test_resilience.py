@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from dicomcast.config import Settings
-from dicomcast.sandbox.samples import SeriesSpec, StudySpec, demo_studies, instances, to_bytes
+from dicomcast.sandbox.samples import bulk_studies, demo_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
@@ -65,27 +65,12 @@ def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
     assert counts.get("clean", 0) >= len(good) + 10
 
 
-def _studies(n: int) -> list[StudySpec]:
-    return [
-        StudySpec(
-            key=f"crash-{i}",
-            patient_id=f"P{i % 7}",
-            patient_name=f"Crash^Test{i % 7}",
-            birth_date="19700101",
-            issuer="HOSP-A",
-            accession=f"A{i}",
-            series=[SeriesSpec("CT", 2, "s1", number=1), SeriesSpec("MR", 1, "s2", number=2)],
-        )
-        for i in range(n)
-    ]
-
-
 def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
     orthanc: OrthancServer,
     fhir: FhirServer,
     make_settings: Callable[..., Settings],
 ) -> None:
-    specs = _studies(40)
+    specs = bulk_studies(40, 3, patients=7, prefix="crash")
     settings = make_settings(concurrency=4, poll_interval=0.2)
     env = env_for(settings)
     rng = random.Random(7)

@@ -145,3 +145,40 @@ def test_empty_page_keeps_cursor_and_gaps_are_skipped() -> None:
 
     page = orthanc(handler).read_changes("500", 100)
     assert not page.reset and page.cursor == "500" and page.marks == []
+
+
+def test_oauth_client_credentials_token_is_cached_and_renewed_on_401() -> None:
+    from dicomcast.config import load_settings
+    from dicomcast.fhir.client import fhir_auth
+
+    issued: list[str] = []
+    revoked: set[str] = set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            body = dict(httpx.QueryParams(request.content.decode()))
+            assert body["grant_type"] == "client_credentials" and body["client_secret"] == "s3"
+            issued.append(f"tok{len(issued)}")
+            return httpx.Response(200, json={"access_token": issued[-1], "expires_in": 3600})
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        if token in revoked or token not in issued:
+            return httpx.Response(401)
+        return httpx.Response(200, json={"resourceType": "CapabilityStatement"})
+
+    transport = httpx.MockTransport(handler)
+    settings = load_settings(
+        None,
+        fhir_url="http://fhir.test",
+        fhir_oauth_token_url="http://idp.test/token",
+        fhir_client_id="dicomcast",
+        fhir_client_secret="s3",
+        fhir_scope="system/*.write",
+    )
+    fhir = FhirClient("http://fhir.test", auth=fhir_auth(settings, transport), transport=transport)
+    fhir.metadata()
+    fhir.metadata()
+    assert issued == ["tok0"]  # cached, not fetched per request
+    revoked.add("tok0")
+    fhir.metadata()
+    assert issued == ["tok0", "tok1"]  # a 401 renews the token once
+    assert "s3" not in str(settings.public_dict())
