@@ -10,6 +10,7 @@ Three loops share the state DB and nothing else:
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -79,12 +80,17 @@ class Worker:
                 released,
                 extra={"source": self.source.name, "count": released},
             )
+        self._ensure_endpoint()
+
+    def _ensure_endpoint(self) -> str:
+        """The source's Endpoint reference, found or created once per worker."""
         if self.endpoint_ref is None:
             endpoint = self.app.mappings.map_endpoint(self.config)
             self.endpoint_ref = self.app.writer.ensure_endpoint(endpoint)
             log.info(
                 "endpoint ready", extra={"source": self.source.name, "endpoint": self.endpoint_ref}
             )
+        return self.endpoint_ref
 
     # --- the feed
 
@@ -197,9 +203,9 @@ class Worker:
 
     def _sync(self, task: StudyTask, wait_for_stable: bool) -> str:
         fetched = self.source.fetch_study(task.study_key)
-        self._current_uid.value = fetched.study_uid or task.study_uid
+        study_uid = fetched.study_uid or task.study_uid
+        self._current_uid.value = study_uid
         if fetched.view is None:
-            study_uid = fetched.study_uid or task.study_uid
             if study_uid and task.fhir_imagingstudy_id:
                 self.app.writer.remove_study(study_uid)
             self.store.finish_gone(task)
@@ -210,37 +216,27 @@ class Worker:
             if waited < self.settings.stable_wait_max:
                 self.store.release(task, not_before=time.time() + self.settings.poll_interval)
                 return "deferred"
-        if self.endpoint_ref is None:
-            self.prepare()
-        mapped = self.app.mappings.map_study(view, self.config, self.endpoint_ref)
-        warnings = tuple(fetched.warnings) + mapped.warnings
+        # Never prepare() here: it frees this worker's claims, including studies in flight.
+        mapped = self.app.mappings.map_study(view, self.config, self._ensure_endpoint())
         digest = content_hash(mapped.patient, mapped.imaging_study, self.settings.patient_policy)
+        patient_id: str | None
+        study_id: str | None
         if digest == task.content_hash and task.fhir_imagingstudy_id:
-            self.store.finish_clean(
-                task,
-                SyncOutcome(
-                    view.uid,
-                    digest,
-                    task.fhir_patient_id,
-                    task.fhir_imagingstudy_id,
-                    view.instance_count,
-                    warnings,
-                ),
+            patient_id, study_id, outcome = (
+                task.fhir_patient_id,
+                task.fhir_imagingstudy_id,
+                "unchanged",
             )
-            return "unchanged"
-        result = self.app.writer.upsert_study(mapped)
+        else:
+            result = self.app.writer.upsert_study(mapped)
+            patient_id, study_id = result.patient_id, result.imaging_study_id
+            outcome = "synced" if result.wrote else "unchanged"
+        warnings = tuple(fetched.warnings) + mapped.warnings
         self.store.finish_clean(
             task,
-            SyncOutcome(
-                view.uid,
-                digest,
-                result.patient_id,
-                result.imaging_study_id,
-                view.instance_count,
-                warnings,
-            ),
+            SyncOutcome(view.uid, digest, patient_id, study_id, view.instance_count, warnings),
         )
-        return "synced" if result.wrote else "unchanged"
+        return outcome
 
     # --- running
 
@@ -310,9 +306,7 @@ class Worker:
         return run
 
 
-def _now() -> Any:
-    import datetime as dt
-
+def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
