@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 
 from dicomcast.app import MAPPING_CONFIG_KEYS
-from dicomcast.mapping.mapper import Mappings
+from dicomcast.fhir.upsert import create_entry
+from dicomcast.mapping.mapper import Mappings, search_token
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
     DEMO_PATIENT_SYSTEM,
@@ -86,21 +87,9 @@ def per_event_baseline(
             for count in range(1, len(datasets) + 1):
                 (view,), _ = build_study_views(datasets[:count])
                 desired = mappings.map_study(view, config, None)
-                token = f"urn:dicom:uid|urn:oid:{spec.study_uid}"
+                token = search_token(desired.imaging_study)
                 found = http.get(f"ImagingStudy?identifier={token}").json().get("entry", [])
                 requests += 1
-                patient_entry = {
-                    "fullUrl": desired.patient_placeholder,
-                    "resource": desired.patient,
-                    "request": {
-                        "method": "POST",
-                        "url": "Patient",
-                        "ifNoneExist": "identifier="
-                        + "|".join(
-                            desired.patient["identifier"][0][k] for k in ("system", "value")
-                        ),
-                    },
-                }
                 if found:
                     current = found[0]["resource"]
                     study = {
@@ -108,26 +97,20 @@ def per_event_baseline(
                         "id": current["id"],
                         "subject": current["subject"],
                     }
-                    entry = {
-                        "resource": study,
-                        "request": {
-                            "method": "PUT",
-                            "url": f"ImagingStudy/{current['id']}",
-                            "ifMatch": f'W/"{current["meta"]["versionId"]}"',
-                        },
-                    }
-                    entries = [entry]
+                    entries = [
+                        {
+                            "resource": study,
+                            "request": {
+                                "method": "PUT",
+                                "url": f"ImagingStudy/{current['id']}",
+                                "ifMatch": f'W/"{current["meta"]["versionId"]}"',
+                            },
+                        }
+                    ]
                 else:
                     entries = [
-                        patient_entry,
-                        {
-                            "resource": desired.imaging_study,
-                            "request": {
-                                "method": "POST",
-                                "url": "ImagingStudy",
-                                "ifNoneExist": f"identifier={token}",
-                            },
-                        },
+                        create_entry(desired.patient, desired.patient_placeholder),
+                        create_entry(desired.imaging_study),
                     ]
                 http.post(
                     "", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}

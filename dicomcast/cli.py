@@ -18,6 +18,7 @@ from dicomcast.app import build_app, load_mappings, make_source, mapping_config
 from dicomcast.config import Settings, load_settings
 from dicomcast.errors import DicomcastError, FatalError, StudyError
 from dicomcast.fhir.client import FhirClient
+from dicomcast.fhir.upsert import create_entry
 from dicomcast.mapping.mapper import placeholder
 from dicomcast.ops.logging import setup_logging
 from dicomcast.sources.files import read_studies
@@ -225,28 +226,14 @@ def _dry_run_bundle(
     patient_ref: str,
     study: dict[str, Any],
 ) -> dict[str, Any]:
-    from dicomcast.mapping.mapper import search_token
-
-    def create(full_url: str | None, resource: dict[str, Any]) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "resource": resource,
-            "request": {
-                "method": "POST",
-                "url": resource["resourceType"],
-                "ifNoneExist": f"identifier={search_token(resource)}",
-            },
-        }
-        if full_url:
-            entry = {"fullUrl": full_url, **entry}
-        return entry
-
+    """What would be sent to an empty server: three conditional creates, linked by urn:uuid."""
     return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            create(endpoint_ref, endpoint),
-            create(patient_ref, patient),
-            create(None, study),
+            create_entry(endpoint, endpoint_ref),
+            create_entry(patient, patient_ref),
+            create_entry(study),
         ],
     }
 

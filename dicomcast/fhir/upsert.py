@@ -94,6 +94,18 @@ def merge_owned(
     return merged
 
 
+def create_entry(resource: dict[str, Any], full_url: str | None = None) -> dict[str, Any]:
+    """A conditional create: the server makes the resource only if its match key is unused."""
+    entry: dict[str, Any] = {"fullUrl": full_url} if full_url else {}
+    entry["resource"] = resource
+    entry["request"] = {
+        "method": "POST",
+        "url": resource["resourceType"],
+        "ifNoneExist": f"identifier={search_token(resource)}",
+    }
+    return entry
+
+
 def _created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
     """(id, created) from a transaction-response entry's location and status."""
     response = entry.get("response", {})
@@ -133,16 +145,8 @@ class FhirWriter:
         for _ in range(CONFLICT_ATTEMPTS):
             current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
             if current is None:
-                entry = {
-                    "fullUrl": "urn:uuid:00000000-0000-4000-8000-00000000e001",
-                    "resource": endpoint,
-                    "request": {
-                        "method": "POST",
-                        "url": "Endpoint",
-                        "ifNoneExist": f"identifier={token}",
-                    },
-                }
-                resource_id, _ = _created_id(self.client.transaction([entry])[0])
+                (response,) = self.client.transaction([create_entry(endpoint)])
+                resource_id, _ = _created_id(response)
                 if resource_id:
                     return f"Endpoint/{resource_id}"
                 continue
@@ -182,15 +186,7 @@ class FhirWriter:
         patient_entry: dict[str, Any] | None = None
         if current_patient is None:
             patient_ref = mapped.patient_placeholder
-            patient_entry = {
-                "fullUrl": patient_ref,
-                "resource": mapped.patient,
-                "request": {
-                    "method": "POST",
-                    "url": "Patient",
-                    "ifNoneExist": f"identifier={patient_token}",
-                },
-            }
+            patient_entry = create_entry(mapped.patient, patient_ref)
         else:
             patient_ref = f"Patient/{current_patient['id']}"
             merged = merge_patient(
@@ -202,14 +198,7 @@ class FhirWriter:
         desired = _replace_refs(mapped.imaging_study, mapped.patient_placeholder, patient_ref)
         study_entry: dict[str, Any] | None = None
         if current_study is None:
-            study_entry = {
-                "resource": desired,
-                "request": {
-                    "method": "POST",
-                    "url": "ImagingStudy",
-                    "ifNoneExist": f"identifier={study_token}",
-                },
-            }
+            study_entry = create_entry(desired)
         else:
             merged_study = merge_owned(current_study, desired, self.study_owned)
             if _comparable(merged_study) != _comparable(current_study):
@@ -231,10 +220,10 @@ class FhirWriter:
             responses = [patient_response, *self.client.transaction([study_entry])]
         else:
             responses = self.client.transaction(entries)
-        by_entry = dict(zip((id(e) for e in entries), responses, strict=False))
-        if patient_entry is not None and id(patient_entry) in by_entry:
-            patient_id = _created_id(by_entry[id(patient_entry)])[0] or patient_id
-        if study_entry is not None and responses:
+        # Responses come back in entry order: the Patient's first, the ImagingStudy's last.
+        if patient_entry is not None:
+            patient_id = _created_id(responses[0])[0] or patient_id
+        if study_entry is not None:
             study_id, created = _created_id(responses[-1])
             if current_study is None and not created:
                 # Someone created it between our read and our write: merge with theirs.
