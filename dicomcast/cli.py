@@ -111,12 +111,6 @@ def _status(settings: Settings) -> dict[str, Any]:
         lag = None
         if cursor is not None and head is not None and cursor.isdigit() and head.isdigit():
             lag = max(0, int(head) - int(cursor))
-        failures: dict[str, int] = {}
-        for row in store.failures(settings.source_name):
-            if row.status == "failed":
-                failures[row.error_kind or "unknown"] = (
-                    failures.get(row.error_kind or "unknown", 0) + 1
-                )
         return {
             "source": settings.source_name,
             "cursor": cursor,
@@ -128,7 +122,7 @@ def _status(settings: Settings) -> dict[str, Any]:
                 "failed": counts.get("failed", 0),
             },
             "oldest_dirty_age_s": round(now - oldest, 1) if oldest else None,
-            "failures_by_kind": failures,
+            "failures_by_kind": store.failure_kinds(settings.source_name),
             "last_success_at": _iso(source.last_success_at) if source else None,
             "last_poll_at": _iso(source.last_poll_at) if source else None,
             "archive_resets": source.resets if source else 0,

@@ -204,14 +204,6 @@ class StateStore:
             )
         return len(marks)
 
-    def note_poll(self, source: str, feed_head: str | None, now: float | None = None) -> None:
-        with self._session.begin() as session:
-            session.execute(
-                update(SourceRow)
-                .where(SourceRow.name == source)
-                .values(feed_head=feed_head, last_poll_at=time.time() if now is None else now)
-            )
-
     def reset_cursor(self, source: str, cursor: str | None) -> None:
         """Operator or archive-reset path: set the cursor, count it as a reset."""
         with self._session.begin() as session:
@@ -405,25 +397,6 @@ class StateStore:
                 )
             )
 
-    def retry_failed(self, source: str, study_key: str | None = None) -> int:
-        """Put parked studies (one, or all) back in the dirty set for an immediate try."""
-        now = time.time()
-        with self._session.begin() as session:
-            stmt = update(StudyRow).where(StudyRow.source == source, StudyRow.status == "failed")
-            if study_key:
-                stmt = stmt.where(
-                    (StudyRow.study_key == study_key) | (StudyRow.study_uid == study_key)
-                )
-            return _changed(
-                session,
-                stmt.values(
-                    status="dirty",
-                    attempts=0,
-                    next_attempt_at=now,
-                    generation=StudyRow.generation + 1,
-                ),
-            )
-
     # --- views for reconcile and status
 
     def known_studies(self, source: str) -> dict[str, int | None]:
@@ -459,6 +432,17 @@ class StateStore:
                     StudyRow.source == source, StudyRow.status == "dirty"
                 )
             )
+
+    def failure_kinds(self, source: str) -> dict[str, int]:
+        """Parked studies counted by the kind of error that parked them."""
+        kind = func.coalesce(StudyRow.error_kind, "unknown")
+        with self._session() as session:
+            rows = session.execute(
+                select(kind, func.count())
+                .where(StudyRow.source == source, StudyRow.status == "failed")
+                .group_by(kind)
+            ).all()
+            return {str(k): int(n) for k, n in rows}
 
     def failures(self, source: str) -> list[StudyRow]:
         with self._session() as session:

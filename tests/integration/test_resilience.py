@@ -57,6 +57,8 @@ def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
         (r.study_uid, r.error_kind, r.last_error) for r in failed
     ]
     assert code == (1 if failed else 0)
+    assert failed  # the corpus holds studies that must be refused (no PatientID, bad UIDs)
+    assert store.failure_kinds("default") == Counter(r.error_kind for r in failed)
     counts = store.counts("default")
     assert counts.get("dirty", 0) == 0
     uids = {r["identifier"][0]["value"] for r in all_resources(fhir, "ImagingStudy")}
