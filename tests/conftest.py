@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,3 +95,15 @@ def env_for(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"DICOMCAST_{key.upper()}"] = str(value)
     return env
+
+
+def run_once_cli(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`dicomcast run --once` as its own process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicomcast", "run", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -21,7 +21,7 @@ from dicomcast.sandbox.samples import bulk_studies, demo_studies, instances, to_
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
-from tests.conftest import env_for
+from tests.conftest import env_for, run_once_cli
 
 pytestmark = pytest.mark.integration
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -91,13 +91,7 @@ def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
         proc.wait(10)
         kills += 1
     assert kills == 5
-    final = subprocess.run(
-        [sys.executable, "-m", "dicomcast", "run", "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    final = run_once_cli(env, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
 
     studies = all_resources(fhir, "ImagingStudy")
@@ -147,13 +141,7 @@ def test_logs_carry_no_patient_data_by_default(
     for spec in specs:
         orthanc.upload([to_bytes(ds) for ds in instances(spec)])
     env = env_for(make_settings(log_level="DEBUG", log_format="json"))
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomcast", "run", "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_once_cli(env, timeout=120)
     logs = done.stderr
     assert '"study_uid": "1.2.826.0.1.3680043.8.498.' in logs  # logs do say which study
     # The invalid birth date 19750229 is quoted in a warning: it must not reach the log.
