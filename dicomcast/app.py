@@ -11,6 +11,7 @@ from dicomcast.config import Settings
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import Mappings
+from dicomcast.ops.metrics import Metrics
 from dicomcast.sources.base import Source
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
@@ -57,6 +58,7 @@ class App:
     mappings: Mappings
     fhir: FhirClient
     writer: FhirWriter
+    metrics: Metrics
 
     def close(self) -> None:
         self.source.close()
@@ -69,6 +71,7 @@ def build_app(
     *,
     source: Source | None = None,
     fhir_transport: httpx.BaseTransport | None = None,
+    metrics: Metrics | None = None,
 ) -> App:
     """Validate settings, compile mappings, migrate the state DB: every fatal check up front."""
     settings.require_worker_settings()
@@ -84,4 +87,10 @@ def build_app(
         deleted_policy=settings.deleted_study_policy,
         max_entries=settings.transaction_max_entries,
     )
-    return App(settings, store, source or make_source(settings), mappings, fhir, writer)
+    metrics = metrics or Metrics()
+    fhir.observe = metrics.observe_fhir
+    source = source or make_source(settings)
+    name = source.name
+    source.observe = lambda status, _seconds: metrics.observe_source(name, status)
+    metrics.watch_state(store, lambda: [name])
+    return App(settings, store, source, mappings, fhir, writer, metrics)

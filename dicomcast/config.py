@@ -108,6 +108,16 @@ class Settings(BaseSettings):
     max_attempts: int = Field(10, ge=1, description="Transient failures before a study is parked.")
     backoff_base: float = Field(5.0, gt=0)
     backoff_max: float = Field(600.0, gt=0)
+    shutdown_timeout: float = Field(
+        30.0, gt=0, description="Longest wait for in-flight studies after SIGTERM/SIGINT."
+    )
+    once_max_wait: float = Field(
+        60.0, ge=0, description="`run --once` waits out retries due within this many seconds."
+    )
+
+    # --- the HTTP listener (/livez, /readyz, /metrics) of the long-running worker
+    http_host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in a container.")
+    http_port: int = Field(9464, ge=0, le=65535, description="Listener port; 0 turns it off.")
 
     # --- logging
     log_level: str = "INFO"

@@ -9,13 +9,19 @@ DicomcastError
 ├── RetriableError        transient: retry in-process briefly, then back off durably
 │   ├── SourceUnavailable     the DICOM server did not answer / answered 5xx
 │   ├── FhirUnavailable       the FHIR server did not answer / answered 429, 5xx
-│   └── FhirConflict          412 / concurrent change: re-read and try again
+│   ├── FhirConflict          412 / concurrent change: re-read and try again
+│   └── StateUnavailable      the state database failed; nothing was recorded, try again
+├── OperatorError         an operator command cannot be done as asked; nothing changed
 └── StudyError            this study cannot be synced as it is: park it, keep the others going
     ├── MappingError          the study's data cannot satisfy a required rule
     └── Rejected              a server refused a request about this study (4xx)
         ├── FhirRejected          the FHIR server refused the study's resources (400/422)
         └── SourceRejected        the DICOM server refused to give the study (4xx)
 ```
+
+A `RetriableError` with `outage=True` says the whole server is unreachable, throttling or
+refusing our credentials: that is nobody's study's fault, so the worker pauses instead of
+spending the studies' attempts. Without it (a 500, a conflict) the study backs off alone.
 
 A `StudyError` is deterministic: retrying without a change (new data, new mappings, an
 operator's decision) gives the same answer, so it is recorded as failed at once.
@@ -47,12 +53,23 @@ class StateSchemaError(FatalError):
 class RetriableError(DicomcastError):
     """A transient failure: the same call may succeed later.
 
-    `retry_after` carries a server's Retry-After hint in seconds, when it gave one.
+    `retry_after` carries a server's Retry-After hint in seconds, when it gave one;
+    `outage` says the server as a whole is unavailable (not this one request's fault);
+    `status` is the HTTP status when a response came back.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        outage: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.outage = outage
+        self.status = status
 
 
 class SourceUnavailable(RetriableError):
@@ -65,6 +82,14 @@ class FhirUnavailable(RetriableError):
 
 class FhirConflict(RetriableError):
     """A version conflict (412) or a concurrent create; re-read and reconcile again."""
+
+
+class StateUnavailable(RetriableError):
+    """The state database could not be read or written; the transaction was rolled back."""
+
+
+class OperatorError(DicomcastError):
+    """An operator command was refused (e.g. moving a cursor a running worker holds)."""
 
 
 class StudyError(DicomcastError):

@@ -27,7 +27,10 @@ from tenacity import (
 from dicomcast.errors import FhirConflict, Rejected, RetriableError
 
 T = TypeVar("T")
+Observer = Callable[[int | None, float], None]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The server as a whole is down or throttling: pause everything rather than blame a study.
+OUTAGE_STATUSES = frozenset({429, 502, 503, 504})
 USER_AGENT = "dicomcast/0.1"
 
 
@@ -78,9 +81,11 @@ class ClientCredentials(httpx.Auth):
         try:
             response = self._http.post(self.token_url, data=data)
         except httpx.HTTPError as exc:
-            raise RetriableError(f"token endpoint unreachable: {type(exc).__name__}") from None
+            raise RetriableError(
+                f"token endpoint unreachable: {type(exc).__name__}", outage=True
+            ) from None
         if response.status_code != 200:
-            raise RetriableError(f"token endpoint answered {response.status_code}")
+            raise RetriableError(f"token endpoint answered {response.status_code}", outage=True)
         body = response.json()
         self._token = str(body["access_token"])
         self._expires_at = time.monotonic() + float(body.get("expires_in", 3600)) - 60
@@ -142,12 +147,18 @@ def classify(
         raise unavailable(
             f"{what}: HTTP {status} {outcome_text(response)[:200]}".rstrip(),
             retry_after=retry_after_seconds(response),
+            outage=status in OUTAGE_STATUSES,
+            status=status,
         )
     if status in (401, 403):
         # Credentials are wrong for every study alike: never park studies for it.
-        raise unavailable(f"{what}: HTTP {status}, authentication or permission refused")
+        raise unavailable(
+            f"{what}: HTTP {status}, authentication or permission refused",
+            outage=True,
+            status=status,
+        )
     if status in (409, 412):
-        raise FhirConflict(f"{what}: HTTP {status} version conflict")
+        raise FhirConflict(f"{what}: HTTP {status} version conflict", status=status)
     raise rejected(f"{what}: HTTP {status}", status=status, outcome=outcome_text(response))
 
 
@@ -207,14 +218,24 @@ def send(
     what: str,
     unavailable: type[RetriableError],
     rejected: type[Rejected],
+    *,
+    observe: Observer | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
-    """One request with transport errors mapped to `unavailable` and the status classified."""
+    """One request with transport errors mapped to `unavailable` and the status classified;
+    `observe(status or None, seconds)` is told about every attempt (for metrics)."""
+    started = time.perf_counter()
     try:
         response = client.request(method, url, **kwargs)
     except httpx.TimeoutException:
-        raise unavailable(f"{what}: timed out") from None
+        if observe:
+            observe(None, time.perf_counter() - started)
+        raise unavailable(f"{what}: timed out", outage=True) from None
     except httpx.TransportError as exc:
-        raise unavailable(f"{what}: {type(exc).__name__}") from None
+        if observe:
+            observe(None, time.perf_counter() - started)
+        raise unavailable(f"{what}: {type(exc).__name__}", outage=True) from None
+    if observe:
+        observe(response.status_code, time.perf_counter() - started)
     classify(response, what, unavailable, rejected)
     return response

@@ -6,6 +6,11 @@ Three loops share the state DB and nothing else:
   concurrently, so event order, duplicates and coalescing take care of themselves;
 - `reconcile()` lists the source's studies and dirties the ones that vanished or changed
   size without a feed entry (Orthanc logs no deletes).
+
+Failures are sorted by whose they are. A study's own (a refusal, a 500 that repeats) costs
+that study an attempt and backs it off alone. An outage (a server unreachable, throttling,
+refusing our credentials; the state DB failing) is nobody's study's: it pauses all syncing
+against that server, costs no attempts, and clears by itself when the server answers again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import random
 import signal
 import threading
@@ -27,11 +33,18 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomcast.app import App, mapping_config
-from dicomcast.errors import DicomcastError, RetriableError, StudyError
+from dicomcast.errors import (
+    DicomcastError,
+    RetriableError,
+    SourceUnavailable,
+    StateUnavailable,
+    StudyError,
+)
 from dicomcast.state.store import DirtyMark, StudyTask, SyncOutcome
 
 log = logging.getLogger(__name__)
 CLAIM_LEASE = 300.0
+SETTLED = frozenset({"synced", "unchanged", "deleted"})
 
 
 @dataclass
@@ -41,6 +54,48 @@ class RoundStats:
     @property
     def attempted(self) -> int:
         return sum(self.outcomes.values())
+
+
+class Pause:
+    """A server-wide pause after an outage: exponential from `base` to `cap`, never shorter
+    than the server's Retry-After. Studies that hit it wait without spending attempts."""
+
+    def __init__(self, name: str, base: float, cap: float) -> None:
+        self.name = name
+        self.base = base
+        self.cap = cap
+        self.until = 0.0
+        self.streak = 0
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def active(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.until
+
+    def trip(self, exc: Exception, now: float | None = None) -> float:
+        """Pause (or extend the pause); returns when it ends. Several studies failing at
+        once during one pause count as one step of the backoff."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if now >= self.until:
+                self.streak += 1
+            delay = min(self.cap, self.base * 2 ** (self.streak - 1))
+            delay = max(delay * random.uniform(0.8, 1.2), getattr(exc, "retry_after", 0) or 0)  # noqa: S311
+            first = self.reason is None
+            self.until = max(self.until, now + delay)
+            self.reason = str(exc)
+        if first:
+            log.warning(
+                "%s unavailable, pausing: %s", self.name, exc, extra={"dependency": self.name}
+            )
+        return self.until
+
+    def clear(self) -> None:
+        with self._lock:
+            was = self.reason
+            self.until, self.streak, self.reason = 0.0, 0, None
+        if was is not None:
+            log.warning("%s is back; resuming", self.name, extra={"dependency": self.name})
 
 
 def content_hash(*parts: Any) -> str:
@@ -55,23 +110,37 @@ class Worker:
         self.settings = app.settings
         self.source = app.source
         self.store = app.store
+        self.metrics = app.metrics
         self.owner = owner or app.settings.worker_id
         self.config = mapping_config(app.settings)
         self.endpoint_ref: str | None = None
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
+        self.progress_at = time.time()  # the loop's heartbeat, for /livez
+        self.tailing = False  # whether this worker holds the source's lease
+        base, cap = min(self.settings.backoff_base, 5.0), self.settings.backoff_max
+        self.pauses = {name: Pause(name, base, cap) for name in ("source", "fhir", "state")}
+        self._unrecorded: list[StudyTask] = []  # claims the state DB failed to release
         self._current_uid = threading.local()  # the study UID being synced, for log lines
         self._pool = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="sync"
         )
 
+    @property
+    def source_lease(self) -> float:
+        return max(30.0, 5 * self.settings.poll_interval)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def beat(self) -> None:
+        self.progress_at = time.time()
+        self.metrics.heartbeat.set(self.progress_at)
 
     # --- start-up
 
     def prepare(self) -> None:
-        """Register the source and make sure its Endpoint exists on the FHIR server."""
+        """Register the source, take back our stale claims, find or create the Endpoint."""
         self.store.ensure_source(self.source.name, self.source.kind)
         released = self.store.release_claims(self.source.name, self.owner)
         if released:
@@ -80,7 +149,20 @@ class Worker:
                 released,
                 extra={"source": self.source.name, "count": released},
             )
+        self.hold_source()
         self._ensure_endpoint()
+
+    def hold_source(self) -> bool:
+        """Take or renew the lease that makes this worker the source's one tailer."""
+        held = self.store.acquire_source(self.source.name, self.owner, self.source_lease)
+        if held != self.tailing:
+            log.info(
+                "this worker %s the change feed",
+                "tails" if held else "does not tail (another worker holds it)",
+                extra={"source": self.source.name, "owner": self.owner},
+            )
+        self.tailing = held
+        return held
 
     def _ensure_endpoint(self) -> str:
         """The source's Endpoint reference, found or created once per worker."""
@@ -95,9 +177,10 @@ class Worker:
     # --- the feed
 
     def tail(self) -> int:
-        """Read the feed to its end (or until stopped); returns how many studies were dirtied."""
+        """Read the feed to its end (or until stopped); returns how many studies were dirtied.
+        Only the lease holder tails; the others just sync."""
         marked = 0
-        while not self.stop_event.is_set():
+        while self.tailing and not self.stop_event.is_set():
             state = self.store.get_source(self.source.name)
             cursor = state.cursor if state else None
             page = self.source.read_changes(cursor, self.settings.feed_page_size)
@@ -107,6 +190,9 @@ class Worker:
                 continue
             marked += self.store.record_page(self.source.name, page.cursor, page.head, page.marks)
             self.totals["changes"] += page.changes_read
+            self.metrics.changes_read.labels(self.source.name).inc(page.changes_read)
+            self.metrics.set_feed(self.source.name, page.cursor, page.head)
+            self.beat()
             if page.done:
                 break
         return marked
@@ -131,14 +217,21 @@ class Worker:
 
     # --- syncing
 
+    def paused_until(self) -> float | None:
+        now = time.time()
+        ends = [p.until for p in self.pauses.values() if p.active(now)]
+        return max(ends) if ends else None
+
     def sync_round(self, *, wait_for_stable: bool) -> RoundStats:
-        """Sync every study that is due now, `concurrency` at a time."""
+        """Sync every study that is due now, `concurrency` at a time (none while paused)."""
         stats = RoundStats()
+        if self.paused_until() is not None:
+            return stats
+        self._release_unrecorded()
         tasks = self.store.due(self.source.name, limit=self.settings.concurrency * 8)
         claimed = [t for t in tasks if self.store.claim(t, self.owner, CLAIM_LEASE)]
         for outcome in self._pool.map(lambda t: self.sync_one(t, wait_for_stable), claimed):
             stats.outcomes[outcome] += 1
-            self.totals[outcome] += 1
         return stats
 
     def sync_one(self, task: StudyTask, wait_for_stable: bool = False) -> str:
@@ -146,15 +239,53 @@ class Worker:
         started = time.monotonic()
         self._current_uid.value = task.study_uid
         try:
+            outcome = self._attempt(task, wait_for_stable)
+        except StateUnavailable as exc:
+            # Nothing about this study could be recorded; its claim is released once the
+            # database answers again (or expires), and the next sync starts from scratch.
+            self.pauses["state"].trip(exc)
+            self._unrecorded.append(task)
+            outcome = "retry"
+            log.warning("state database failed: %s", exc, extra=self._extra(task, outcome))
+        self.totals[outcome] += 1
+        self.metrics.studies.labels(task.source, outcome).inc()
+        if outcome in SETTLED:
+            self.metrics.study_duration.labels(task.source).observe(time.monotonic() - started)
+            if task.event_time:
+                self.metrics.sync_lag.labels(task.source).observe(
+                    max(0.0, time.time() - task.event_time)
+                )
+        self.beat()
+        log.info(
+            "study %s",
+            outcome,
+            extra={**self._extra(task, outcome), "ms": round((time.monotonic() - started) * 1000)},
+        )
+        return outcome
+
+    def _attempt(self, task: StudyTask, wait_for_stable: bool) -> str:
+        """One sync attempt with its failure recorded; only StateUnavailable escapes."""
+        paused = self.paused_until()
+        if self.stop_event.is_set() or paused is not None:
+            self.store.release(task, not_before=paused)
+            return "deferred"
+        try:
             outcome = self._sync(task, wait_for_stable)
         except StudyError as exc:
             self.store.finish_failed(
-                task, str(exc) + _outcome_suffix(exc), type(exc).__name__, park=True, retry_at=None
+                task,
+                str(exc) + _outcome_suffix(exc),
+                type(exc).__name__,
+                park=True,
+                retry_at=None,
+                http_status=getattr(exc, "status", None),
             )
-            outcome = "failed"
-            log.warning("study refused: %s", exc, extra=self._extra(task, outcome))
+            log.warning("study refused: %s", exc, extra=self._extra(task, "failed"))
+            return "failed"
+        except StateUnavailable:
+            raise
         except RetriableError as exc:
-            outcome = self._backoff(task, exc)
+            return self._backoff(task, exc)
         except Exception as exc:
             self.store.finish_failed(
                 task,
@@ -163,14 +294,17 @@ class Worker:
                 park=True,
                 retry_at=None,
             )
-            outcome = "failed"
-            log.exception("internal error syncing a study", extra=self._extra(task, outcome))
-        log.info(
-            "study %s",
-            outcome,
-            extra={**self._extra(task, outcome), "ms": round((time.monotonic() - started) * 1000)},
-        )
+            log.exception("internal error syncing a study", extra=self._extra(task, "failed"))
+            return "failed"
+        self.pauses["fhir"].clear()
+        self.pauses["source"].clear()
         return outcome
+
+    def _release_unrecorded(self) -> None:
+        while self._unrecorded:
+            self.store.release(self._unrecorded[-1])
+            self._unrecorded.pop()
+        self.pauses["state"].clear()
 
     def _extra(self, task: StudyTask, outcome: str) -> dict[str, Any]:
         return {
@@ -181,9 +315,25 @@ class Worker:
         }
 
     def _backoff(self, task: StudyTask, exc: RetriableError) -> str:
+        status = _status_of(exc)
+        if exc.outage:
+            which = "source" if isinstance(exc, SourceUnavailable) else "fhir"
+            until = self.pauses[which].trip(exc)
+            self.store.finish_failed(
+                task,
+                str(exc),
+                type(exc).__name__,
+                park=False,
+                retry_at=until,
+                http_status=status,
+                count_attempt=False,
+            )
+            return "retry"
         attempts = task.attempts + 1
         if attempts >= self.settings.max_attempts:
-            self.store.finish_failed(task, str(exc), type(exc).__name__, park=True, retry_at=None)
+            self.store.finish_failed(
+                task, str(exc), type(exc).__name__, park=True, retry_at=None, http_status=status
+            )
             log.warning(
                 "study parked after %d attempts: %s",
                 attempts,
@@ -194,7 +344,12 @@ class Worker:
         delay = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempts - 1))
         delay = max(delay * random.uniform(0.8, 1.2), exc.retry_after or 0.0)  # noqa: S311
         self.store.finish_failed(
-            task, str(exc), type(exc).__name__, park=False, retry_at=time.time() + delay
+            task,
+            str(exc),
+            type(exc).__name__,
+            park=False,
+            retry_at=time.time() + delay,
+            http_status=status,
         )
         log.info(
             "study will be retried in %.0f s: %s", delay, exc, extra=self._extra(task, "retry")
@@ -241,56 +396,105 @@ class Worker:
     # --- running
 
     def run_once(self, progress: Callable[[RoundStats], None] | None = None) -> int:
-        """Drain the feed and every due study, then return an exit code (0 = all clean)."""
+        """Drain the feed and every due study, then return an exit code (0 = all clean).
+
+        Retries and pauses due within `once_max_wait` seconds are waited for, so a short
+        blip does not end a backfill early; longer ones are left for the next run."""
         self.prepare()
-        self.tail()
-        self.reconcile()
-        while not self.stop_event.is_set():
-            stats = self.sync_round(wait_for_stable=False)
-            if progress:
-                progress(stats)
-            # Nothing was due: stop once the feed, read again, names nothing new either.
-            if stats.attempted == 0 and self.tail() == 0:
-                break
+        try:
+            self.tail()
+            self.reconcile()
+            while not self.stop_event.is_set():
+                stats = self.sync_round(wait_for_stable=False)
+                if progress:
+                    progress(stats)
+                if stats.attempted or self.tail():
+                    continue
+                wake = self._next_wake()
+                if wake is None or wake - time.time() > self.settings.once_max_wait:
+                    break
+                self.stop_event.wait(max(0.05, wake - time.time()))
+        finally:
+            self._let_go()
         counts = self.store.counts(self.source.name)
         left = counts.get("failed", 0) + counts.get("dirty", 0)
         return 1 if left else 0
 
-    def run_forever(self) -> None:
-        """The long-running worker: poll, sync, and scan on schedules until SIGTERM/SIGINT."""
+    def _next_wake(self) -> float | None:
+        due = self.store.next_due(self.source.name)
+        paused = self.paused_until()
+        if due is None:
+            return None
+        return max(due, paused or 0.0)
+
+    def _let_go(self) -> None:
+        """Hand the source's lease back, so `cursor set` and other workers need not wait."""
+        try:
+            self.store.release_source(self.source.name, self.owner)
+        except StateUnavailable as exc:
+            log.warning("could not release the source lease: %s", exc)
+        self.tailing = False
+
+    def run_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+        """The long-running worker: poll, sync, and scan on schedules until SIGTERM/SIGINT.
+
+        A second signal, or in-flight studies outlasting `shutdown_timeout`, exits at once:
+        every record is one DB transaction, so an abrupt exit only means re-syncing."""
         self.prepare()
         scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
-        scheduler.add_job(
-            self._guarded(self._cycle),
-            "interval",
-            seconds=self.settings.poll_interval,
-            id="cycle",
-            next_run_time=_now(),
-        )
-        scheduler.add_job(
-            self._guarded(self.reconcile),
-            "interval",
-            seconds=self.settings.reconcile_interval,
-            id="reconcile",
-            next_run_time=_now(),
-        )
+        jobs: list[tuple[Callable[[], object], float]] = [
+            (self._cycle, self.settings.poll_interval),
+            (self._reconcile_job, self.settings.reconcile_interval),
+            (self.hold_source, self.source_lease / 3),
+        ]
+        for job, seconds in jobs:
+            scheduler.add_job(self._guarded(job), "interval", seconds=seconds, next_run_time=_now())
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+            signal.signal(sig, self._on_signal)
         scheduler.start()
         log.info("worker running", extra={"source": self.source.name, "owner": self.owner})
+        if on_ready:
+            on_ready()
         try:
             self.stop_event.wait()
         finally:
             log.info("stopping: finishing the studies in flight")
-            scheduler.shutdown(wait=True)
+            closer = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True})
+            closer.start()
+            closer.join(self.settings.shutdown_timeout)
+            self._let_go()
+            if closer.is_alive():
+                _exit_now(
+                    f"studies still in flight after {self.settings.shutdown_timeout:.0f} s; "
+                    "exiting without them (they will be synced again)"
+                )
+            log.info("stopped", extra={"source": self.source.name})
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stop_event.is_set():
+            _exit_now(f"second {signal.Signals(signum).name}: exiting at once")
+        self.stop_event.set()
 
     def _cycle(self) -> None:
-        self.tail()
+        self.beat()
+        if self.tailing and not self.pauses["source"].active():
+            try:
+                self.tail()
+            except RetriableError as exc:
+                if not exc.outage and not isinstance(exc, StateUnavailable):
+                    raise
+                self.pauses["state" if isinstance(exc, StateUnavailable) else "source"].trip(exc)
+            else:
+                self.pauses["source"].clear()
         while not self.stop_event.is_set():
             if self.sync_round(wait_for_stable=True).attempted == 0:
                 break
+
+    def _reconcile_job(self) -> None:
+        if self.tailing and not self.pauses["source"].active():
+            self.reconcile()
 
     def _guarded(self, job: Callable[[], object]) -> Callable[[], None]:
         """A scheduled job logs its failure and lets the next run try again."""
@@ -306,8 +510,19 @@ class Worker:
         return run
 
 
+def _exit_now(reason: str) -> None:
+    log.error(reason)
+    logging.shutdown()
+    os._exit(1)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _status_of(exc: Exception) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
 
 
 def _outcome_suffix(exc: Exception) -> str:

@@ -58,6 +58,7 @@ def make_settings(
             "issuer_systems": DEMO_ISSUERS,
             "timezone": "Europe/Berlin",
             "backoff_base": 0.1,
+            "http_port": 0,  # tests that want the listener ask for a free port
         }
         values.update(overrides)
         return load_settings(None, **values)

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from dicomcast.config import Settings
 from dicomcast.errors import FhirRejected, FhirUnavailable
-from dicomcast.http import BearerToken, ClientCredentials, classify, make_client, send, with_retries
+from dicomcast.http import (
+    BearerToken,
+    ClientCredentials,
+    Observer,
+    classify,
+    make_client,
+    send,
+    with_retries,
+)
 
 FHIR_JSON = "application/fhir+json"
 
@@ -66,6 +75,8 @@ class FhirClient:
         self._count_lock = threading.Lock()
         self.request_count = 0
         self._batch_supported = True
+        # Told (resource type, status or None, seconds) of every request sent; for metrics.
+        self.observe: Callable[[str, int | None, float], None] | None = None
 
     @classmethod
     def from_settings(
@@ -84,13 +95,55 @@ class FhirClient:
     def close(self) -> None:
         self.http.close()
 
+    def _observer(self, url: str, kwargs: dict[str, Any]) -> Observer | None:
+        observe = self.observe
+        if observe is None:
+            return None
+        resource_type = url.split("?")[0].split("/")[0]
+        if not resource_type:
+            body = kwargs.get("json")
+            resource_type = body.get("type", "bundle") if isinstance(body, dict) else "bundle"
+
+        def observer(status: int | None, seconds: float) -> None:
+            observe(resource_type, status, seconds)
+
+        return observer
+
     def _send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        observer = self._observer(url, kwargs)
+
         def attempt() -> httpx.Response:
             with self._count_lock:
                 self.request_count = next(self._counter)
-            return send(self.http, method, url, what, FhirUnavailable, FhirRejected, **kwargs)
+            return send(
+                self.http,
+                method,
+                url,
+                what,
+                FhirUnavailable,
+                FhirRejected,
+                observe=observer,
+                **kwargs,
+            )
 
         return with_retries(attempt)
+
+    def ping(self, timeout: float = 5.0) -> str:
+        """One quick, unretried GET /metadata: the readiness probe."""
+        response = send(
+            self.http,
+            "GET",
+            "metadata",
+            "FHIR capability statement",
+            FhirUnavailable,
+            FhirRejected,
+            timeout=timeout,
+        )
+        try:
+            version = response.json().get("fhirVersion", "?")
+        except (ValueError, AttributeError):
+            raise FhirUnavailable("FHIR /metadata did not return JSON", outage=True) from None
+        return f"FHIR {version}"
 
     def metadata(self) -> dict[str, Any]:
         body = self._send("GET", "metadata", "FHIR capability statement").json()

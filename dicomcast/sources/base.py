@@ -3,6 +3,7 @@ current state of one study, and a cheap list of all studies (for deletions no fe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +41,7 @@ class FetchedStudy:
 class Source(Protocol):
     name: str
     kind: str
+    observe: Callable[[int | None, float], None] | None  # told of every request, for metrics
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
 
@@ -49,8 +51,12 @@ class Source(Protocol):
         """Every study key the server holds now, with its instance count."""
         ...
 
-    def check(self) -> str:
-        """Raise SourceUnavailable when unreachable; else a one-line description."""
+    def lookup_study(self, study_uid: str) -> list[str]:
+        """The keys of the studies with this StudyInstanceUID (for operators' `resync`)."""
+        ...
+
+    def check(self, timeout: float = 5.0) -> str:
+        """One quick unretried probe: SourceUnavailable when unreachable, else a description."""
         ...
 
     def close(self) -> None: ...

@@ -12,6 +12,7 @@ import calendar
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -65,6 +66,7 @@ class OrthancSource:
         self.http = make_client(
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
         )
+        self.observe: Callable[[int | None, float], None] | None = None  # for metrics
         # series -> study; series are few and immutable in parentage, so caching is safe.
         self._series_study: OrderedDict[str, str] = OrderedDict()
 
@@ -81,6 +83,7 @@ class OrthancSource:
                     f"Orthanc GET {path}",
                     SourceUnavailable,
                     SourceRejected,
+                    observe=self.observe,
                     params=params or None,
                 )
             except SourceRejected as exc:
@@ -94,9 +97,22 @@ class OrthancSource:
 
         return with_retries(once)
 
-    def check(self) -> str:
-        system = self._get("system")
-        return f"Orthanc {system.get('Version', '?')} ({system.get('Name', '')})"
+    def check(self, timeout: float = 5.0) -> str:
+        """One quick, unretried GET /system: for readiness and `check-config`."""
+        response = send(
+            self.http,
+            "GET",
+            "system",
+            "Orthanc GET system",
+            SourceUnavailable,
+            SourceRejected,
+            timeout=timeout,
+        )
+        try:
+            system = response.json()
+            return f"Orthanc {system.get('Version', '?')} ({system.get('Name', '')})"
+        except (ValueError, AttributeError):
+            raise SourceUnavailable("Orthanc /system did not return JSON", outage=True) from None
 
     # --- the change feed
 
@@ -186,6 +202,26 @@ class OrthancSource:
         views, orphans = build_study_views(instances)
         view = next((v for v in views if v.uid == study_uid), None)
         return FetchedStudy(key, view, bool(study.get("IsStable", True)), study_uid, orphans)
+
+    def lookup_study(self, study_uid: str) -> list[str]:
+        def once() -> Any:
+            return send(
+                self.http,
+                "POST",
+                "tools/lookup",
+                "Orthanc lookup",
+                SourceUnavailable,
+                SourceRejected,
+                observe=self.observe,
+                content=study_uid,
+            ).json()
+
+        found = with_retries(once)
+        return [
+            str(item["ID"])
+            for item in (found if isinstance(found, list) else [])
+            if isinstance(item, dict) and item.get("Type") == "Study" and item.get("ID")
+        ]
 
     # --- everything, for deletions the feed does not log
 

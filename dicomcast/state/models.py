@@ -25,6 +25,8 @@ class SourceRow(Base):
     last_reconcile_at: Mapped[float | None] = mapped_column(Float)
     last_success_at: Mapped[float | None] = mapped_column(Float)
     resets: Mapped[int] = mapped_column(Integer, default=0)
+    holder: Mapped[str | None] = mapped_column(String(100))  # the worker tailing it now
+    held_until: Mapped[float | None] = mapped_column(Float)  # its lease; renewed each cycle
 
 
 class StudyRow(Base):
@@ -49,6 +51,8 @@ class StudyRow(Base):
     next_attempt_at: Mapped[float | None] = mapped_column(Float, index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
     error_kind: Mapped[str | None] = mapped_column(String(40))
+    error_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status, when one came
+    failed_at: Mapped[float | None] = mapped_column(Float)  # when the last attempt failed
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_until: Mapped[float | None] = mapped_column(Float)
     content_hash: Mapped[str | None] = mapped_column(String(64))

@@ -7,10 +7,11 @@ are durably dirty. Either way nothing is lost, and re-syncing a study is idempot
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from dicomcast.config import mask_url
-from dicomcast.errors import ConfigError, StateSchemaError
+from dicomcast.errors import ConfigError, OperatorError, StateSchemaError, StateUnavailable
 from dicomcast.state.models import SourceRow, StudyRow
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -79,6 +81,32 @@ class SyncOutcome:
     fhir_imagingstudy_id: str | None
     instance_count: int | None
     warnings: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    """One source's state at a glance, for `status`, metrics and alerts."""
+
+    source: str
+    cursor: str | None = None
+    feed_head: str | None = None
+    holder: str | None = None
+    held_until: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    oldest_event: float | None = None  # earliest change not yet in FHIR
+    oldest_dirty: float | None = None  # when the longest-waiting study became dirty
+    last_success_at: float | None = None
+    last_poll_at: float | None = None
+    resets: int = 0
+
+    @property
+    def dirty(self) -> int:
+        return self.counts.get("dirty", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
 
 
 def _changed(session: Session, statement: Executable) -> int:
@@ -170,7 +198,12 @@ class StateStore:
         with self.engine.connect() as connection:
             return set(MigrationContext.configure(connection).get_current_heads())
 
-    # --- sources and cursors
+    def ping(self) -> None:
+        """Raise StateUnavailable unless the database answers a trivial query."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    # --- sources, their leases and cursors
 
     def ensure_source(self, name: str, kind: str) -> SourceRow:
         with self._session.begin() as session:
@@ -183,6 +216,47 @@ class StateStore:
     def get_source(self, name: str) -> SourceRow | None:
         with self._session() as session:
             return session.get(SourceRow, name)
+
+    def acquire_source(self, name: str, owner: str, lease: float, now: float | None = None) -> bool:
+        """Take (or renew) the lease to tail this source; False while another worker holds it."""
+        now = time.time() if now is None else now
+        with self._session.begin() as session:
+            return bool(
+                _changed(
+                    session,
+                    update(SourceRow)
+                    .where(
+                        SourceRow.name == name,
+                        SourceRow.holder.is_(None)
+                        | (SourceRow.holder == owner)
+                        | (SourceRow.held_until < now),
+                    )
+                    .values(holder=owner, held_until=now + lease),
+                )
+            )
+
+    def release_source(self, name: str, owner: str) -> None:
+        with self._session.begin() as session:
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == name, SourceRow.holder == owner)
+                .values(holder=None, held_until=None)
+            )
+
+    def set_cursor(self, name: str, cursor: str | None, now: float | None = None) -> None:
+        """The operator's `cursor set`: refused while a worker holds the source's lease, so a
+        running tailer can never overwrite it with its own position a moment later."""
+        now = time.time() if now is None else now
+        with self._session.begin() as session:
+            row = session.get(SourceRow, name)
+            if row is None:
+                raise OperatorError(f"source {name!r} has no state yet; run the worker once")
+            if row.holder and row.held_until and row.held_until >= now:
+                raise OperatorError(
+                    f"source {name!r} is held by worker {row.holder!r} for another "
+                    f"{row.held_until - now:.0f} s; stop it first, then set the cursor"
+                )
+            row.cursor = cursor
 
     def record_page(
         self,
@@ -379,22 +453,102 @@ class StateStore:
             )
 
     def finish_failed(
-        self, task: StudyTask, error: str, kind: str, *, park: bool, retry_at: float | None
+        self,
+        task: StudyTask,
+        error: str,
+        kind: str,
+        *,
+        park: bool,
+        retry_at: float | None,
+        http_status: int | None = None,
+        count_attempt: bool = True,
+        now: float | None = None,
     ) -> None:
-        """Record a failed attempt: back off until `retry_at`, or park it as failed."""
+        """Record a failed attempt: back off until `retry_at`, or park it as failed.
+
+        `count_attempt=False` is for outages: the study waits, but its attempts are not
+        spent, so a server down for an hour does not park every study it touched.
+        Parking only applies to the generation that failed: newer data gets a fresh try.
+        """
+        now = time.time() if now is None else now
+        values: dict[str, Any] = {
+            "attempts": StudyRow.attempts + (1 if count_attempt else 0),
+            "last_error": error[:4000],
+            "error_kind": kind,
+            "error_status": http_status,
+            "failed_at": now,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
         with self._session.begin() as session:
+            if park:
+                parked = _changed(
+                    session,
+                    update(StudyRow)
+                    .where(StudyRow.id == task.id, StudyRow.generation == task.generation)
+                    .values(status="failed", next_attempt_at=None, **values),
+                )
+                if parked:
+                    return
+                retry_at = now  # newer data arrived meanwhile: try that at once
             session.execute(
                 update(StudyRow)
                 .where(StudyRow.id == task.id)
+                .values(status="dirty", next_attempt_at=retry_at, **values)
+            )
+
+    # --- operator actions
+
+    def retry(self, source: str, key: str | None, now: float | None = None) -> int:
+        """Make failed (or backing-off) studies due now with fresh attempts; `key` None = all.
+        Returns how many studies it touched."""
+        now = time.time() if now is None else now
+        waiting = (StudyRow.status == "failed") | (
+            (StudyRow.status == "dirty") & StudyRow.last_error.is_not(None)
+        )
+        where = [StudyRow.source == source, waiting]
+        if key is not None:
+            where.append((StudyRow.study_key == key) | (StudyRow.study_uid == key))
+        with self._session.begin() as session:
+            return _changed(
+                session,
+                update(StudyRow)
+                .where(*where)
                 .values(
-                    status="failed" if park else "dirty",
-                    attempts=StudyRow.attempts + 1,
-                    next_attempt_at=None if park else retry_at,
-                    last_error=error[:4000],
-                    error_kind=kind,
-                    claimed_by=None,
-                    claimed_until=None,
-                )
+                    status="dirty",
+                    generation=StudyRow.generation + 1,
+                    attempts=0,
+                    next_attempt_at=now,
+                    dirty_since=func.coalesce(StudyRow.dirty_since, now),
+                    event_time=func.coalesce(StudyRow.event_time, now),
+                ),
+            )
+
+    def resync(self, source: str, marks: Sequence[DirtyMark], now: float | None = None) -> int:
+        """Force studies through again: dirty now, and written to FHIR even if unchanged."""
+        now = time.time() if now is None else now
+        keys = [m.study_key for m in marks]
+        with self._session.begin() as session:
+            self._mark(session, source, list(marks), now)
+            return _changed(
+                session,
+                update(StudyRow)
+                .where(StudyRow.source == source, StudyRow.study_key.in_(keys))
+                .values(content_hash=None, attempts=0, next_attempt_at=now),
+            )
+
+    def find(self, source: str, key: str) -> list[StudyRow]:
+        """Studies of a source by study key or StudyInstanceUID (a UID may name several)."""
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(StudyRow)
+                    .where(
+                        StudyRow.source == source,
+                        (StudyRow.study_key == key) | (StudyRow.study_uid == key),
+                    )
+                    .order_by(StudyRow.id)
+                ).all()
             )
 
     # --- views for reconcile and status
@@ -425,13 +579,41 @@ class StateStore:
             ).all()
             return {status: int(n) for status, n in rows}
 
-    def oldest_dirty(self, source: str) -> float | None:
+    def next_due(self, source: str) -> float | None:
+        """When the earliest waiting study becomes due (None when none waits)."""
         with self._session() as session:
             return session.scalar(
-                select(func.min(StudyRow.dirty_since)).where(
+                select(func.min(StudyRow.next_attempt_at)).where(
                     StudyRow.source == source, StudyRow.status == "dirty"
                 )
             )
+
+    def summary(self, source: str) -> SourceSummary:
+        with self._session() as session:
+            row = session.get(SourceRow, source)
+            oldest_event, oldest_dirty = session.execute(
+                select(func.min(StudyRow.event_time), func.min(StudyRow.dirty_since)).where(
+                    StudyRow.source == source, StudyRow.status == "dirty"
+                )
+            ).one()
+        return SourceSummary(
+            source,
+            cursor=row.cursor if row else None,
+            feed_head=row.feed_head if row else None,
+            holder=row.holder if row else None,
+            held_until=row.held_until if row else None,
+            counts=self.counts(source),
+            failures_by_kind=self.failure_kinds(source),
+            oldest_event=oldest_event,
+            oldest_dirty=oldest_dirty,
+            last_success_at=row.last_success_at if row else None,
+            last_poll_at=row.last_poll_at if row else None,
+            resets=row.resets if row else 0,
+        )
+
+    def sources(self) -> list[str]:
+        with self._session() as session:
+            return list(session.scalars(select(SourceRow.name).order_by(SourceRow.name)).all())
 
     def failure_kinds(self, source: str) -> dict[str, int]:
         """Parked studies counted by the kind of error that parked them."""
@@ -456,3 +638,26 @@ class StateStore:
                     .order_by(StudyRow.id)
                 ).all()
             )
+
+
+def _state_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Database failures surface as StateUnavailable (retriable), never as a raw driver
+    error: the transaction was rolled back, so nothing half-recorded remains."""
+
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise StateUnavailable(
+                f"state database error in {method.__name__}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from exc
+
+    return guarded
+
+
+# Every public store method, wrapped once here rather than decorated one by one.
+for _name, _method in list(vars(StateStore).items()):
+    if callable(_method) and not _name.startswith("_") and _name != "close":
+        setattr(StateStore, _name, _state_errors(_method))

@@ -1,0 +1,134 @@
+"""Commands that need no running worker: `map` (a dry run on files) and `check-config`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomcast.app import load_mappings, make_source, mapping_config
+from dicomcast.cli.common import ConfigOption, guard, settings_from
+from dicomcast.config import Settings
+from dicomcast.errors import DicomcastError, StudyError
+from dicomcast.fhir.client import FhirClient
+from dicomcast.fhir.upsert import create_entry
+from dicomcast.mapping.mapper import placeholder
+from dicomcast.sources.files import read_studies
+from dicomcast.state.store import StateStore
+
+
+def map_files(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, DICOM JSON files, or folders.")],
+    config: ConfigOption = None,
+    patient_id_system: Annotated[
+        str | None, typer.Option(help="Patient identifier system when the data names no issuer.")
+    ] = None,
+) -> None:
+    """Dry run: print the FHIR transaction Bundle each study would become. No server needed."""
+    settings = settings_from(config, patient_id_system=patient_id_system)
+    mappings = guard(lambda: load_mappings(settings))
+    cfg = mapping_config(settings)
+    if not cfg["source_public_url"]:
+        cfg["source_public_url"] = "http://localhost/dicom-web"
+    studies, problems = read_studies(paths)
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    endpoint = guard(lambda: mappings.map_endpoint(cfg))
+    endpoint_ref = placeholder("Endpoint", cfg["source_public_url"])
+    bundles, failed = [], 0
+    for study in studies:
+        try:
+            mapped = mappings.map_study(study, cfg, endpoint_ref)
+        except StudyError as exc:
+            failed += 1
+            typer.echo(f"error: study {study.uid}: {exc}", err=True)
+            continue
+        for warning in mapped.warnings:
+            typer.echo(f"warning: study {study.uid}: {warning}", err=True)
+        bundles.append(
+            _dry_run_bundle(
+                endpoint,
+                endpoint_ref,
+                mapped.patient,
+                mapped.patient_placeholder,
+                mapped.imaging_study,
+            )
+        )
+    json.dump(
+        bundles[0] if len(bundles) == 1 else bundles, sys.stdout, indent=2, ensure_ascii=False
+    )
+    sys.stdout.write("\n")
+    if failed or not studies:
+        typer.echo(f"dicomcast: {len(bundles)} studies mapped, {failed} refused", err=True)
+        raise typer.Exit(1)
+
+
+def _dry_run_bundle(
+    endpoint: dict[str, Any],
+    endpoint_ref: str,
+    patient: dict[str, Any],
+    patient_ref: str,
+    study: dict[str, Any],
+) -> dict[str, Any]:
+    """What would be sent to an empty server: three conditional creates, linked by urn:uuid."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            create_entry(endpoint, endpoint_ref),
+            create_entry(patient, patient_ref),
+            create_entry(study),
+        ],
+    }
+
+
+def check_config(config: ConfigOption = None) -> None:
+    """Validate settings and mappings, and check that both servers answer."""
+    settings = settings_from(config)
+    guard(settings.require_worker_settings)
+    mappings = guard(lambda: load_mappings(settings))
+    typer.echo(f"settings    ok ({json.dumps(settings.public_dict(), default=str)})")
+    typer.echo(f"mappings    ok ({mappings.folder})")
+    failed = False
+    probes: list[tuple[str, Callable[[Settings], str]]] = [
+        ("source", _probe_source),
+        ("fhir", _probe_fhir),
+        ("state", _probe_state),
+    ]
+    for name, probe in probes:
+        try:
+            typer.echo(f"{name:<12}ok ({probe(settings)})")
+        except (DicomcastError, SQLAlchemyError) as exc:
+            failed = True
+            typer.echo(f"{name:<12}FAILED: {exc}")
+    raise typer.Exit(1 if failed else 0)
+
+
+def _probe_source(settings: Settings) -> str:
+    source = make_source(settings)
+    try:
+        return source.check()
+    finally:
+        source.close()
+
+
+def _probe_fhir(settings: Settings) -> str:
+    fhir = FhirClient.from_settings(settings)
+    try:
+        return f"FHIR {fhir.metadata().get('fhirVersion', '?')}"
+    finally:
+        fhir.close()
+
+
+def _probe_state(settings: Settings) -> str:
+    store = StateStore(settings.state_url)
+    try:
+        store.migrate()
+        return f"schema {', '.join(sorted(store.schema_revision()))}"
+    finally:
+        store.close()

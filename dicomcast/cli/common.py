@@ -1,0 +1,43 @@
+"""What every command shares: loading settings, and turning errors into exit codes.
+
+Exit codes: 0 fine; 1 work left undone (failed or waiting studies, probes failing);
+2 fatal (bad settings, broken mappings, a state DB from a newer version); 3 an error that
+may pass (a server or the state DB unavailable) or an operator command refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from dicomcast.config import Settings, load_settings
+from dicomcast.errors import DicomcastError, FatalError
+from dicomcast.ops.logging import setup_logging
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML or YAML settings file (else $DICOMCAST_CONFIG)."),
+]
+
+
+def guard(fn: Callable[[], T]) -> T:
+    """Run `fn`; a dicomcast error becomes one line on stderr and its exit code."""
+    try:
+        return fn()
+    except FatalError as exc:
+        typer.echo(f"dicomcast: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except DicomcastError as exc:
+        typer.echo(f"dicomcast: {exc}", err=True)
+        raise typer.Exit(3) from None
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    settings = guard(lambda: load_settings(config, **overrides))
+    setup_logging(settings.log_level, settings.log_format, settings.log_phi)
+    return settings

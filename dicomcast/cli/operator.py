@@ -1,0 +1,177 @@
+"""Operator commands on the state DB: read failures back, retry or force studies, move the
+cursor. They work beside a running worker (it picks changes up on its next cycle), except
+`cursor set`, which is refused while a worker holds the source."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from dicomcast.app import make_source
+from dicomcast.cli.common import ConfigOption, guard, settings_from
+from dicomcast.config import Settings
+from dicomcast.errors import ConfigError
+from dicomcast.state.models import StudyRow
+from dicomcast.state.store import DirtyMark, StateStore
+
+T = TypeVar("T")
+failures = typer.Typer(help="Studies that failed or are backing off: list, show, retry.")
+cursor = typer.Typer(help="Where the worker reads the change feed from: show, set.")
+
+StudyArg = Annotated[str, typer.Argument(help="StudyInstanceUID, or the source's study key.")]
+
+
+def _with_store(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
+    settings = settings_from(config)
+    store = StateStore(settings.state_url)
+    try:
+        guard(store.migrate)
+        return guard(lambda: fn(settings, store))
+    finally:
+        store.close()
+
+
+def _iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def _failure(row: StudyRow) -> dict[str, Any]:
+    return {
+        "study_uid": row.study_uid,
+        "study_key": row.study_key,
+        "source": row.source,
+        "status": "failed" if row.status == "failed" else "retrying",
+        "kind": row.error_kind,
+        "http_status": row.error_status,
+        "attempts": row.attempts,
+        "failed_at": _iso(row.failed_at),
+        "next_attempt_at": _iso(row.next_attempt_at) if row.status != "failed" else None,
+        "error": row.last_error,
+        "warnings": json.loads(row.warnings) if row.warnings else [],
+        "last_synced_at": _iso(row.last_synced_at),
+        "fhir_imagingstudy_id": row.fhir_imagingstudy_id,
+    }
+
+
+@failures.command("list")
+def failures_list(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every study parked as failed or backing off, with the reason."""
+    rows = _with_store(config, lambda s, store: store.failures(s.source_name))
+    items = [_failure(r) for r in rows]
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        typer.echo("no failures")
+        return
+    typer.echo(f"{'STUDY':<64}  {'STATUS':<8}  {'KIND':<16}  {'HTTP':>4}  {'TRIES':>5}  ERROR")
+    for item in items:
+        error = (item["error"] or "").splitlines()[0][:90]
+        typer.echo(
+            f"{item['study_uid'] or item['study_key']:<64}  {item['status']:<8}  "
+            f"{item['kind'] or '-':<16}  {item['http_status'] or '-':>4}  "
+            f"{item['attempts']:>5}  {error}"
+        )
+    typer.echo(f"\n{len(items)} studies; `dicomcast failures show STUDY` for the whole record")
+
+
+@failures.command("show")
+def failures_show(study: StudyArg, config: ConfigOption = None) -> None:
+    """The whole record of one study: error, server's OperationOutcome, warnings, attempts."""
+    rows = _with_store(config, lambda s, store: store.find(s.source_name, study))
+    if not rows:
+        typer.echo(f"dicomcast: no study {study!r} in the state database", err=True)
+        raise typer.Exit(1)
+    for row in rows:
+        record = _failure(row)
+        record["status"] = row.status
+        for key, value in record.items():
+            if key == "warnings":
+                for warning in value:
+                    typer.echo(f"{'warning':<22}{warning}")
+            elif key == "error" and value:
+                typer.echo(f"{'error':<22}" + str(value).replace("\n", "\n" + " " * 22))
+            else:
+                typer.echo(f"{key:<22}{value if value is not None else '-'}")
+
+
+@failures.command("retry")
+def failures_retry(
+    study: Annotated[str | None, typer.Argument(help="StudyInstanceUID or study key.")] = None,
+    retry_all: Annotated[bool, typer.Option("--all", help="Retry every failed study.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Make failed studies due now, with their attempts reset (after fixing the cause)."""
+    if (study is None) == (not retry_all):
+        typer.echo("dicomcast: name one STUDY, or give --all", err=True)
+        raise typer.Exit(2)
+    count = _with_store(config, lambda s, store: store.retry(s.source_name, study))
+    typer.echo(f"{count} studies queued for retry; a running worker takes them on its next cycle")
+    if study is not None and count == 0:
+        raise typer.Exit(1)
+
+
+def resync(study: StudyArg, config: ConfigOption = None) -> None:
+    """Force one study through again, written to FHIR even if nothing changed."""
+
+    def run(settings: Settings, store: StateStore) -> int:
+        keys = [row.study_key for row in store.find(settings.source_name, study)]
+        if not keys:  # not synced yet: ask the archive which study that UID is
+            source = make_source(settings)
+            try:
+                keys = source.lookup_study(study)
+            finally:
+                source.close()
+        if not keys:
+            return 0
+        return store.resync(settings.source_name, [DirtyMark(k, time.time()) for k in keys])
+
+    try:
+        count = _with_store(config, run)
+    except ConfigError as exc:
+        typer.echo(f"dicomcast: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not count:
+        typer.echo(f"dicomcast: no study {study!r} in the state database or the archive", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{count} studies queued for a forced sync")
+
+
+@cursor.command("show")
+def cursor_show(config: ConfigOption = None) -> None:
+    """The feed position, the feed's head, and which worker holds the source."""
+    summary = _with_store(config, lambda s, store: store.summary(s.source_name))
+    held = summary.holder if summary.held_until and summary.held_until >= time.time() else None
+    typer.echo(f"source   {summary.source}")
+    typer.echo(f"cursor   {summary.cursor if summary.cursor is not None else '-'}")
+    typer.echo(f"head     {summary.feed_head if summary.feed_head is not None else '-'}")
+    typer.echo(f"held by  {held or '-'}")
+
+
+@cursor.command("set")
+def cursor_set(
+    value: Annotated[str, typer.Argument(help="The new position (Orthanc: a change Seq).")],
+    config: ConfigOption = None,
+) -> None:
+    """Move the feed position, e.g. to skip or replay history. Refused while a worker runs.
+
+    Replaying is safe (syncs are idempotent). Skipping forward leaves the skipped studies to
+    the periodic reconcile scan."""
+    if not value.isdigit():
+        typer.echo(f"dicomcast: {value!r} is not a change sequence number", err=True)
+        raise typer.Exit(2)
+
+    def run(settings: Settings, store: StateStore) -> str | None:
+        before = store.summary(settings.source_name).cursor
+        store.set_cursor(settings.source_name, value)
+        return before
+
+    before = _with_store(config, run)
+    typer.echo(f"cursor moved from {before} to {value}")

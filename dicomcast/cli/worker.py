@@ -1,0 +1,165 @@
+"""`run` (the worker, once or for good) and `status` (how far behind FHIR is)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dicomcast.app import build_app
+from dicomcast.cli.common import ConfigOption, guard, settings_from
+from dicomcast.config import Settings
+from dicomcast.ops.health import Health
+from dicomcast.ops.listener import Listener
+from dicomcast.state.store import StateStore
+
+if TYPE_CHECKING:
+    from dicomcast.worker import RoundStats, Worker
+
+
+def run(
+    config: ConfigOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Drain the feed and every dirty study, then exit.")
+    ] = False,
+) -> None:
+    """Run the worker: follow the change feed and keep FHIR in sync."""
+    settings = settings_from(config)
+    from dicomcast.worker import Worker
+
+    built = guard(lambda: build_app(settings))
+    worker = Worker(built)
+    try:
+        if once:
+            started = time.monotonic()
+            progress = _Progress(built.store, built.source.name) if sys.stderr.isatty() else None
+            code = guard(lambda: worker.run_once(progress))
+            if progress:
+                progress.done()
+            totals = dict(worker.totals)
+            counts = built.store.counts(built.source.name)
+            typer.echo(
+                f"dicomcast: {totals.get('synced', 0)} synced, "
+                f"{totals.get('unchanged', 0)} unchanged, {totals.get('deleted', 0)} deleted, "
+                f"{counts.get('failed', 0)} failed, {counts.get('dirty', 0)} waiting; "
+                f"{totals.get('changes', 0)} changes read, {built.fhir.request_count} FHIR "
+                f"requests in {time.monotonic() - started:.1f} s",
+                err=True,
+            )
+            raise typer.Exit(code)
+        listener = _listen(settings, worker)
+        try:
+            guard(worker.run_forever)
+        finally:
+            if listener:
+                listener.stop()
+    finally:
+        worker.close()
+        built.close()
+
+
+def _listen(settings: Settings, worker: Worker) -> Listener | None:
+    if not settings.http_port:
+        return None
+    try:
+        return Listener(Health(worker), settings.http_host, settings.http_port).start()
+    except OSError as exc:
+        typer.echo(
+            f"dicomcast: cannot listen on {settings.http_host}:{settings.http_port}: "
+            f"{exc.strerror} (set DICOMCAST_HTTP_PORT, or 0 to turn the listener off)",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+
+
+class _Progress:
+    """A one-line progress display for a backfill on a terminal (stderr, redrawn in place)."""
+
+    def __init__(self, store: StateStore, source: str) -> None:
+        self.store = store
+        self.source = source
+        self.started = time.monotonic()
+        self.done_count = 0
+        self.outcomes: dict[str, int] = {}
+
+    def __call__(self, stats: RoundStats) -> None:
+        for outcome, n in stats.outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+        self.done_count += stats.attempted
+        waiting = self.store.counts(self.source).get("dirty", 0)
+        total = self.done_count + waiting
+        rate = self.done_count / max(0.001, time.monotonic() - self.started)
+        eta = f", about {waiting / rate:.0f} s left" if rate > 0 and waiting else ""
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()))
+        sys.stderr.write(f"\r\x1b[Kstudies {self.done_count}/{total} ({detail}) {rate:.1f}/s{eta}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def _status(settings: Settings) -> dict[str, Any]:
+    store = StateStore(settings.state_url)
+    try:
+        guard(store.migrate)
+        info = guard(lambda: store.summary(settings.source_name))
+    finally:
+        store.close()
+    now = time.time()
+    cursor, head = info.cursor, info.feed_head
+    lag = None
+    if cursor is not None and head is not None and cursor.isdigit() and head.isdigit():
+        lag = max(0, int(head) - int(cursor))
+    return {
+        "source": info.source,
+        "cursor": cursor,
+        "feed_head": head,
+        "lag_events": lag,
+        "lag_seconds": round(now - info.oldest_event, 1) if info.oldest_event else 0.0,
+        "studies": {k: info.counts.get(k, 0) for k in ("clean", "dirty", "failed")},
+        "oldest_dirty_age_s": round(now - info.oldest_dirty, 1) if info.oldest_dirty else None,
+        "failures_by_kind": info.failures_by_kind,
+        "held_by": info.holder if info.held_until and info.held_until >= now else None,
+        "last_success_at": _iso(info.last_success_at),
+        "last_poll_at": _iso(info.last_poll_at),
+        "archive_resets": info.resets,
+    }
+
+
+def _iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show how far behind FHIR is: events and seconds, dirty and failed studies, by reason."""
+    info = _status(settings_from(config))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    studies = info["studies"]
+    behind = f"  ({info['lag_events']} events behind)" if info["lag_events"] is not None else ""
+    lines = [
+        f"source          {info['source']}"
+        + (f"  (tailed by {info['held_by']})" if info["held_by"] else "  (no worker running)"),
+        f"cursor / head   {info['cursor']} / {info['feed_head']}{behind}",
+        f"lag             {info['lag_seconds']} s (oldest change not yet in FHIR)",
+        f"studies         {studies['clean']} clean, {studies['dirty']} dirty, "
+        f"{studies['failed']} failed",
+        f"oldest dirty    {info['oldest_dirty_age_s'] or '-'} s",
+        f"last success    {info['last_success_at'] or '-'}",
+        f"last poll       {info['last_poll_at'] or '-'}",
+    ]
+    if info["failures_by_kind"]:
+        lines.append(
+            "failures        "
+            + ", ".join(f"{k}: {n}" for k, n in sorted(info["failures_by_kind"].items()))
+            + "   (see: dicomcast failures list)"
+        )
+    typer.echo("\n".join(lines))

@@ -1,0 +1,180 @@
+"""Prometheus metrics. Prefix `dicomcast_`, base units (seconds), labels of low cardinality
+only (source, resource type, outcome, status class): never a UID or a patient.
+
+Counters and histograms are moved by the worker as things happen. Gauges that describe the
+state DB (dirty, failed, oldest dirty, last success, cursor) are read from it at scrape time
+by `StateCollector`, so every worker process reports the same truth and nothing drifts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dicomcast import __version__
+
+if TYPE_CHECKING:
+    from dicomcast.state.store import StateStore
+
+LAG_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def status_class(status: int | None) -> str:
+    """`2xx` .. `5xx`, or `error` when no response came back (timeout, reset)."""
+    return f"{status // 100}xx" if status else "error"
+
+
+class Metrics:
+    """Every metric one worker process exports, in its own registry (tests make several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Info("dicomcast_build", "The running dicomcast version.", registry=r).info(
+            {"version": __version__}
+        )
+        self.changes_read = Counter(
+            "dicomcast_changes_read", "Change-feed entries read.", ["source"], registry=r
+        )
+        self.studies = Counter(
+            "dicomcast_studies",
+            "Study sync attempts by outcome: synced (FHIR written), unchanged (nothing to "
+            "write), deleted, failed (parked), retry (backing off), deferred (not stable yet).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.fhir_requests = Counter(
+            "dicomcast_fhir_requests",
+            "HTTP requests sent to the FHIR server.",
+            ["resource_type", "status_class"],
+            registry=r,
+        )
+        self.fhir_request_duration = Histogram(
+            "dicomcast_fhir_request_duration_seconds",
+            "Time from sending a FHIR request to its full response.",
+            ["resource_type"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.source_requests = Counter(
+            "dicomcast_source_requests",
+            "HTTP requests sent to the DICOM server.",
+            ["source", "status_class"],
+            registry=r,
+        )
+        self.sync_lag = Histogram(
+            "dicomcast_sync_lag_seconds",
+            "End-to-end lag: from the source's change event to the FHIR commit.",
+            ["source"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.study_duration = Histogram(
+            "dicomcast_study_sync_duration_seconds",
+            "Wall time of one study sync (read, map, write).",
+            ["source"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.feed_head = Gauge(
+            "dicomcast_feed_head",
+            "The newest position of the source's change feed, as last read.",
+            ["source"],
+            registry=r,
+        )
+        self.feed_cursor = Gauge(
+            "dicomcast_feed_cursor",
+            "How far this worker has durably read the change feed.",
+            ["source"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "dicomcast_dependency_up",
+            "1 when the last readiness probe of a dependency (state, source, fhir) succeeded.",
+            ["dependency"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "dicomcast_paused",
+            "1 while syncing is paused because a server is unavailable or throttling.",
+            ["dependency"],
+            registry=r,
+        )
+        self.heartbeat = Gauge(
+            "dicomcast_loop_heartbeat_timestamp_seconds",
+            "When the worker's loop last made progress (Unix time).",
+            registry=r,
+        )
+
+    def observe_fhir(self, resource_type: str, status: int | None, seconds: float) -> None:
+        self.fhir_requests.labels(resource_type, status_class(status)).inc()
+        self.fhir_request_duration.labels(resource_type).observe(seconds)
+
+    def observe_source(self, source: str, status: int | None) -> None:
+        self.source_requests.labels(source, status_class(status)).inc()
+
+    def set_feed(self, source: str, cursor: str | None, head: str | None) -> None:
+        self.feed_cursor.labels(source).set(_number(cursor))
+        self.feed_head.labels(source).set(_number(head))
+
+    def watch_state(self, store: StateStore, sources: Callable[[], Sequence[str]]) -> None:
+        self.registry.register(StateCollector(store, sources))
+
+
+def _number(value: str | None) -> float:
+    """Feed positions are numbers for Orthanc; anything else is exported as NaN."""
+    try:
+        return float(value) if value is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
+class StateCollector(Collector):
+    """Gauges read from the state DB at scrape time; a DB failure omits them (and /readyz
+    says why) instead of failing the whole scrape."""
+
+    def __init__(self, store: StateStore, sources: Callable[[], Sequence[str]]) -> None:
+        self.store = store
+        self.sources = sources
+
+    def collect(self) -> Iterable[Metric]:
+        dirty = GaugeMetricFamily(
+            "dicomcast_studies_dirty", "Studies waiting to be synced.", labels=["source"]
+        )
+        failed = GaugeMetricFamily(
+            "dicomcast_studies_failed",
+            "Studies parked as failed until an operator acts, by error kind.",
+            labels=["source", "kind"],
+        )
+        oldest = GaugeMetricFamily(
+            "dicomcast_oldest_dirty_age_seconds",
+            "Age of the oldest change not yet in FHIR (0 when none is waiting).",
+            labels=["source"],
+        )
+        success = GaugeMetricFamily(
+            "dicomcast_last_success_timestamp_seconds",
+            "When a study of this source was last synced successfully (Unix time).",
+            labels=["source"],
+        )
+        now = time.time()
+        try:
+            for source in self.sources():
+                summary = self.store.summary(source)
+                dirty.add_metric([source], summary.dirty)
+                for kind, count in summary.failures_by_kind.items():
+                    failed.add_metric([source, kind], count)
+                oldest.add_metric(
+                    [source], max(0.0, now - summary.oldest_event) if summary.oldest_event else 0
+                )
+                if summary.last_success_at:
+                    success.add_metric([source], summary.last_success_at)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the DB did
+            return
+        yield from (dirty, failed, oldest, success)
