@@ -46,7 +46,11 @@ def load_mappings(settings: Settings) -> Mappings:
 def make_source(settings: Settings, transport: httpx.BaseTransport | None = None) -> Source:
     verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
     return OrthancSource(
-        settings.source, verify=verify, timeout=settings.http_timeout, transport=transport
+        settings.source,
+        verify=verify,
+        timeout=settings.http_timeout,
+        transport=transport,
+        retry=settings.retry_policy,
     )
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomcast.errors import ConfigError
+from dicomcast.http import RetryPolicy
 
 PatientPolicy = Literal["fill-missing", "never", "overwrite"]
 DeletedStudyPolicy = Literal["delete", "entered-in-error"]
@@ -71,6 +72,12 @@ class Settings(BaseSettings):
     verify_tls: bool = True
     ca_bundle: Path | None = None
     http_timeout: float = Field(30.0, gt=0)
+    http_retries: int = Field(
+        4, ge=1, le=10, description="Tries per request for transient errors (1 = no retry)."
+    )
+    http_retry_base: float = Field(
+        0.5, gt=0, description="First in-process retry delay in seconds; doubles, with jitter."
+    )
 
     # --- state
     state_url: str = Field("sqlite:///dicomcast.db", description="SQLAlchemy URL of the state DB.")
@@ -168,6 +175,10 @@ class Settings(BaseSettings):
             password=self.source_password,
             token=self.source_token,
         )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.http_retries, max_delay=30.0, base=self.http_retry_base)
 
     def require_worker_settings(self) -> None:
         """Check what `run` needs beyond the mapping-only settings."""

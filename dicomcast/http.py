@@ -12,6 +12,7 @@ import email.utils
 import threading
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -173,18 +174,28 @@ def _wait(base: Callable[[RetryCallState], float]) -> Callable[[RetryCallState],
     return wait
 
 
-def with_retries(fn: Callable[[], T], *, attempts: int = 4, max_delay: float = 30.0) -> T:
-    """Call `fn`, retrying RetriableError briefly (bounded by attempts and elapsed time)."""
-    retrying = retry(
-        # A conflict is never resent as it was: the caller must re-read and merge first.
-        retry=retry_if_exception(
-            lambda e: isinstance(e, RetriableError) and not isinstance(e, FhirConflict)
-        ),
-        stop=stop_after_attempt(attempts) | stop_after_delay(max_delay),
-        wait=_wait(wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5)),
-        reraise=True,
-    )
-    return retrying(fn)()
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Short in-process retries of RetriableError: `attempts` tries within `max_delay`
+    seconds, exponential from `base` with jitter, never sooner than a Retry-After hint."""
+
+    attempts: int = 4
+    max_delay: float = 30.0
+    base: float = 0.5
+
+    def call(self, fn: Callable[[], T]) -> T:
+        retrying = retry(
+            # A conflict is never resent as it was: the caller must re-read and merge first.
+            retry=retry_if_exception(
+                lambda e: isinstance(e, RetriableError) and not isinstance(e, FhirConflict)
+            ),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_delay),
+            wait=_wait(
+                wait_exponential_jitter(multiplier=self.base, max=16 * self.base, jitter=self.base)
+            ),
+            reraise=True,
+        )
+        return retrying(fn)()
 
 
 def make_client(

@@ -105,8 +105,15 @@ def content_hash(*parts: Any) -> str:
 
 
 class Worker:
-    def __init__(self, app: App, *, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        owner: str | None = None,
+        hard_exit: Callable[[int], object] = os._exit,
+    ) -> None:
         self.app = app
+        self.hard_exit = hard_exit  # how a stop that cannot wait any longer ends the process
         self.settings = app.settings
         self.source = app.source
         self.store = app.store
@@ -451,8 +458,9 @@ class Worker:
         ]
         for job, seconds in jobs:
             scheduler.add_job(self._guarded(job), "interval", seconds=seconds, next_run_time=_now())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
         scheduler.start()
         log.info("worker running", extra={"source": self.source.name, "owner": self.owner})
         if on_ready:
@@ -466,7 +474,7 @@ class Worker:
             closer.join(self.settings.shutdown_timeout)
             self._let_go()
             if closer.is_alive():
-                _exit_now(
+                self._exit_now(
                     f"studies still in flight after {self.settings.shutdown_timeout:.0f} s; "
                     "exiting without them (they will be synced again)"
                 )
@@ -474,8 +482,14 @@ class Worker:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stop_event.is_set():
-            _exit_now(f"second {signal.Signals(signum).name}: exiting at once")
+            self._exit_now(f"second {signal.Signals(signum).name}: exiting at once")
         self.stop_event.set()
+
+    def _exit_now(self, reason: str) -> None:
+        log.error(reason)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self.hard_exit(1)
 
     def _cycle(self) -> None:
         self.beat()
@@ -508,12 +522,6 @@ class Worker:
                 log.exception("%s failed unexpectedly", job.__name__)
 
         return run
-
-
-def _exit_now(reason: str) -> None:
-    log.error(reason)
-    logging.shutdown()
-    os._exit(1)
 
 
 def _now() -> dt.datetime:

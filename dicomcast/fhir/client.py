@@ -16,10 +16,10 @@ from dicomcast.http import (
     BearerToken,
     ClientCredentials,
     Observer,
+    RetryPolicy,
     classify,
     make_client,
     send,
-    with_retries,
 )
 
 FHIR_JSON = "application/fhir+json"
@@ -60,8 +60,10 @@ class FhirClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 16,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
         self.http = make_client(
             self.base_url,
             auth=auth,
@@ -90,6 +92,7 @@ class FhirClient:
             timeout=settings.http_timeout,
             transport=transport,
             max_connections=max(4, settings.concurrency * 2),
+            retry=settings.retry_policy,
         )
 
     def close(self) -> None:
@@ -126,7 +129,7 @@ class FhirClient:
                 **kwargs,
             )
 
-        return with_retries(attempt)
+        return self.retry.call(attempt)
 
     def ping(self, timeout: float = 5.0) -> str:
         """One quick, unretried GET /metadata: the readiness probe."""

@@ -18,7 +18,6 @@ from urllib.parse import quote
 from dicomcast.config import DeletedStudyPolicy, PatientPolicy
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir.client import FhirClient
-from dicomcast.http import with_retries
 from dicomcast.mapping.mapper import MappedStudy, search_token
 
 log = logging.getLogger(__name__)
@@ -244,16 +243,17 @@ class FhirWriter:
     def remove_study(self, study_uid: str) -> int:
         """Reflect a deleted study: delete its ImagingStudy, or mark it entered-in-error."""
         token = quote(f"urn:dicom:uid|urn:oid:{study_uid}", safe=":/|")
-
-        def once() -> int:
+        for _ in range(CONFLICT_ATTEMPTS):
             matches = self.client.search(f"ImagingStudy?identifier={token}")
-            for resource in matches:
-                if self.deleted_policy == "delete":
-                    self.client.delete("ImagingStudy", resource["id"])
-                elif resource.get("status") != "entered-in-error":
-                    self.client.transaction(
-                        [self._update({**resource, "status": "entered-in-error"}, resource)]
-                    )
+            try:
+                for resource in matches:
+                    if self.deleted_policy == "delete":
+                        self.client.delete("ImagingStudy", resource["id"])
+                    elif resource.get("status") != "entered-in-error":
+                        self.client.transaction(
+                            [self._update({**resource, "status": "entered-in-error"}, resource)]
+                        )
+            except FhirConflict:
+                continue  # changed under us: read again
             return len(matches)
-
-        return with_retries(once, attempts=CONFLICT_ATTEMPTS)
+        raise FhirConflict(f"study {study_uid} kept changing while it was being removed")

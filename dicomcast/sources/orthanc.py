@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import httpx
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
-from dicomcast.http import BearerToken, make_client, send, with_retries
+from dicomcast.http import BearerToken, RetryPolicy, make_client, send
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.state.store import DirtyMark
 from dicomcast.studyview import build_study_views, text_value
@@ -30,6 +31,7 @@ STUDY_CHANGES = frozenset({"NewStudy", "StableStudy", "UpdatedAttachment", "Upda
 SERIES_CHANGES = frozenset({"NewSeries", "StableSeries"})
 INSTANCE_CHANGES = frozenset({"NewInstance"})
 PATIENT_ID = "00100020"
+ORTHANC_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # never a path: IDs go into URLs
 
 
 def _event_time(date: Any) -> float | None:
@@ -38,6 +40,17 @@ def _event_time(date: Any) -> float | None:
         return float(calendar.timegm(time.strptime(str(date), "%Y%m%dT%H%M%S")))
     except (TypeError, ValueError):
         return None
+
+
+def _seq(value: Any) -> int | None:
+    """A change sequence number, or None for anything that is not a non-negative integer."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
 
 
 class NotFound(Exception):
@@ -54,8 +67,10 @@ class OrthancSource:
         verify: bool | str = True,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = settings.name
+        self.retry = retry or RetryPolicy()
         self.settings = settings
         auth: httpx.Auth | None = None
         if settings.token:
@@ -95,7 +110,7 @@ class OrthancSource:
             except ValueError:
                 raise SourceUnavailable(f"Orthanc GET {path}: answer is not JSON") from None
 
-        return with_retries(once)
+        return self.retry.call(once)
 
     def check(self, timeout: float = 5.0) -> str:
         """One quick, unretried GET /system: for readiness and `check-config`."""
@@ -119,8 +134,12 @@ class OrthancSource:
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
         since = int(cursor or 0)
         page = self._get("changes", since=since, limit=limit)
-        changes = page.get("Changes") or []
-        last = int(page.get("Last", since))
+        if not isinstance(page, dict) or not isinstance(page.get("Changes", []), list):
+            raise SourceUnavailable("Orthanc /changes answer is not a change page")
+        changes = [c for c in page.get("Changes") or [] if isinstance(c, dict)]
+        last = _seq(page.get("Last"))
+        if last is None:
+            raise SourceUnavailable("Orthanc /changes answer has no valid 'Last'")
         if not changes and last < since:
             log.error(
                 "Orthanc change feed is at %d but our cursor is %d: the archive's database was "
@@ -130,23 +149,28 @@ class OrthancSource:
             )
             return FeedPage([], "0", str(last), done=False, reset=True)
         marks: list[DirtyMark] = []
+        seqs = [since, last]
         for change in changes:
+            seq = _seq(change.get("Seq"))
+            if seq is None:
+                log.warning("skipping a change entry without a valid Seq")
+                continue
+            seqs.append(seq)
             key = self._study_of(change)
             if key:
                 marks.append(DirtyMark(key, _event_time(change.get("Date"))))
-        next_cursor = max([since, last, *(int(c.get("Seq", 0)) for c in changes)])
         return FeedPage(
             marks,
-            str(next_cursor),
+            str(max(seqs)),
             str(last),
-            bool(page.get("Done", True)),
+            page.get("Done", True) is not False,
             changes_read=len(changes),
         )
 
     def _study_of(self, change: dict[str, Any]) -> str | None:
         kind, resource_id = change.get("ChangeType"), change.get("ID")
-        if not isinstance(resource_id, str):
-            log.warning("skipping a change without an ID (seq %s)", change.get("Seq"))
+        if not isinstance(resource_id, str) or not ORTHANC_ID.fullmatch(resource_id):
+            log.warning("skipping a change without a valid ID (seq %s)", change.get("Seq"))
             return None
         try:
             if change.get("ResourceType") == "Study" and kind in STUDY_CHANGES:
@@ -216,7 +240,7 @@ class OrthancSource:
                 content=study_uid,
             ).json()
 
-        found = with_retries(once)
+        found = self.retry.call(once)
         return [
             str(item["ID"])
             for item in (found if isinstance(found, list) else [])

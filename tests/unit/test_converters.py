@@ -111,9 +111,9 @@ def test_uids_and_integers() -> None:
             uid_to_urn_oid(bad, CTX)
     assert to_unsigned_int(" 12 ", CTX) == 12
     assert to_unsigned_int(3.0, CTX) == 3
-    for bad in ["-1", "1.5", "x", True]:
+    for wrong in ["-1", "1.5", "x", True]:
         with pytest.raises(ConversionError):
-            to_unsigned_int(bad, CTX)
+            to_unsigned_int(wrong, CTX)
 
 
 def test_issuers_become_uris_or_nothing() -> None:

@@ -1,0 +1,80 @@
+"""Fakes for the unit tests: an in-memory DICOM source with a scripted change feed, and a
+FHIR server stand-in that answers every request with one status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from dicomcast.sandbox.samples import StudySpec, instances
+from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.files import dataset_to_json
+from dicomcast.state.store import DirtyMark
+from dicomcast.studyview import build_study_views
+
+
+def dicom_json(spec: StudySpec) -> list[dict[str, Any]]:
+    return [dataset_to_json(ds)[0] for ds in instances(spec)]
+
+
+class FakeSource:
+    """Studies held in memory as DICOM JSON; `feed` lists study keys in change order."""
+
+    kind = "fake"
+
+    def __init__(self, studies: dict[str, list[Any]], name: str = "default") -> None:
+        self.name = name
+        self.studies = studies
+        self.feed: list[str] = list(studies)
+        self.observe: Callable[[int | None, float], None] | None = None
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        start = int(cursor or 0)
+        keys = self.feed[start : start + limit]
+        end = start + len(keys)
+        return FeedPage(
+            [DirtyMark(k) for k in keys],
+            str(end),
+            str(len(self.feed)),
+            end >= len(self.feed),
+            changes_read=len(keys),
+        )
+
+    def fetch_study(self, key: str) -> FetchedStudy:
+        if key not in self.studies:
+            return FetchedStudy(key, None)
+        views, orphans = build_study_views(self.studies[key])
+        view = views[0] if views else None
+        return FetchedStudy(key, view, True, view.uid if view else None, orphans)
+
+    def list_studies(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.studies.items()}
+
+    def lookup_study(self, study_uid: str) -> list[str]:
+        return [k for k in self.studies if k == study_uid]
+
+    def check(self, timeout: float = 5.0) -> str:
+        return "fake source"
+
+    def close(self) -> None:
+        pass
+
+
+class StatusFhir(httpx.MockTransport):
+    """A FHIR server that answers every request with `status` (changeable between calls)."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.headers = headers or {}
+        self.requests = 0
+        super().__init__(self._answer)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        body = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "exception", "diagnostics": "boom"}],
+        }
+        return httpx.Response(self.status, json=body, headers=self.headers)

@@ -1,0 +1,188 @@
+"""Whose failure is it? Outages pause everything and cost no attempts; a study's own errors
+back it off alone and park it; the state DB failing never moves the cursor; a stop that
+cannot wait ends the process within its bound."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomcast.app import build_app
+from dicomcast.config import load_settings
+from dicomcast.errors import StateUnavailable
+from dicomcast.sandbox.samples import bulk_studies
+from dicomcast.sources.base import FetchedStudy
+from dicomcast.state.store import StateStore
+from dicomcast.worker import Worker
+from tests.fakes import FakeSource, StatusFhir, dicom_json
+
+
+def make_worker(
+    tmp_path: Path,
+    fhir: StatusFhir,
+    *,
+    source: Any = None,
+    store: StateStore | None = None,
+    **overrides: Any,
+) -> Worker:
+    values: dict[str, Any] = {
+        "source_url": "http://dicom.test",
+        "fhir_url": "http://fhir.test",
+        "state_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "patient_id_system": "urn:oid:1.2.3",
+        "http_retries": 2,
+        "http_retry_base": 0.01,
+        "backoff_base": 0.05,
+        "backoff_max": 0.2,
+        "max_attempts": 3,
+        "http_port": 0,
+    }
+    values.update(overrides)
+    specs = bulk_studies(3, 2, patients=2, prefix="policy")
+    source = source or FakeSource({s.study_uid: dicom_json(s) for s in specs})
+    app = build_app(load_settings(None, **values), source=source, fhir_transport=fhir)
+    if store is not None:
+        app.store.close()
+        app.store = store
+    worker = Worker(app)
+    worker.endpoint_ref = "Endpoint/e"  # the Endpoint step is the upsert tests' business
+    app.store.ensure_source(source.name, source.kind)
+    assert worker.hold_source()
+    return worker
+
+
+def rows(worker: Worker) -> list[Any]:
+    return worker.store.failures(worker.source.name)
+
+
+def until_unpaused(worker: Worker) -> None:
+    deadline = time.monotonic() + 5
+    while worker.paused_until() is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Every waiting study's due time must have passed too (each has its own jitter).
+    due = max((r.next_attempt_at or 0 for r in rows(worker) if r.status == "dirty"), default=0)
+    time.sleep(max(0.0, due - time.time()) + 0.01)
+
+
+def test_an_outage_pauses_syncing_and_spends_no_attempts(tmp_path: Path) -> None:
+    fhir = StatusFhir(503)
+    worker = make_worker(tmp_path, fhir)
+    worker.tail()
+    for _ in range(4):  # far more outage rounds than max_attempts
+        until_unpaused(worker)
+        stats = worker.sync_round(wait_for_stable=False)
+        assert set(stats.outcomes) <= {"retry", "deferred"} and stats.outcomes["retry"] >= 1
+        assert worker.pauses["fhir"].active()
+        # While paused, nothing is claimed and nothing is sent.
+        sent = fhir.requests
+        assert worker.sync_round(wait_for_stable=False).attempted == 0
+        assert fhir.requests == sent
+    failures = rows(worker)
+    assert len(failures) == 3
+    for row in failures:
+        assert (row.status, row.attempts, row.error_status) == ("dirty", 0, 503)
+        assert row.error_kind == "FhirUnavailable" and "HTTP 503" in (row.last_error or "")
+    assert worker.pauses["fhir"].streak >= 2  # the pause grew
+
+
+def test_a_studys_own_errors_back_it_off_then_park_it(tmp_path: Path) -> None:
+    fhir = StatusFhir(500)
+    worker = make_worker(tmp_path, fhir)
+    worker.tail()
+    for _ in range(3):
+        until_unpaused(worker)
+        worker.sync_round(wait_for_stable=False)
+        assert worker.paused_until() is None  # a 500 is not an outage
+    parked = rows(worker)
+    assert [(r.status, r.attempts, r.error_status) for r in parked] == [("failed", 3, 500)] * 3
+    assert "boom" in (parked[0].last_error or "")  # the OperationOutcome text is kept
+
+    # An operator retries them all; a 422 is deterministic: parked after one attempt.
+    assert worker.store.retry(worker.source.name, None) == 3
+    fhir.status = 422
+    outcomes = worker.sync_round(wait_for_stable=False).outcomes
+    assert outcomes == {"failed": 3}
+    assert [(r.status, r.attempts, r.error_kind) for r in rows(worker)] == [
+        ("failed", 1, "FhirRejected")
+    ] * 3
+
+
+def test_retry_after_is_honoured_in_process_and_by_the_pause(tmp_path: Path) -> None:
+    fhir = StatusFhir(429, headers={"Retry-After": "1"})
+    worker = make_worker(tmp_path, fhir, concurrency=1)
+    worker.tail()
+    started = time.monotonic()
+    worker.sync_one(worker.store.due(worker.source.name, 1)[0])
+    assert time.monotonic() - started >= 0.95  # the second try waited for Retry-After
+    assert fhir.requests == 2
+    assert worker.pauses["fhir"].until - time.time() >= 0.8
+
+
+class FlakyStore(StateStore):
+    """A real SQLite store whose writes of a feed page fail while `broken` is set."""
+
+    broken = False
+
+    def record_page(self, *args: Any, **kwargs: Any) -> int:
+        if self.broken:
+            raise StateUnavailable("state database error in record_page: disk I/O error")
+        return super().record_page(*args, **kwargs)
+
+
+def test_a_state_db_failure_never_moves_or_resets_the_cursor(tmp_path: Path) -> None:
+    store = FlakyStore(f"sqlite:///{tmp_path / 'flaky.db'}")
+    store.migrate()
+    worker = make_worker(tmp_path, StatusFhir(503), store=store)
+    store.broken = True
+    worker._cycle()  # the scheduled job: must not raise
+    source = store.get_source("default")
+    assert source is not None and source.cursor is None and source.resets == 0
+    assert worker.pauses["state"].active() and store.counts("default") == {}
+    store.broken = False
+    worker.pauses["state"].clear()
+    worker.tail()
+    source = store.get_source("default")
+    assert source is not None and source.cursor == "3" and store.counts("default") == {"dirty": 3}
+
+
+class SlowSource(FakeSource):
+    started = threading.Event()
+
+    def fetch_study(self, key: str) -> FetchedStudy:
+        self.started.set()
+        time.sleep(3)
+        return super().fetch_study(key)
+
+
+def test_a_stop_that_cannot_finish_in_time_exits_within_its_bound(tmp_path: Path) -> None:
+    specs = bulk_studies(1, 1, patients=1, prefix="slow")
+    source = SlowSource({s.study_uid: dicom_json(s) for s in specs})
+    worker = make_worker(tmp_path, StatusFhir(503), source=source, shutdown_timeout=0.5)
+    exits: list[int] = []
+    worker.hard_exit = exits.append
+    runner = threading.Thread(target=worker.run_forever)
+    runner.start()
+    assert source.started.wait(10)
+    stopped_at = time.monotonic()
+    worker.stop_event.set()  # what SIGTERM does
+    runner.join(10)
+    assert not runner.is_alive() and exits == [1]
+    assert time.monotonic() - stopped_at < 1.5
+    summary = worker.store.summary("default")
+    assert summary.holder is None  # the lease was handed back for the next worker
+    worker._pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_are_an_outage_not_the_studies_fault(
+    tmp_path: Path, status: int
+) -> None:
+    worker = make_worker(tmp_path, StatusFhir(status))
+    worker.tail()
+    worker.sync_round(wait_for_stable=False)
+    assert {(r.status, r.attempts) for r in rows(worker)} == {("dirty", 0)}
+    assert worker.pauses["fhir"].active()
