@@ -303,8 +303,6 @@ class Worker:
             )
             log.exception("internal error syncing a study", extra=self._extra(task, "failed"))
             return "failed"
-        self.pauses["fhir"].clear()
-        self.pauses["source"].clear()
         return outcome
 
     def _release_unrecorded(self) -> None:
@@ -365,11 +363,13 @@ class Worker:
 
     def _sync(self, task: StudyTask, wait_for_stable: bool) -> str:
         fetched = self.source.fetch_study(task.study_key)
+        self.pauses["source"].clear()  # it answered
         study_uid = fetched.study_uid or task.study_uid
         self._current_uid.value = study_uid
         if fetched.view is None:
             if study_uid and task.fhir_imagingstudy_id:
                 self.app.writer.remove_study(study_uid)
+                self.pauses["fhir"].clear()
             self.store.finish_gone(task)
             return "deleted"
         view = fetched.view
@@ -391,6 +391,7 @@ class Worker:
             )
         else:
             result = self.app.writer.upsert_study(mapped)
+            self.pauses["fhir"].clear()  # it answered
             patient_id, study_id = result.patient_id, result.imaging_study_id
             outcome = "synced" if result.wrote else "unchanged"
         warnings = tuple(fetched.warnings) + mapped.warnings

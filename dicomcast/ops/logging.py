@@ -41,7 +41,8 @@ class JsonFormatter(logging.Formatter):
             **_fields(record),
         }
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info)
+            line["exc"] = trace if self.phi else redact(trace)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
@@ -65,5 +66,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", phi: bool = False) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "apscheduler", "alembic"):
+    for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "Skipped: maximum number of running instances" only means a long cycle; not news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

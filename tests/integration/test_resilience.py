@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
@@ -22,14 +21,10 @@ from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
 from tests.conftest import env_for, run_once_cli
+from tests.integration.fhir_state import all_resources, duplicates, first_identifier
 
 pytestmark = pytest.mark.integration
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-
-
-def all_resources(fhir: FhirServer, kind: str) -> list[dict[str, Any]]:
-    with fhir.client() as http:
-        return [e["resource"] for e in http.get(f"{kind}?_count=1000").json().get("entry", [])]
 
 
 def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
@@ -67,18 +62,20 @@ def test_pydicom_corpus_never_crashes_and_good_studies_still_sync(
     assert counts.get("clean", 0) >= len(good) + 10
 
 
-def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(
     orthanc: OrthancServer,
     fhir: FhirServer,
     make_settings: Callable[..., Settings],
 ) -> None:
-    specs = bulk_studies(40, 3, patients=7, prefix="crash")
+    total, batches = 240, 12
+    specs = bulk_studies(total, 2, patients=30, prefix="crash")
     settings = make_settings(concurrency=4, poll_interval=0.2)
     env = env_for(settings)
     rng = random.Random(7)
     kills = 0
-    for batch in range(0, 40, 8):
-        for spec in specs[batch : batch + 8]:
+    step = total // batches
+    for batch in range(0, total, step):
+        for spec in specs[batch : batch + step]:
             orthanc.upload([to_bytes(ds) for ds in instances(spec)])
         proc = subprocess.Popen(
             [sys.executable, "-m", "dicomcast", "run"],
@@ -86,24 +83,27 @@ def test_kill_9_mid_sync_leaves_no_duplicates_and_loses_nothing(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.8, 2.0))
+        time.sleep(rng.uniform(0.4, 2.5))  # start-up, tailing, mid-transaction, idle: any
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
-    assert kills == 5
+    assert kills == batches
     final = run_once_cli(env, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
 
-    studies = all_resources(fhir, "ImagingStudy")
-    uids = Counter(s["identifier"][0]["value"] for s in studies)
-    assert len(studies) == 40 and max(uids.values()) == 1
-    patients = Counter(p["identifier"][0]["value"] for p in all_resources(fhir, "Patient"))
-    assert len(patients) == 7 and max(patients.values()) == 1
-    for study in studies:
-        assert study["numberOfInstances"] == 3 and study["numberOfSeries"] == 2
+    assert duplicates(fhir) == {}  # every identifier resolves to exactly one resource
+    studies = {first_identifier(s): s for s in all_resources(fhir, "ImagingStudy")}
+    patients = {
+        f"Patient/{p['id']}": p["identifier"][0]["value"] for p in all_resources(fhir, "Patient")
+    }
+    assert len(studies) == total and len(patients) == 30
+    for spec in specs:  # the right content, attached to the right patient
+        study = studies[f"urn:dicom:uid|urn:oid:{spec.study_uid}"]
+        assert (study["numberOfSeries"], study["numberOfInstances"]) == (2, 2)
+        assert patients[study["subject"]["reference"]] == spec.patient_id
     store = StateStore(settings.state_url)
     try:
-        assert store.counts("default") == {"clean": 40}
+        assert store.counts("default") == {"clean": total}  # nothing left dirty
     finally:
         store.close()
 

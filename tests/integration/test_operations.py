@@ -1,0 +1,174 @@
+"""The long-running worker as operators see it, against the real servers: /metrics moving as
+studies flow, /readyz naming the server that is down while /livez stays up, catching up by
+itself after each outage, and logs without patient data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dicomcast.config import Settings
+from dicomcast.sandbox.samples import StudySpec, demo_studies, instances, to_bytes
+from dicomcast.sandbox.servers import FhirServer, OrthancServer, free_port
+from dicomcast.state.store import StateStore
+from tests.conftest import env_for
+from tests.integration.fhir_state import all_resources, duplicates
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(metrics: dict[Any, float], name: str, **labels: str) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def probe(base: str, path: str) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(f"{base}{path}", timeout=10)
+    return response.status_code, response.json()
+
+
+def upload(orthanc: OrthancServer, specs: list[StudySpec]) -> None:
+    for spec in specs:
+        orthanc.upload([to_bytes(ds) for ds in instances(spec)])
+
+
+def test_metrics_readiness_and_outages_of_either_server(
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    specs = demo_studies()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        http_port=port,
+        poll_interval=0.3,
+        reconcile_interval=2,
+        backoff_base=0.5,
+        backoff_max=2,
+        http_retry_base=0.05,
+        log_format="json",
+        log_level="DEBUG",
+    )
+    upload(orthanc, specs[:2])
+    started = time.time()
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomcast", "run"],
+            env=env_for(settings),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def studies() -> int:
+            return len(all_resources(fhir, "ImagingStudy"))
+
+        wait_for("the first two studies", lambda: studies() == 2)
+        wait_for("ready", lambda: probe(base, "/readyz")[0] == 200)
+        m = scrape(base)
+        assert value(m, "dicomcast_changes_read_total", source="default") >= 2
+        assert value(m, "dicomcast_studies_total", source="default", outcome="synced") == 2
+        assert value(m, "dicomcast_sync_lag_seconds_count", source="default") >= 2
+        assert value(m, "dicomcast_fhir_requests_total", resource_type="transaction",
+                     status_class="2xx") >= 2  # fmt: skip
+        assert value(m, "dicomcast_fhir_request_duration_seconds_count", resource_type="batch") > 0
+        head = value(m, "dicomcast_feed_head", source="default")
+        assert head > 0 and value(m, "dicomcast_feed_cursor", source="default") == head
+        assert value(m, "dicomcast_studies_dirty", source="default") == 0
+        assert value(m, "dicomcast_last_success_timestamp_seconds", source="default") >= started
+        assert value(m, "dicomcast_dependency_up", dependency="fhir") == 1
+        assert value(m, "dicomcast_source_requests_total", source="default", status_class="2xx")
+
+        # The FHIR server goes away: not ready (and says which), still live, changes queue up.
+        fhir.stop()
+        wait_for("not ready", lambda: probe(base, "/readyz")[0] == 503)
+        _status, body = probe(base, "/readyz")
+        assert body["checks"]["fhir"].startswith("unavailable")
+        assert body["checks"]["source"] == "ok" and body["checks"]["state"] == "ok"
+        upload(orthanc, specs[2:4])
+        wait_for(
+            "queued changes",
+            lambda: value(scrape(base), "dicomcast_studies_dirty", source="default") == 2,
+        )
+        time.sleep(3)  # minutes in real life; the worker must simply wait it out
+        m = scrape(base)
+        assert value(m, "dicomcast_oldest_dirty_age_seconds", source="default") >= 2
+        assert value(m, "dicomcast_dependency_up", dependency="fhir") == 0
+        assert probe(base, "/livez")[0] == 200 and proc.poll() is None
+        fhir.start()
+        wait_for("catching up after the FHIR outage", lambda: studies() == 4)
+        wait_for("ready again", lambda: probe(base, "/readyz")[0] == 200)
+
+        # Now the DICOM server goes away.
+        orthanc.stop()
+        wait_for("not ready", lambda: probe(base, "/readyz")[0] == 503)
+        assert probe(base, "/readyz")[1]["checks"]["source"].startswith("unavailable")
+        time.sleep(2)
+        assert probe(base, "/livez")[0] == 200 and proc.poll() is None
+        orthanc.start()
+        upload(orthanc, specs[4:])
+        wait_for("catching up after the DICOM outage", lambda: studies() == len(specs))
+        wait_for("ready again", lambda: probe(base, "/readyz")[0] == 200)
+
+        m = scrape(base)
+        assert value(m, "dicomcast_studies_total", source="default", outcome="synced") >= 5
+        assert value(m, "dicomcast_sync_lag_seconds_count", source="default") >= 5
+        # The two studies that waited out the FHIR outage show it in the lag histogram.
+        slow = value(m, "dicomcast_sync_lag_seconds_count", source="default") - value(
+            m, "dicomcast_sync_lag_seconds_bucket", source="default", le="3.0"
+        )
+        assert slow >= 2
+        assert value(m, "dicomcast_studies_dirty", source="default") == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    assert duplicates(fhir) == {}
+    store = StateStore(settings.state_url)
+    try:
+        assert store.counts("default") == {"clean": len(specs)}
+    finally:
+        store.close()
+    logs = log_path.read_text()
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    synced = [x for x in lines if x.get("outcome") == "synced"]
+    assert len(synced) >= 5 and all(x.get("study_uid") and x.get("source") for x in synced)
+    for spec in specs:  # names, IDs and birth dates never reach the log
+        for secret in (spec.patient_id, spec.patient_name.split("^")[0], spec.birth_date):
+            assert secret not in logs, secret
