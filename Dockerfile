@@ -16,8 +16,14 @@ RUN pip install . && rm -rf /src \
 USER dicomcast
 WORKDIR /data
 # State lives in /data (mount a volume); point DICOMCAST_STATE_URL at PostgreSQL to share it.
-ENV DICOMCAST_STATE_URL=sqlite:////data/dicomcast.db
+ENV DICOMCAST_STATE_URL=sqlite:////data/dicomcast.db \
+    DICOMCAST_HTTP_HOST=0.0.0.0 \
+    DICOMCAST_HTTP_PORT=9464
 VOLUME ["/data"]
+# /livez, /readyz and /metrics (Prometheus); see docs/operations.md.
+EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/livez', timeout=4)"]
 
 ENTRYPOINT ["dicomcast"]
 CMD ["run"]
