@@ -282,3 +282,44 @@ def test_basic_auth_source(tmp_path: Any, fhir: FhirServer, make_settings: Any) 
         assert len(search(fhir, "ImagingStudy")) == 1
     finally:
         secured.stop()
+
+
+def test_resync_repairs_a_hand_edited_study_and_finds_studies_the_state_never_saw(
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    sync_once: Sync,
+    make_settings: Callable[..., Any],
+    tmp_path: Any,
+) -> None:
+    from typer.testing import CliRunner
+
+    from dicomcast.cli import app
+    from tests.conftest import env_for
+
+    spec = by_key("cr-hand-yamada")
+    upload(orthanc, spec)
+    assert sync_once()[0] == 0
+    study = study_resource(fhir, spec)
+    original = study["description"]
+    with fhir.client() as http:  # someone edits an owned element by hand
+        edited = {**study, "description": "edited by hand"}
+        assert http.put(f"ImagingStudy/{study['id']}", json=edited).status_code == 200
+    _, worker = sync_once()
+    assert worker.totals["synced"] == 0  # the archive did not change: nothing written
+    assert study_resource(fhir, spec)["description"] == "edited by hand"
+
+    runner = CliRunner()
+    env = env_for(make_settings())
+    done = runner.invoke(app, ["resync", spec.study_uid], env=env)
+    assert done.exit_code == 0, done.output
+    _, worker = sync_once()
+    assert worker.totals["synced"] == 1
+    assert study_resource(fhir, spec)["description"] == original
+
+    # A fresh state DB has never seen the study: resync asks Orthanc which study that is.
+    fresh = env_for(make_settings(state_url=f"sqlite:///{tmp_path / 'fresh.db'}"))
+    assert runner.invoke(app, ["cursor", "show"], env=fresh).exit_code == 0
+    found = runner.invoke(app, ["resync", spec.study_uid], env=fresh)
+    assert found.exit_code == 0 and found.stdout.startswith("1 studies"), found.output
+    missing = runner.invoke(app, ["resync", "1.2.3.4.5.6.7"], env=fresh)
+    assert missing.exit_code == 1

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from dicomcast.cli import app
@@ -40,3 +41,22 @@ def test_broken_mapping_folder_is_fatal_with_file_and_line(tmp_path: Path) -> No
     result = runner.invoke(app, ["map", str(tmp_path)], env={"DICOMCAST_MAPPING_DIR": str(folder)})
     assert result.exit_code == 2
     assert "patient.yaml:" in result.stderr and "unknown converter 'da_to_dat'" in result.stderr
+
+
+def test_backfill_progress_line_counts_done_and_waiting(capsys: pytest.CaptureFixture[str]) -> None:
+    from collections import Counter
+
+    from dicomcast.cli.worker import _Progress
+    from dicomcast.state.store import DirtyMark, StateStore
+    from dicomcast.worker import RoundStats
+
+    store = StateStore("sqlite://")
+    store.migrate()
+    store.ensure_source("s", "orthanc")
+    store.mark_dirty("s", [DirtyMark(k) for k in "abc"])
+    progress = _Progress(store, "s")
+    progress(RoundStats(Counter({"synced": 4, "failed": 1})))
+    line = capsys.readouterr().err
+    assert "studies 5/8 (1 failed, 4 synced)" in line and "left" in line
+    progress.done()
+    assert capsys.readouterr().err == "\r\x1b[K"
