@@ -174,6 +174,16 @@ def _wait(base: Callable[[RetryCallState], float]) -> Callable[[RetryCallState],
     return wait
 
 
+def _worth_retrying(exc: BaseException) -> bool:
+    """A conflict is never resent as it was (the caller re-reads and merges first), and
+    refused credentials do not get better seconds later (the worker pauses instead)."""
+    return (
+        isinstance(exc, RetriableError)
+        and not isinstance(exc, FhirConflict)
+        and exc.status not in (401, 403)
+    )
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Short in-process retries of RetriableError: `attempts` tries within `max_delay`
@@ -185,10 +195,7 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T]) -> T:
         retrying = retry(
-            # A conflict is never resent as it was: the caller must re-read and merge first.
-            retry=retry_if_exception(
-                lambda e: isinstance(e, RetriableError) and not isinstance(e, FhirConflict)
-            ),
+            retry=retry_if_exception(_worth_retrying),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_delay),
             wait=_wait(
                 wait_exponential_jitter(multiplier=self.base, max=16 * self.base, jitter=self.base)

@@ -476,7 +476,7 @@ class Worker:
             self._let_go()
             if closer.is_alive():
                 self._exit_now(
-                    f"studies still in flight after {self.settings.shutdown_timeout:.0f} s; "
+                    f"studies still in flight after {self.settings.shutdown_timeout:g} s; "
                     "exiting without them (they will be synced again)"
                 )
             log.info("stopped", extra={"source": self.source.name})
@@ -487,10 +487,12 @@ class Worker:
         self.stop_event.set()
 
     def _exit_now(self, reason: str) -> None:
-        log.error(reason)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        self.hard_exit(1)
+        try:
+            log.error(reason)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+        finally:  # nothing, not even a broken log stream, may keep the process alive
+            self.hard_exit(1)
 
     def _cycle(self) -> None:
         self.beat()

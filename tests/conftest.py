@@ -4,6 +4,7 @@ on free ports with fresh folders, and stop them afterwards."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             "DICOMCAST_ORTHANC_BIN",
         ):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """CLI tests install handlers on streams that close with the test; take them away."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -59,8 +59,9 @@ def test_status_classes(status: int, error: type[Exception]) -> None:
 
     with pytest.raises(error):
         client(handler).search("Patient?identifier=a|b")
-    # Only transient statuses are retried in-process; conflicts go back to the merge.
-    assert calls["n"] == (4 if error is FhirUnavailable else 1)
+    # Nothing here is retried in-process: conflicts go back to the merge, and refused
+    # credentials pause the worker instead (see test_failure_policy).
+    assert calls["n"] == 1
 
 
 def orthanc(handler: Any) -> OrthancSource:
