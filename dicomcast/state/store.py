@@ -539,17 +539,12 @@ class StateStore:
 
     def find(self, source: str, key: str) -> list[StudyRow]:
         """Studies of a source by study key or StudyInstanceUID (a UID may name several)."""
+        return self._rows(source, (StudyRow.study_key == key) | (StudyRow.study_uid == key))
+
+    def _rows(self, source: str, condition: Any) -> list[StudyRow]:
         with self._session() as session:
-            return list(
-                session.scalars(
-                    select(StudyRow)
-                    .where(
-                        StudyRow.source == source,
-                        (StudyRow.study_key == key) | (StudyRow.study_uid == key),
-                    )
-                    .order_by(StudyRow.id)
-                ).all()
-            )
+            query = select(StudyRow).where(StudyRow.source == source, condition)
+            return list(session.scalars(query.order_by(StudyRow.id)).all())
 
     # --- views for reconcile and status
 
@@ -560,15 +555,6 @@ class StateStore:
                 select(StudyRow.study_key, StudyRow.instance_count).where(StudyRow.source == source)
             ).all()
             return {key: count for key, count in rows}
-
-    def study(self, source: str, key: str) -> StudyRow | None:
-        with self._session() as session:
-            return session.scalars(
-                select(StudyRow).where(
-                    StudyRow.source == source,
-                    (StudyRow.study_key == key) | (StudyRow.study_uid == key),
-                )
-            ).first()
 
     def counts(self, source: str) -> dict[str, int]:
         with self._session() as session:
@@ -627,17 +613,10 @@ class StateStore:
             return {str(k): int(n) for k, n in rows}
 
     def failures(self, source: str) -> list[StudyRow]:
-        with self._session() as session:
-            return list(
-                session.scalars(
-                    select(StudyRow)
-                    .where(
-                        StudyRow.source == source,
-                        (StudyRow.status == "failed") | (StudyRow.last_error.is_not(None)),
-                    )
-                    .order_by(StudyRow.id)
-                ).all()
-            )
+        """Studies parked as failed or backing off after an error."""
+        return self._rows(
+            source, (StudyRow.status == "failed") | (StudyRow.last_error.is_not(None))
+        )
 
 
 def _state_errors(method: Callable[..., Any]) -> Callable[..., Any]:

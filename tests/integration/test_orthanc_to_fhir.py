@@ -118,8 +118,8 @@ def test_demo_studies_land_with_expected_values(
     # No issuer: the default system; invalid birth date 1975-02-29 dropped, not the study.
     (garcia,) = search(fhir, f"Patient?identifier={DEMO_PATIENT_SYSTEM}|MRN2002")
     assert "birthDate" not in garcia and garcia["gender"] == "female"
-    knee = worker.app.store.study("default", by_key("mr-knee-garcia").study_uid)
-    assert knee is not None and "PatientBirthDate" in (knee.warnings or "")
+    (knee,) = worker.app.store.find("default", by_key("mr-knee-garcia").study_uid)
+    assert "PatientBirthDate" in (knee.warnings or "")
 
     cohort = search(fhir, "ImagingStudy?modality=CT&patient.birthdate=le1970-01-01")
     assert [s["description"] for s in cohort] == ["CT CHEST W CONTRAST"]
