@@ -42,6 +42,7 @@ class FaultyTransport(httpx.BaseTransport):
         self.every = every
         self.lock = threading.Lock()
         self.count = 0
+        self.rounds = 0
         self.burst = 0
         self.injected: Counter[str] = Counter()
         self.sent: dict[int, list[tuple[float, str, str | None]]] = defaultdict(list)
@@ -54,7 +55,8 @@ class FaultyTransport(httpx.BaseTransport):
                 return "503-burst"
             if self.count % self.every:
                 return None
-            kind = self.KINDS[(self.count // self.every) % len(self.KINDS)]
+            kind = self.KINDS[self.rounds % len(self.KINDS)]
+            self.rounds += 1
             if kind == "503-burst":
                 self.burst = 2  # three 503s in a row
             return kind
@@ -126,6 +128,8 @@ def test_faults_change_nothing_in_the_end_state_and_retries_follow_the_policy(
     finally:
         clean_fhir.stop()
 
+    print(f"faults injected: {dict(faulty.injected)}; requests {faulty.count} vs "
+          f"{baseline.app.fhir.request_count} fault-free")  # fmt: skip
     # Every kind of fault happened, many times over.
     assert set(faulty.injected) == set(FaultyTransport.KINDS)
     assert sum(faulty.injected.values()) >= 30, faulty.injected

@@ -70,7 +70,8 @@ def until_unpaused(worker: Worker) -> None:
 
 def test_an_outage_pauses_syncing_and_spends_no_attempts(tmp_path: Path) -> None:
     fhir = StatusFhir(503)
-    worker = make_worker(tmp_path, fhir)
+    # Pauses long enough (0.4 s and up) to be seen active right after the round.
+    worker = make_worker(tmp_path, fhir, backoff_base=0.5, backoff_max=1.0)
     worker.tail()
     for _ in range(4):  # far more outage rounds than max_attempts
         until_unpaused(worker)
@@ -115,11 +116,12 @@ def test_retry_after_is_honoured_in_process_and_by_the_pause(tmp_path: Path) -> 
     fhir = StatusFhir(429, headers={"Retry-After": "1"})
     worker = make_worker(tmp_path, fhir, concurrency=1)
     worker.tail()
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     worker.sync_one(worker.store.due(worker.source.name, 1)[0])
     assert time.monotonic() - started >= 0.95  # the second try waited for Retry-After
     assert fhir.requests == 2
-    assert worker.pauses["fhir"].until - time.time() >= 0.8
+    # ...and then the pause lasts at least another Retry-After from the second answer.
+    assert worker.pauses["fhir"].until - started_wall >= 1.9
 
 
 class FlakyStore(StateStore):
@@ -150,11 +152,14 @@ def test_a_state_db_failure_never_moves_or_resets_the_cursor(tmp_path: Path) -> 
 
 
 class SlowSource(FakeSource):
+    """A study read that takes 5 s, or until `release` is set."""
+
     started = threading.Event()
+    release = threading.Event()
 
     def fetch_study(self, key: str) -> FetchedStudy:
         self.started.set()
-        time.sleep(3)
+        self.release.wait(5)
         return super().fetch_study(key)
 
 
@@ -171,9 +176,10 @@ def test_a_stop_that_cannot_finish_in_time_exits_within_its_bound(tmp_path: Path
     worker.stop_event.set()  # what SIGTERM does
     runner.join(10)
     assert not runner.is_alive() and exits == [1]
-    assert time.monotonic() - stopped_at < 1.5
+    assert time.monotonic() - stopped_at < 3.0  # not the 5 s the study would need
     summary = worker.store.summary("default")
     assert summary.holder is None  # the lease was handed back for the next worker
+    source.release.set()
     worker._pool.shutdown(wait=True)
 
 
@@ -181,7 +187,7 @@ def test_a_stop_that_cannot_finish_in_time_exits_within_its_bound(tmp_path: Path
 def test_refused_credentials_are_an_outage_not_the_studies_fault(
     tmp_path: Path, status: int
 ) -> None:
-    worker = make_worker(tmp_path, StatusFhir(status))
+    worker = make_worker(tmp_path, StatusFhir(status), backoff_base=0.3)
     worker.tail()
     worker.sync_round(wait_for_stable=False)
     assert {(r.status, r.attempts) for r in rows(worker)} == {("dirty", 0)}
