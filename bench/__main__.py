@@ -1,198 +1,147 @@
 """End-to-end benchmark against the real servers: `python -m bench [--quick]`.
 
-Prints one table. Every ratio compares figures measured in this same run:
-- catch-up: `dicomcast run --once` from an empty FHIR server, timed as a separate process
-  (CPU and peak RSS from the OS);
-- per-event baseline: the anchor's way (DICOM Cast) on the same data into a fresh FHIR server.
-  One search plus one read-modify-write transaction per instance, sequentially;
-- mapping alone: StudyView -> FHIR resources on a 1,000-instance study, on one core.
+Prints a table of figures, then one PASS/FAIL line per target, and exits 0 only when every
+target passes. Every ratio compares figures measured in this same run, on this machine:
+
+1. catch-up: `dicomcast run --once` from an empty FHIR server, as its own process;
+2. the limit: the same final transactions replayed straight to a fresh FHIR server with the
+   same concurrency, no worker logic;
+3. the anchor's way (DICOM Cast): one search and one read-modify-write per instance, in order;
+4. steady-state lag at a fixed arrival rate, from the store in Orthanc to FHIR search;
+5. peak RSS of the worker on a 1k and a 10k+ instance backlog;
+6. mapping alone, on one core.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import httpx
-
-from dicomcast.app import MAPPING_CONFIG_KEYS
-from dicomcast.fhir.upsert import create_entry
-from dicomcast.mapping.mapper import Mappings, search_token
-from dicomcast.sandbox.samples import (
-    DEMO_ISSUERS,
-    DEMO_PATIENT_SYSTEM,
-    SeriesSpec,
-    StudySpec,
-    bulk_studies,
-    instances,
-    to_bytes,
+from bench.measure import (
+    CatchUp,
+    catch_up,
+    limit_replay,
+    mapping_alone,
+    mappings,
+    per_event_baseline,
+    steady_state_lag,
 )
+from bench.workloads import Workload, upload, workload
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
-from dicomcast.sources.files import dataset_to_json
-from dicomcast.studyview import build_study_views
+
+T = TypeVar("T")
+STABLE_AGE, POLL_INTERVAL = 2, 2.0  # Orthanc's and the worker's defaults here
 
 
-def catch_up(orthanc: OrthancServer, fhir: FhirServer, folder: Path) -> dict[str, float]:
-    env = {
-        **os.environ,
-        "DICOMCAST_SOURCE_URL": orthanc.url,
-        "DICOMCAST_FHIR_URL": fhir.url,
-        "DICOMCAST_STATE_URL": f"sqlite:///{folder / 'bench.db'}",
-        "DICOMCAST_PATIENT_ID_SYSTEM": DEMO_PATIENT_SYSTEM,
-        "DICOMCAST_ISSUER_SYSTEMS": json.dumps(DEMO_ISSUERS),
-        "DICOMCAST_LOG_LEVEL": "WARNING",
-    }
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomcast", "run", "--once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"catch-up failed:\n{done.stderr[-3000:]}")
-    summary = done.stderr.strip().splitlines()[-1]
-    requests = int(summary.split(" FHIR requests")[0].rsplit(" ", 1)[1])
-    return {
-        "wall": wall,
-        "requests": requests,
-        "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-        "rss_mb": after.ru_maxrss / 1024,
-    }
+def with_servers(folder: Path, use: Callable[[OrthancServer, FhirServer], T], stable: int) -> T:
+    orthanc = OrthancServer(folder / "orthanc", stable_age=stable).start()
+    fhir = FhirServer(folder / "fhir").start()
+    try:
+        return use(orthanc, fhir)
+    finally:
+        orthanc.stop()
+        fhir.stop()
 
 
-def per_event_baseline(
-    fhir: FhirServer, all_specs: list[StudySpec], mappings: Mappings, config: dict[str, Any]
-) -> dict[str, float]:
-    """The anchor's shape: per instance, search the study, add the instance, write it back."""
-    requests = 0
-    started = time.monotonic()
-    with httpx.Client(
-        base_url=fhir.url + "/", timeout=60, headers={"Content-Type": "application/fhir+json"}
-    ) as http:
-        for spec in all_specs:
-            datasets = [dataset_to_json(ds)[0] for ds in instances(spec)]
-            for count in range(1, len(datasets) + 1):
-                (view,), _ = build_study_views(datasets[:count])
-                desired = mappings.map_study(view, config, None)
-                token = search_token(desired.imaging_study)
-                found = http.get(f"ImagingStudy?identifier={token}").json().get("entry", [])
-                requests += 1
-                if found:
-                    current = found[0]["resource"]
-                    study = {
-                        **desired.imaging_study,
-                        "id": current["id"],
-                        "subject": current["subject"],
-                    }
-                    entries = [
-                        {
-                            "resource": study,
-                            "request": {
-                                "method": "PUT",
-                                "url": f"ImagingStudy/{current['id']}",
-                                "ifMatch": f'W/"{current["meta"]["versionId"]}"',
-                            },
-                        }
-                    ]
-                else:
-                    entries = [
-                        create_entry(desired.patient, desired.patient_placeholder),
-                        create_entry(desired.imaging_study),
-                    ]
-                http.post(
-                    "", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
-                ).raise_for_status()
-                requests += 1
-    return {"wall": time.monotonic() - started, "requests": requests}
+def run_catch_up(folder: Path, load: Workload) -> tuple[CatchUp, float]:
+    def use(orthanc: OrthancServer, fhir: FhirServer) -> tuple[CatchUp, float]:
+        started = time.monotonic()
+        upload(orthanc, load.studies)
+        uploaded = time.monotonic() - started
+        return catch_up(orthanc, fhir, folder / "state.db", load), uploaded
 
-
-def mapping_alone(mappings: Mappings, config: dict[str, Any]) -> float:
-    spec = StudySpec(
-        key="map-1k",
-        patient_id="M1",
-        patient_name="Map^Bench",
-        series=[SeriesSpec("CT", 500, number=1), SeriesSpec("CT", 500, number=2)],
-    )
-    (view,), _ = build_study_views([dataset_to_json(ds)[0] for ds in instances(spec)])
-    mappings.map_study(view, config, "Endpoint/1")
-    rounds, started = 5, time.process_time()
-    for _ in range(rounds):
-        mappings.map_study(view, config, "Endpoint/1")
-    return rounds * view.instance_count / (time.process_time() - started)
+    return with_servers(folder, use, STABLE_AGE)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="20 studies x 50 instances")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (under 5 minutes)")
     args = parser.parse_args()
-    studies, per_study = (20, 50) if args.quick else (200, 50)
-    all_specs = bulk_studies(studies, per_study, patients=50, prefix="bench")
-    total = studies * per_study
-    config = {
-        "patient_id_system": DEMO_PATIENT_SYSTEM,
-        "accession_system": None,
-        "issuer_systems": DEMO_ISSUERS,
-        "timezone": "UTC",
-        "source_name": "bench",
-        "source_public_url": "http://bench/dicom-web",
-    }
-    mappings = Mappings.load(None, MAPPING_CONFIG_KEYS)
+    small = workload("small", 20, 50)
+    if args.quick:
+        big, base, steady_seconds = workload("big", 180, 50, large=1), workload("base", 10, 50), 30
+    else:
+        big, base, steady_seconds = workload("big", 200, 50, large=3), workload("base", 40, 50), 180
+    maps = mappings()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        orthanc = OrthancServer(folder / "orthanc").start()
-        fhir = FhirServer(folder / "fhir").start()
-        baseline_fhir = FhirServer(folder / "fhir-baseline").start()
+        root = Path(tmp)
+        one_k, _ = run_catch_up(root / "small", small)
+        run, uploaded = run_catch_up(root / "big", big)
+        limit_fhir = FhirServer(root / "limit").start()
         try:
-            started = time.monotonic()
-            for spec in all_specs:
-                orthanc.upload([to_bytes(ds) for ds in instances(spec)])
-            upload = time.monotonic() - started
-            run = catch_up(orthanc, fhir, folder)
-            base = per_event_baseline(baseline_fhir, all_specs, mappings, config)
+            limit = limit_replay(limit_fhir, big, maps)
         finally:
-            orthanc.stop()
-            fhir.stop()
-            baseline_fhir.stop()
-    mapping_rate = mapping_alone(mappings, config)
-    rate, base_rate = total / run["wall"], total / base["wall"]
+            limit_fhir.stop()
+        base_fhir = FhirServer(root / "base").start()
+        try:
+            base_seconds, base_requests = per_event_baseline(base_fhir, base, maps)
+        finally:
+            base_fhir.stop()
+        lag = with_servers(
+            root / "steady",
+            lambda o, f: steady_state_lag(o, f, root / "steady.db", 20.0, steady_seconds),
+            STABLE_AGE,
+        )
+    mapping_rate = mapping_alone(maps)
+
+    limit_rate = big.instances / limit
+    base_rate = base.instances / base_seconds
+    lag_bound = STABLE_AGE + POLL_INTERVAL + 2
     rows = [
+        ("data", f"{len(big.studies)} studies, {big.instances:,} instances "
+                 f"(incl. {sum(s.instance_count >= 1000 for s in big.studies)} of 1,000+); "
+                 f"stored in Orthanc in {uploaded:.0f} s"),
+        ("1. catch-up", f"{run.rate:,.0f} instances/s, {run.studies / run.sync_seconds:.1f} "
+                        f"studies/s ({run.sync_seconds:.1f} s; process {run.process_seconds:.1f} s "
+                        "with start-up)"),
+        ("   FHIR requests / instance", f"{one_k.requests / one_k.instances:.3f} on 50-instance "
+                                        f"studies; {run.requests / run.instances:.3f} overall"),
+        ("   worker CPU / 1,000 instances", f"{run.cpu_seconds / run.instances * 1000:.2f} s"),
+        ("2. limit (replay, no worker)", f"{limit_rate:,.0f} instances/s ({limit:.1f} s)"),
+        ("   ratio catch-up / limit", f"{run.rate / limit_rate:.2f}"),
+        ("3. per-event (anchor's way)", f"{base_rate:,.0f} instances/s, "
+                                        f"{base_requests / base.instances:.2f} requests/instance"),
+        ("   ratio catch-up / per-event", f"{run.rate / base_rate:.1f}x"),
+        ("4. steady-state lag", f"{lag.instances} instances at {lag.rate:.0f}/s: p50 "
+                                f"{lag.p50:.1f} s, p95 {lag.p95:.1f} s, p99 {lag.p99:.1f} s "
+                                f"(StableAge {STABLE_AGE} s, poll {POLL_INTERVAL:.0f} s)"),
+        ("5. peak RSS", f"{one_k.peak_rss_mb:.0f} MB (1k backlog), {run.peak_rss_mb:.0f} MB "
+                        f"({run.instances / 1000:.0f}k backlog)"),
+        ("6. mapping alone", f"{mapping_rate:,.0f} instances/s (1,000-instance study, one core)"),
+    ]  # fmt: skip
+    targets = [
+        (run.rate / limit_rate >= 0.8, f"ratio to the limit {run.rate / limit_rate:.2f} >= 0.8"),
         (
-            "data",
-            f"{studies} studies x {per_study} instances = {total} instances "
-            f"(uploaded to Orthanc in {upload:.1f} s)",
+            one_k.requests / one_k.instances <= 0.05,
+            f"FHIR requests per instance {one_k.requests / one_k.instances:.3f} <= 0.05",
+        ),
+        (run.rate / base_rate >= 10, f"{run.rate / base_rate:.1f}x the per-event baseline >= 10x"),
+        (
+            lag.p99 <= lag_bound and lag.unseen == 0,
+            f"lag p99 {lag.p99:.1f} s <= {lag_bound:.0f} s, {lag.unseen} instances never seen",
         ),
         (
-            "catch-up",
-            f"{rate:,.0f} instances/s, {studies / run['wall']:.1f} studies/s, "
-            f"{run['wall']:.1f} s wall",
+            max(one_k.peak_rss_mb, run.peak_rss_mb) <= 150,
+            f"peak RSS {max(one_k.peak_rss_mb, run.peak_rss_mb):.0f} MB <= 150 MB",
         ),
-        ("FHIR requests / instance", f"{run['requests'] / total:.3f} ({run['requests']} requests)"),
-        ("worker CPU / 1,000 instances", f"{run['cpu'] / total * 1000:.2f} s"),
-        ("worker peak RSS", f"{run['rss_mb']:.0f} MB"),
         (
-            "per-event baseline",
-            f"{base_rate:,.0f} instances/s, {base['requests'] / total:.2f} requests/instance",
+            run.peak_rss_mb <= 1.1 * one_k.peak_rss_mb,
+            f"10k backlog RSS {run.peak_rss_mb:.0f} MB within 10 % of 1k "
+            f"({one_k.peak_rss_mb:.0f} MB)",
         ),
-        ("ratio catch-up / baseline", f"{rate / base_rate:.1f}x"),
-        ("mapping alone (1,000-instance study)", f"{mapping_rate:,.0f} instances/s"),
+        (mapping_rate >= 20_000, f"mapping {mapping_rate:,.0f} instances/s >= 20,000"),
     ]
-    width = max(len(r[0]) for r in rows)
+    width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    return 0
+    print()
+    for ok, text in targets:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    return 0 if all(ok for ok, _ in targets) else 1
 
 
 if __name__ == "__main__":

@@ -235,8 +235,8 @@ class Worker:
         if self.paused_until() is not None:
             return stats
         self._release_unrecorded()
-        tasks = self.store.due(self.source.name, limit=self.settings.concurrency * 8)
-        claimed = [t for t in tasks if self.store.claim(t, self.owner, CLAIM_LEASE)]
+        tasks = self.store.due(self.source.name, limit=self.settings.concurrency * 16)
+        claimed = self.store.claim_many(tasks, self.owner, CLAIM_LEASE)
         for outcome in self._pool.map(lambda t: self.sync_one(t, wait_for_stable), claimed):
             stats.outcomes[outcome] += 1
         return stats
@@ -362,10 +362,17 @@ class Worker:
         return "retry"
 
     def _sync(self, task: StudyTask, wait_for_stable: bool) -> str:
-        fetched = self.source.fetch_study(task.study_key)
+        # While a study still receives instances, wait (up to stable_wait_max) instead of
+        # writing a version per arrival; the Stable event makes it due again.
+        waited = time.time() - (task.dirty_since or time.time())
+        may_wait = wait_for_stable and waited < self.settings.stable_wait_max
+        fetched = self.source.fetch_study(task.study_key, unless_unstable=may_wait)
         self.pauses["source"].clear()  # it answered
         study_uid = fetched.study_uid or task.study_uid
         self._current_uid.value = study_uid
+        if fetched.unread:
+            self.store.release(task, not_before=time.time() + self.settings.poll_interval)
+            return "deferred"
         if fetched.view is None:
             if study_uid and task.fhir_imagingstudy_id:
                 self.app.writer.remove_study(study_uid)
@@ -373,11 +380,6 @@ class Worker:
             self.store.finish_gone(task)
             return "deleted"
         view = fetched.view
-        if wait_for_stable and not fetched.stable:
-            waited = time.time() - (task.dirty_since or time.time())
-            if waited < self.settings.stable_wait_max:
-                self.store.release(task, not_before=time.time() + self.settings.poll_interval)
-                return "deferred"
         # Never prepare() here: it frees this worker's claims, including studies in flight.
         mapped = self.app.mappings.map_study(view, self.config, self._ensure_endpoint())
         digest = content_hash(mapped.patient, mapped.imaging_study, self.settings.patient_policy)
@@ -390,7 +392,8 @@ class Worker:
                 "unchanged",
             )
         else:
-            result = self.app.writer.upsert_study(mapped)
+            never_written = task.fhir_imagingstudy_id is None and task.content_hash is None
+            result = self.app.writer.upsert_study(mapped, new=never_written)
             self.pauses["fhir"].clear()  # it answered
             patient_id, study_id = result.patient_id, result.imaging_study_id
             outcome = "synced" if result.wrote else "unchanged"

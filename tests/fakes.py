@@ -42,7 +42,7 @@ class FakeSource:
             changes_read=len(keys),
         )
 
-    def fetch_study(self, key: str) -> FetchedStudy:
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         if key not in self.studies:
             return FetchedStudy(key, None)
         views, orphans = build_study_views(self.studies[key])

@@ -5,11 +5,21 @@ the elements the mappings own, and one transaction — or nothing at all when th
 changes nothing. Creates are conditional (`ifNoneExist`) and updates carry `If-Match`, so
 concurrent workers or an EHR writing at the same time can never produce duplicates or lose
 updates; a conflict re-reads and merges again.
+
+A study this worker never wrote skips the read: both resources go out as conditional
+creates in one request, and the answer says what happened. `201` for both is the common
+case and costs one request. A `200` means the resource was there already: an ImagingStudy
+then goes through read-merge-write, and a Patient not reconciled before gets its policy
+(fill-missing, overwrite) applied by a read and, when needed, an update.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +33,7 @@ from dicomcast.mapping.mapper import MappedStudy, search_token
 log = logging.getLogger(__name__)
 SERVER_OWNED = ("id", "meta")
 CONFLICT_ATTEMPTS = 4
+KNOWN_PATIENTS = 100_000  # Patients remembered as reconciled (token -> content digest)
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,11 @@ def create_entry(resource: dict[str, Any], full_url: str | None = None) -> dict[
     return entry
 
 
+def _digest(resource: Mapping[str, Any]) -> str:
+    text = json.dumps(resource, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
     """(id, created) from a transaction-response entry's location and status."""
     response = entry.get("response", {})
@@ -135,6 +151,8 @@ class FhirWriter:
         self.patient_policy = patient_policy
         self.deleted_policy = deleted_policy
         self.max_entries = max_entries
+        self._patients: OrderedDict[str, str] = OrderedDict()
+        self._patients_lock = threading.Lock()
 
     # --- Endpoint
 
@@ -160,11 +178,22 @@ class FhirWriter:
 
     # --- studies
 
-    def upsert_study(self, mapped: MappedStudy) -> UpsertResult:
-        """Make the server hold `mapped`; no request beyond the read when nothing changed."""
+    def upsert_study(self, mapped: MappedStudy, *, new: bool = False) -> UpsertResult:
+        """Make the server hold `mapped`; no request beyond the read when nothing changed.
+
+        `new` says this worker never wrote the study: try the one-request create first."""
+        if new and self.max_entries >= 2:
+            try:
+                created = self._create_both(mapped)
+            except FhirConflict:
+                created = None  # e.g. two matches for an identifier: the read path says so
+            if created is not None:
+                return created
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                return self._upsert_once(mapped)
+                result = self._upsert_once(mapped)
+                self._remember(mapped.patient)
+                return result
             except FhirConflict:
                 log.info(
                     "conflict writing study %s, re-reading (attempt %d)",
@@ -228,6 +257,56 @@ class FhirWriter:
                 # Someone created it between our read and our write: merge with theirs.
                 raise FhirConflict("ImagingStudy appeared concurrently")
         return UpsertResult(patient_id, study_id, wrote=True)
+
+    def _create_both(self, mapped: MappedStudy) -> UpsertResult | None:
+        """Conditional creates of Patient and ImagingStudy in one transaction; None when the
+        ImagingStudy already existed (the caller reads and merges instead)."""
+        patient_response, study_response = self.client.transaction(
+            [
+                create_entry(mapped.patient, mapped.patient_placeholder),
+                create_entry(mapped.imaging_study),
+            ]
+        )
+        patient_id, patient_created = _created_id(patient_response)
+        study_id, study_created = _created_id(study_response)
+        if not study_created:
+            return None
+        if not patient_created and not self._known(mapped.patient):
+            patient_id = self._reconcile_patient(mapped.patient) or patient_id
+        self._remember(mapped.patient)
+        return UpsertResult(patient_id, study_id, wrote=True)
+
+    def _reconcile_patient(self, desired: dict[str, Any]) -> str | None:
+        """Apply the Patient policy to a Patient that existed before our create."""
+        token = search_token(desired)
+        for _ in range(CONFLICT_ATTEMPTS):
+            current = _single(self.client.search(f"Patient?identifier={token}"), "Patient", token)
+            if current is None:
+                return None
+            merged = merge_patient(current, desired, self.patient_owned, self.patient_policy)
+            if _comparable(merged) == _comparable(current):
+                return str(current["id"])
+            try:
+                self.client.transaction([self._update(merged, current)])
+            except FhirConflict:
+                continue
+            return str(current["id"])
+        raise FhirConflict(f"Patient {token} kept changing while it was being written")
+
+    def _known(self, patient: Mapping[str, Any]) -> bool:
+        """Was exactly this Patient content reconciled already (by this process)?"""
+        if self.patient_policy == "never":
+            return True
+        with self._patients_lock:
+            return self._patients.get(search_token(patient)) == _digest(patient)
+
+    def _remember(self, patient: Mapping[str, Any]) -> None:
+        token, digest = search_token(patient), _digest(patient)
+        with self._patients_lock:
+            self._patients[token] = digest
+            self._patients.move_to_end(token)
+            if len(self._patients) > KNOWN_PATIENTS:
+                self._patients.popitem(last=False)
 
     @staticmethod
     def _update(merged: dict[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,13 +29,15 @@ class FeedPage:
 
 @dataclass(frozen=True)
 class FetchedStudy:
-    """A study as the server has it now; `view` is None when the study no longer exists."""
+    """A study as the server has it now; `view` is None when the study no longer exists,
+    or, with `unread`, when it is still receiving instances and was not read."""
 
     key: str
     view: StudyView | None
     stable: bool = True
     study_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
+    unread: bool = False
 
 
 class Source(Protocol):
@@ -45,7 +47,10 @@ class Source(Protocol):
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
 
-    def fetch_study(self, key: str) -> FetchedStudy: ...
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        """The study's current state; with `unless_unstable`, a study still receiving
+        instances comes back `unread` (cheap), to be read once it is complete."""
+        ...
 
     def list_studies(self) -> dict[str, int]:
         """Every study key the server holds now, with its instance count."""

@@ -370,20 +370,34 @@ class StateStore:
             ).all()
             return [_task(r) for r in rows]
 
-    def claim(self, task: StudyTask, owner: str, lease: float, now: float | None = None) -> bool:
-        """Take a study for syncing; False if another worker holds it (multi-process safe)."""
+    def claim_many(
+        self, tasks: Sequence[StudyTask], owner: str, lease: float, now: float | None = None
+    ) -> list[StudyTask]:
+        """Claim several studies in one transaction; returns those this owner got."""
+        if not tasks:
+            return []
         now = time.time() if now is None else now
+        until = now + lease
+        ids = [t.id for t in tasks]
         with self._session.begin() as session:
-            taken = _changed(
-                session,
+            session.execute(
                 update(StudyRow)
                 .where(
-                    StudyRow.id == task.id,
+                    StudyRow.id.in_(ids),
                     (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
                 )
-                .values(claimed_by=owner, claimed_until=now + lease),
+                .values(claimed_by=owner, claimed_until=until)
             )
-            return bool(taken)
+            got = set(
+                session.scalars(
+                    select(StudyRow.id).where(
+                        StudyRow.id.in_(ids),
+                        StudyRow.claimed_by == owner,
+                        StudyRow.claimed_until == until,
+                    )
+                ).all()
+            )
+        return [t for t in tasks if t.id in got]
 
     def release_claims(self, source: str, owner: str) -> int:
         """Free the claims a previous run of this same worker left behind (it was killed)."""

@@ -60,13 +60,13 @@ def test_malformed_change_entries_are_skipped_and_the_cursor_moves_past_them() -
         {"Seq": -4, "ChangeType": "StableStudy", "ResourceType": "Study", "ID": "b"},
         {"Seq": 5, "ChangeType": "NewInstance", "ResourceType": "Instance", "ID": "../system"},
         {"Seq": 6, "ChangeType": "NewInstance", "ResourceType": "Instance", "ID": 42},
-        {"Seq": 7, "ChangeType": "NewInstance", "ResourceType": "Instance", "ID": "i-odd"},
+        {"Seq": 7, "ChangeType": "NewSeries", "ResourceType": "Series", "ID": "s-odd"},
         {"Seq": 8, "ChangeType": "StableStudy", "ResourceType": "Study", "ID": "ok", "Date": 3},
         {"Seq": True, "ChangeType": "StableStudy", "ResourceType": "Study", "ID": "c"},
     ]
     answers = {
         "/changes": {"Changes": changes, "Last": 9, "Done": True},
-        "/instances/i-odd": ["not", "an", "object"],
+        "/series/s-odd": ["not", "an", "object"],
     }
     page = orthanc(answers, seen).read_changes("4", 100)
     assert [(m.study_key, m.event_time) for m in page.marks] == [("ok", None)]

@@ -157,7 +157,7 @@ class SlowSource(FakeSource):
     started = threading.Event()
     release = threading.Event()
 
-    def fetch_study(self, key: str) -> FetchedStudy:
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         self.started.set()
         self.release.wait(5)
         return super().fetch_study(key)

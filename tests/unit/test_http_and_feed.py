@@ -74,7 +74,7 @@ def orthanc(handler: Any) -> OrthancSource:
     return OrthancSource(settings, transport=httpx.MockTransport(handler))
 
 
-def test_feed_maps_changes_to_studies_and_skips_deleted_resources() -> None:
+def test_feed_maps_series_and_study_changes_to_studies_without_instance_lookups() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/changes":
@@ -101,6 +101,13 @@ def test_feed_maps_changes_to_studies_and_skips_deleted_resources() -> None:
                             "ID": "s1",
                             "ResourceType": "Series",
                             "Seq": 14,
+                            "Date": "20261123T182242",
+                        },
+                        {
+                            "ChangeType": "StableSeries",
+                            "ID": "s1",
+                            "ResourceType": "Series",
+                            "Seq": 15,
                         },
                         {
                             "ChangeType": "StableStudy",
@@ -120,16 +127,18 @@ def test_feed_maps_changes_to_studies_and_skips_deleted_resources() -> None:
                     "Last": 19,
                 },
             )
-        if path == "/instances/i1":
-            return httpx.Response(200, json={"ParentSeries": "s1"})
         if path == "/series/s1":
+            series_reads.append(path)
             return httpx.Response(200, json={"ParentStudy": "st1"})
+        assert not path.startswith("/instances"), "instances are never looked up one by one"
         return httpx.Response(404)
 
+    series_reads: list[str] = []
     page = orthanc(handler).read_changes("10", 100)
     assert [m.study_key for m in page.marks] == ["st1", "st1", "st2"]
     assert page.marks[0].event_time == calendar.timegm((2026, 11, 23, 18, 22, 42, 0, 0, 0))
-    assert (page.cursor, page.done, page.reset, page.changes_read) == ("19", True, False, 6)
+    assert (page.cursor, page.done, page.reset, page.changes_read) == ("19", True, False, 7)
+    assert series_reads == ["/series/s1"]  # a series' study is read once, then remembered
 
 
 def test_feed_behind_the_cursor_is_reported_as_a_reset() -> None:

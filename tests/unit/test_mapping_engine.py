@@ -168,3 +168,28 @@ def test_output_is_deterministic(bundled: Mappings) -> None:
     a = mapped(bundled, instance(), second)
     b = mapped(bundled, second, instance())
     assert a.imaging_study == b.imaging_study and a.patient == b.patient
+
+
+def test_validation_checks_each_instance_shape_once_and_still_catches_an_odd_one() -> None:
+    from dicomcast.errors import MappingError
+    from dicomcast.mapping.mapper import validate, validation_sample
+
+    instances = [
+        {"uid": f"1.2.3.{n}", "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2"},
+         "number": n}
+        for n in range(1, 41)
+    ]  # fmt: skip
+    study = {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": {"reference": "Patient/p"},
+        "series": [{"uid": "1.2.3", "modality": {"code": "CT"}, "instance": instances}],
+    }
+    sample = validation_sample(study)
+    assert len(sample["series"][0]["instance"]) == 1 and len(instances) == 40
+    validate(sample)
+    instances[36] = {**instances[36], "number": "thirty-seven"}  # a different shape
+    sample = validation_sample(study)
+    assert len(sample["series"][0]["instance"]) == 2
+    with pytest.raises(MappingError, match="number"):
+        validate(sample)

@@ -250,3 +250,91 @@ def test_match_keys_are_escaped_and_url_encoded() -> None:
 
     patient = {"identifier": [{"system": "urn:oid:1.2", "value": "A&B +C|D#1"}]}
     assert search_token(patient) == "urn:oid:1.2|A%26B%20%2BC%5C|D%231"
+
+
+class ScriptedFhir:
+    """Answers transactions with the given statuses in turn; Patient searches with `ehr`."""
+
+    def __init__(
+        self,
+        *answers: tuple[str, str],
+        ehr: dict[str, Any] | None = None,
+        studies: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.answers = list(answers)
+        self.ehr = ehr
+        self.studies = studies or []
+        self.sent: list[tuple[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.sent.append(("search", request.url.path))
+            found = [self.ehr] if self.ehr and "Patient" in request.url.path else []
+            return httpx.Response(200, json=searchset(*found))
+        body = json.loads(request.content)
+        self.sent.append((body["type"], body))
+        if body["type"] == "batch":
+            patients = [self.ehr] if self.ehr else []
+            return httpx.Response(200, json=batch_answer(patients, self.studies))
+        statuses = [self.answers.pop(0) for _ in body["entry"]]
+        return httpx.Response(200, json=tx_answer(*statuses))
+
+
+@respx.mock
+def test_a_study_never_written_costs_one_request() -> None:
+    fhir = ScriptedFhir(("201 Created", "Patient/p9"), ("201 Created", "ImagingStudy/s9"))
+    respx.route(host="fhir.test").mock(side_effect=fhir)
+    result = writer().upsert_study(mapped(), new=True)
+    assert (result.patient_id, result.imaging_study_id, result.wrote) == ("p9", "s9", True)
+    assert [kind for kind, _ in fhir.sent] == ["transaction"]
+    entries = fhir.sent[0][1]["entry"]
+    assert [e["request"]["method"] for e in entries] == ["POST", "POST"]
+    assert all("ifNoneExist" in e["request"] for e in entries)
+
+
+@respx.mock
+def test_an_ehr_patient_met_by_the_create_still_gets_the_fill_missing_policy() -> None:
+    ehr = stored({**PATIENT, "name": [{"family": "EHR-Name"}]}, "p1", version="3")
+    del ehr["birthDate"]
+    fhir = ScriptedFhir(
+        ("200 OK", "Patient/p1"),  # the EHR's Patient matched the conditional create
+        ("201 Created", "ImagingStudy/s9"),
+        ("200 OK", "Patient/p1"),  # the fill-missing update
+        ("200 OK", "Patient/p1"),  # a second study of the same patient
+        ("201 Created", "ImagingStudy/s10"),
+        ehr=ehr,
+    )
+    respx.route(host="fhir.test").mock(side_effect=fhir)
+    w = writer()
+    assert w.upsert_study(mapped(), new=True).patient_id == "p1"
+    kinds = [kind for kind, _ in fhir.sent]
+    assert kinds == ["transaction", "search", "transaction"]
+    update = fhir.sent[2][1]["entry"][0]
+    assert update["request"] == {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"3"'}
+    assert update["resource"]["name"] == [{"family": "EHR-Name"}]  # never clobbered
+    assert update["resource"]["birthDate"] == "1980-01-01"  # filled in
+
+    # The same Patient content again: reconciled already, so one request for the study.
+    second = MappedStudy("1.2.4", dict(PATIENT), {**STUDY, "identifier": [
+        {"system": "urn:dicom:uid", "value": "urn:oid:1.2.4"}]}, "urn:uuid:p", ())  # fmt: skip
+    w.upsert_study(second, new=True)
+    assert [kind for kind, _ in fhir.sent][3:] == ["transaction"]
+
+
+@respx.mock
+def test_a_study_that_existed_after_all_goes_through_read_merge_write() -> None:
+    existing = stored({**STUDY, "subject": {"reference": "Patient/p9"}, "description": "old"}, "s1")
+    fhir = ScriptedFhir(
+        ("201 Created", "Patient/p9"),
+        ("200 OK", "ImagingStudy/s1"),  # it was there (e.g. the state DB was replaced)
+        ("200 OK", "ImagingStudy/s1"),
+        ehr=stored(PATIENT, "p9"),
+        studies=[existing],
+    )
+    respx.route(host="fhir.test").mock(side_effect=fhir)
+    result = writer().upsert_study(mapped(), new=True)
+    assert [kind for kind, _ in fhir.sent] == ["transaction", "batch", "transaction"]
+    (update,) = fhir.sent[2][1]["entry"]
+    assert update["request"] == {"method": "PUT", "url": "ImagingStudy/s1", "ifMatch": 'W/"1"'}
+    assert update["resource"]["description"] == "CT"
+    assert (result.imaging_study_id, result.wrote) == ("s1", True)

@@ -1,0 +1,67 @@
+"""The benchmark's data: realistic studies made with pydicom, and loading them into Orthanc."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+
+from dicomcast.sandbox.samples import SeriesSpec, StudySpec, bulk_studies, instances, to_bytes
+from dicomcast.sandbox.servers import OrthancServer
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    studies: list[StudySpec]
+
+    @property
+    def instances(self) -> int:
+        return sum(s.instance_count for s in self.studies)
+
+
+def large_studies(count: int, size: int, prefix: str) -> list[StudySpec]:
+    """Studies of `size` instances in four series, as a CT with reconstructions would be."""
+    quarter = size // 4
+    return [
+        StudySpec(
+            key=f"{prefix}-large-{i}",
+            patient_id=f"{prefix.upper()}L{i}",
+            patient_name=f"{prefix.title()}^Large{i}",
+            birth_date="19580312",
+            issuer="HOSP-A",
+            accession=f"{prefix.upper()}-LACC{i}",
+            description="CT CHEST ABDOMEN PELVIS",
+            series=[
+                SeriesSpec("CT", quarter, "axial 1mm", "CHEST", number=1),
+                SeriesSpec("CT", quarter, "axial 5mm", "CHEST", number=2),
+                SeriesSpec("CT", quarter, "coronal", "ABDOMEN", number=3),
+                SeriesSpec("CT", size - 3 * quarter, "sagittal", "PELVIS", number=4),
+            ],
+        )
+        for i in range(count)
+    ]
+
+
+def workload(name: str, studies: int, per_study: int, large: int = 0) -> Workload:
+    specs = bulk_studies(studies, per_study, patients=max(1, studies // 4), prefix=name)
+    return Workload(name, specs + large_studies(large, 1000, name))
+
+
+def upload(orthanc: OrthancServer, specs: Iterable[StudySpec], threads: int = 4) -> None:
+    """Store every instance through Orthanc's REST API, a few requests at a time."""
+
+    def store(spec: StudySpec) -> None:
+        with httpx.Client(base_url=orthanc.url, timeout=120) as http:
+            for ds in instances(spec):
+                response = http.post(
+                    "/instances",
+                    content=to_bytes(ds),
+                    headers={"Content-Type": "application/dicom"},
+                )
+                response.raise_for_status()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(store, specs))
