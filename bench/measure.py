@@ -88,7 +88,9 @@ def catch_up(orthanc: OrthancServer, fhir: FhirServer, state: Path, load: Worklo
         text=True,
     )
     assert proc.stderr is not None
+    peak = PeakRss(proc.pid)
     stderr = proc.stderr.read()
+    peak.stop()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
@@ -104,8 +106,37 @@ def catch_up(orthanc: OrthancServer, fhir: FhirServer, state: Path, load: Worklo
         wall,
         requests,
         usage.ru_utime + usage.ru_stime,
-        usage.ru_maxrss / 1024,
+        peak.mb,
     )
+
+
+class PeakRss:
+    """The peak resident set of a running process, from /proc (VmHWM).
+
+    Not `ru_maxrss`: that counts the moment between fork and exec, when the child still
+    shares the benchmark's own (large) memory."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mb = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            try:
+                with open(f"/proc/{self.pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            self.mb = max(self.mb, int(line.split()[1]) / 1024)
+            except OSError:
+                return
+            self._done.wait(0.05)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def study_view(spec: StudySpec) -> StudyView:

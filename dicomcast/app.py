@@ -96,5 +96,6 @@ def build_app(
     source = source or make_source(settings)
     name = source.name
     source.observe = lambda status, _seconds: metrics.observe_source(name, status)
+    source.keep_tags = mappings.tags_read()
     metrics.watch_state(store, lambda: [name])
     return App(settings, store, source, mappings, fhir, writer, metrics)

@@ -8,7 +8,7 @@ FHIR resources, which is what makes no-op detection and replays work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -23,6 +23,29 @@ SOP_UID = "00080018"
 SERIES_NUMBER = "00200011"
 INSTANCE_NUMBER = "00200013"
 MODALITY = "00080060"
+PATIENT_ID = "00100020"
+# What building a study view (and telling two patients' studies apart) reads.
+VIEW_TAGS = frozenset(
+    {STUDY_UID, SERIES_UID, SOP_UID, SERIES_NUMBER, INSTANCE_NUMBER, MODALITY, PATIENT_ID}
+)
+
+
+def dataset_filter(keep: frozenset[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A `json.loads` object hook that drops, while parsing, every tag of a dataset that is
+    not in `keep`: a large study's metadata then never sits whole in memory."""
+
+    def hook(obj: dict[str, Any]) -> dict[str, Any]:
+        # Elements ({"vr": ...}) and person names ({"Alphabetic": ...}) pass untouched; a
+        # dataset's keys are tags, all eight hex digits.
+        if "vr" in obj or not _is_tag(next(iter(obj), "")):
+            return obj
+        return {tag: element for tag, element in obj.items() if tag in keep}
+
+    return hook
+
+
+def _is_tag(key: str) -> bool:
+    return len(key) == 8 and all(c in "0123456789ABCDEFabcdef" for c in key)
 
 
 @lru_cache(maxsize=4096)

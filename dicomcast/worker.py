@@ -44,6 +44,7 @@ from dicomcast.state.store import DirtyMark, StudyTask, SyncOutcome
 
 log = logging.getLogger(__name__)
 CLAIM_LEASE = 300.0
+TICK = 0.5  # seconds between looks for due studies (the feed is polled less often)
 SETTLED = frozenset({"synced", "unchanged", "deleted"})
 
 
@@ -124,6 +125,7 @@ class Worker:
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
         self.progress_at = time.time()  # the loop's heartbeat, for /livez
+        self._tailed_at = -1e9  # monotonic time of the last feed read in the loop
         self.tailing = False  # whether this worker holds the source's lease
         base, cap = min(self.settings.backoff_base, 5.0), self.settings.backoff_max
         self.pauses = {name: Pause(name, base, cap) for name in ("source", "fhir", "state")}
@@ -371,7 +373,9 @@ class Worker:
         study_uid = fetched.study_uid or task.study_uid
         self._current_uid.value = study_uid
         if fetched.unread:
-            self.store.release(task, not_before=time.time() + self.settings.poll_interval)
+            # Orthanc turns a study stable StableAge after its last instance, in steps of
+            # about half a second; look again soon so the sync follows within a tick.
+            self.store.release(task, not_before=time.time() + self.tick)
             return "deferred"
         if fetched.view is None:
             if study_uid and task.fhir_imagingstudy_id:
@@ -456,7 +460,7 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         jobs: list[tuple[Callable[[], object], float]] = [
-            (self._cycle, self.settings.poll_interval),
+            (self._cycle, self.tick),
             (self._reconcile_job, self.settings.reconcile_interval),
             (self.hold_source, self.source_lease / 3),
         ]
@@ -497,9 +501,18 @@ class Worker:
         finally:  # nothing, not even a broken log stream, may keep the process alive
             self.hard_exit(1)
 
+    @property
+    def tick(self) -> float:
+        """How often the loop looks for due studies: often, since that is a local query;
+        the feed itself is read every `poll_interval`."""
+        return min(TICK, self.settings.poll_interval)
+
     def _cycle(self) -> None:
         self.beat()
-        if self.tailing and not self.pauses["source"].active():
+        now = time.monotonic()
+        feed_due = now - self._tailed_at >= self.settings.poll_interval - self.tick / 2
+        if feed_due and self.tailing and not self.pauses["source"].active():
+            self._tailed_at = now
             try:
                 self.tail()
             except RetriableError as exc:

@@ -29,6 +29,7 @@ class FakeSource:
         self.studies = studies
         self.feed: list[str] = list(studies)
         self.observe: Callable[[int | None, float], None] | None = None
+        self.keep_tags: frozenset[str] | None = None
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
         start = int(cursor or 0)

@@ -302,6 +302,10 @@ def pn_to_text(value: Any, ctx: ConvertContext) -> str | None:
 _ISSUER_LOCAL = "00400031"  # LocalNamespaceEntityID
 _ISSUER_UNIVERSAL = "00400032"  # UniversalEntityID
 _ISSUER_TYPE = "00400033"  # UniversalEntityIDType
+_CODE_TAGS = ("00080100", "00080119", "00080120", "00080102", "00080104")
+# Tags converters read inside the items they are given; a source may drop every other tag
+# the mappings do not name (see Mappings.tags_read). Keep this in step with the code below.
+TAGS_READ = frozenset({_ISSUER_LOCAL, _ISSUER_UNIVERSAL, _ISSUER_TYPE, *_CODE_TAGS})
 
 
 def _universal_to_system(uid: str, kind: str | None) -> str:

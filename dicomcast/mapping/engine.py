@@ -82,6 +82,7 @@ class _Compiler:
         self.file = file
         self.tables = tables
         self.config_keys = frozenset(config_keys)
+        self.tags: set[str] = set()  # every DICOM tag a rule of this file reads
         self._loader = yaml.SafeLoader("")
 
     def fail(self, node: yaml.Node, reason: str) -> MappingFileError:
@@ -298,6 +299,7 @@ class _Compiler:
             tags = [tag_of(part) for part in spec.split(".")]
         except ValueError as exc:
             raise self.fail(node, str(exc)) from None
+        self.tags.update(tags)
         label = describe_tag(tags[-1])
 
         def read(scope: Scope, run: Run) -> Any:
@@ -362,6 +364,7 @@ class _Compiler:
                 tag = tag_of(over)
             except ValueError as exc:
                 raise self.fail(over_node, f"foreach: {exc}") from None
+            self.tags.add(tag)
 
             def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
                 return [
@@ -499,12 +502,14 @@ def load_tables(folder: Path) -> dict[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class ResourceMapping:
-    """One compiled mapping file. `owned` lists the top-level elements it writes."""
+    """One compiled mapping file. `owned` lists the top-level elements it writes; `tags`
+    every DICOM tag its rules read."""
 
     resource_type: str
     file: Path
     owned: frozenset[str]
     build: Node
+    tags: frozenset[str] = frozenset()
 
 
 def compile_file(
@@ -539,4 +544,4 @@ def compile_file(
         raise compiler.fail(root, f"resourceType must be {resource_type!r}, found {declared!r}")
     build = compiler.compile(root, "")
     owned = frozenset(k for k in keys if k not in ("resourceType", "tables", *TEMPLATE_KEYS))
-    return ResourceMapping(resource_type, path, owned, build)
+    return ResourceMapping(resource_type, path, owned, build, frozenset(compiler.tags))

@@ -17,9 +17,9 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from dicomcast.errors import MappingError, MappingFileError
-from dicomcast.mapping.converters import ConvertContext
+from dicomcast.mapping.converters import TAGS_READ, ConvertContext
 from dicomcast.mapping.engine import ResourceMapping, Run, Scope, compile_file, load_tables
-from dicomcast.studyview import StudyView
+from dicomcast.studyview import VIEW_TAGS, StudyView
 
 RESOURCE_FILES = {
     "Patient": "patient.yaml",
@@ -150,6 +150,14 @@ class Mappings:
 
     def owned(self, resource_type: str) -> frozenset[str]:
         return self.resources[resource_type].owned
+
+    def tags_read(self) -> frozenset[str]:
+        """Every DICOM tag these mappings can read: a source may drop all others as it
+        parses a study's metadata, which keeps large studies small in memory."""
+        tags = set(VIEW_TAGS | TAGS_READ)
+        for mapping in self.resources.values():
+            tags |= mapping.tags
+        return frozenset(tags)
 
     def _run(self, config: Mapping[str, Any]) -> Run:
         return Run(ConvertContext(config=config, tables=self.tables))

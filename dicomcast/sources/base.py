@@ -44,6 +44,7 @@ class Source(Protocol):
     name: str
     kind: str
     observe: Callable[[int | None, float], None] | None  # told of every request, for metrics
+    keep_tags: frozenset[str] | None  # the only tags worth reading (None: every tag)
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
 

@@ -16,6 +16,7 @@ instance counts catch.
 from __future__ import annotations
 
 import calendar
+import json
 import logging
 import re
 import time
@@ -30,7 +31,7 @@ from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.http import BearerToken, RetryPolicy, make_client, send
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.state.store import DirtyMark
-from dicomcast.studyview import build_study_views, text_value
+from dicomcast.studyview import build_study_views, dataset_filter, text_value
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,20 @@ class OrthancSource:
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
         )
         self.observe: Callable[[int | None, float], None] | None = None  # for metrics
+        self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
         # series -> study; series are few and immutable in parentage, so caching is safe.
         self._series_study: OrderedDict[str, str] = OrderedDict()
 
     def close(self) -> None:
         self.http.close()
 
-    def _get(self, path: str, **params: Any) -> Any:
+    def _get(
+        self,
+        path: str,
+        *,
+        object_hook: Callable[[dict[str, Any]], Any] | None = None,
+        **params: Any,
+    ) -> Any:
         def once() -> Any:
             try:
                 response = send(
@@ -112,7 +120,7 @@ class OrthancSource:
                     raise NotFound(path) from None
                 raise
             try:
-                return response.json()
+                return json.loads(response.content, object_hook=object_hook)
             except ValueError:
                 raise SourceUnavailable(f"Orthanc GET {path}: answer is not JSON") from None
 
@@ -213,7 +221,10 @@ class OrthancSource:
             return FetchedStudy(key, None, stable=False, study_uid=study_uid, unread=True)
         patient_id = study.get("PatientMainDicomTags", {}).get("PatientID")
         try:
-            metadata = self._get(f"dicom-web/studies/{study_uid}/metadata")
+            metadata = self._get(
+                f"dicom-web/studies/{study_uid}/metadata",
+                object_hook=dataset_filter(self.keep_tags) if self.keep_tags else None,
+            )
         except NotFound:
             return FetchedStudy(key, None, study_uid=study_uid)
         if not isinstance(metadata, list):

@@ -193,3 +193,31 @@ def test_validation_checks_each_instance_shape_once_and_still_catches_an_odd_one
     assert len(sample["series"][0]["instance"]) == 2
     with pytest.raises(MappingError, match="number"):
         validate(sample)
+
+
+def test_the_tags_the_mappings_read_are_all_a_source_needs_to_keep() -> None:
+    import json
+
+    from dicomcast.sandbox.samples import demo_studies
+    from dicomcast.studyview import dataset_filter
+    from tests.fakes import dicom_json
+
+    mappings = Mappings.load(None, MAPPING_CONFIG_KEYS)
+    keep = mappings.tags_read()
+    config: dict[str, Any] = {
+        "patient_id_system": "urn:oid:1.2.3",
+        "issuer_systems": {},
+        "timezone": "UTC",
+        "source_name": "s",
+        "source_public_url": "http://s",
+        "accession_system": None,
+    }
+    for spec in demo_studies():
+        full = dicom_json(spec)
+        kept = json.loads(json.dumps(full), object_hook=dataset_filter(keep))
+        assert sum(map(len, kept)) < sum(map(len, full))  # something was dropped...
+        (whole,), _ = build_study_views(full)
+        (trimmed,), _ = build_study_views(kept)
+        a = mappings.map_study(whole, config, "Endpoint/e")
+        b = mappings.map_study(trimmed, config, "Endpoint/e")
+        assert (a.patient, a.imaging_study, a.warnings) == (b.patient, b.imaging_study, b.warnings)
