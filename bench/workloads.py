@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,11 +57,16 @@ def upload(orthanc: OrthancServer, specs: Iterable[StudySpec], threads: int = 4)
     def store(spec: StudySpec) -> None:
         with httpx.Client(base_url=orthanc.url, timeout=120) as http:
             for ds in instances(spec):
-                response = http.post(
-                    "/instances",
-                    content=to_bytes(ds),
-                    headers={"Content-Type": "application/dicom"},
-                )
+                payload = to_bytes(ds)
+                for attempt in range(5):  # Orthanc 1.10 now and then answers 500 under load
+                    response = http.post(
+                        "/instances",
+                        content=payload,
+                        headers={"Content-Type": "application/dicom"},
+                    )
+                    if response.status_code < 500 or attempt == 4:
+                        break
+                    time.sleep(0.2 * (attempt + 1))
                 response.raise_for_status()
 
     with ThreadPoolExecutor(threads) as pool:

@@ -40,6 +40,7 @@ from dicomcast.errors import (
     StateUnavailable,
     StudyError,
 )
+from dicomcast.ops.memory import release_free_memory
 from dicomcast.state.store import DirtyMark, StudyTask, SyncOutcome
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,8 @@ class Worker:
         claimed = self.store.claim_many(tasks, self.owner, CLAIM_LEASE)
         for outcome in self._pool.map(lambda t: self.sync_one(t, wait_for_stable), claimed):
             stats.outcomes[outcome] += 1
+        if claimed:
+            release_free_memory()
         return stats
 
     def sync_one(self, task: StudyTask, wait_for_stable: bool = False) -> str:
@@ -383,9 +386,11 @@ class Worker:
                 self.pauses["fhir"].clear()
             self.store.finish_gone(task)
             return "deleted"
-        view = fetched.view
         # Never prepare() here: it frees this worker's claims, including studies in flight.
-        mapped = self.app.mappings.map_study(view, self.config, self._ensure_endpoint())
+        mapped = self.app.mappings.map_study(fetched.view, self.config, self._ensure_endpoint())
+        uid, count = fetched.view.uid, fetched.view.instance_count
+        warnings = tuple(fetched.warnings) + mapped.warnings
+        del fetched  # a large study's metadata need not live through the write
         digest = content_hash(mapped.patient, mapped.imaging_study, self.settings.patient_policy)
         patient_id: str | None
         study_id: str | None
@@ -401,10 +406,8 @@ class Worker:
             self.pauses["fhir"].clear()  # it answered
             patient_id, study_id = result.patient_id, result.imaging_study_id
             outcome = "synced" if result.wrote else "unchanged"
-        warnings = tuple(fetched.warnings) + mapped.warnings
         self.store.finish_clean(
-            task,
-            SyncOutcome(view.uid, digest, patient_id, study_id, view.instance_count, warnings),
+            task, SyncOutcome(uid, digest, patient_id, study_id, count, warnings)
         )
         return outcome
 

@@ -192,9 +192,14 @@ class FhirClient:
         return [self.search(q) for q in queries]
 
     def transaction(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Send a transaction; returns the response entries, in request order."""
+        """Send a transaction; returns the response entries, in request order.
+
+        `Prefer: return=minimal`: only status and location come back, not every resource
+        written (a large ImagingStudy would otherwise travel twice)."""
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        body = self._send("POST", "", "transaction", json=bundle).json()
+        body = self._send(
+            "POST", "", "transaction", json=bundle, headers={"Prefer": "return=minimal"}
+        ).json()
         found = body.get("entry", []) if isinstance(body, dict) else []
         if len(found) != len(entries):
             raise FhirUnavailable("transaction: response has the wrong number of entries")

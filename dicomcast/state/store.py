@@ -151,6 +151,9 @@ def make_engine(url: str) -> Engine:
                     "PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF"
                 )
                 cursor.execute("PRAGMA busy_timeout=30000")
+                # Each pooled connection keeps its own page cache (2 MB by default); the hot
+                # rows are few, and the OS caches the file anyway.
+                cursor.execute("PRAGMA cache_size=-256")
                 cursor.close()
 
             return engine
