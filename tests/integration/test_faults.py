@@ -108,7 +108,7 @@ def test_faults_change_nothing_in_the_end_state_and_retries_follow_the_policy(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
-    specs = demo_studies() + bulk_studies(15, 3, patients=5, prefix="fault")
+    specs = demo_studies() + bulk_studies(30, 3, patients=8, prefix="fault")
     for spec in specs:
         orthanc.upload([to_bytes(ds) for ds in instances(spec)])
     clean_fhir = FhirServer(tmp_path / "fhir-clean").start()

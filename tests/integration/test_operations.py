@@ -104,7 +104,9 @@ def test_metrics_readiness_and_outages_of_either_server(
         assert value(m, "dicomcast_sync_lag_seconds_count", source="default") >= 2
         assert value(m, "dicomcast_fhir_requests_total", resource_type="transaction",
                      status_class="2xx") >= 2  # fmt: skip
-        assert value(m, "dicomcast_fhir_request_duration_seconds_count", resource_type="batch") > 0
+        timed = "dicomcast_fhir_request_duration_seconds_count"
+        assert value(m, timed, resource_type="transaction") >= 2
+        assert value(m, timed, resource_type="Endpoint") >= 1  # the Endpoint lookup
         head = value(m, "dicomcast_feed_head", source="default")
         assert head > 0 and value(m, "dicomcast_feed_cursor", source="default") == head
         assert value(m, "dicomcast_studies_dirty", source="default") == 0
