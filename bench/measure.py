@@ -26,6 +26,7 @@ from dicomcast.sandbox.samples import (
     DEMO_PATIENT_SYSTEM,
     SeriesSpec,
     StudySpec,
+    bulk_studies,
     instances,
     to_bytes,
 )
@@ -227,20 +228,9 @@ def steady_state_lag(
     """Instances stored at a fixed rate (studies of 10) while the worker runs; per instance,
     the time from its store in Orthanc to its study showing it in an FHIR search."""
     per_study = 10
-    specs = [
-        StudySpec(
-            key=f"steady-{i}",
-            patient_id=f"STEADY{i % 25}",
-            patient_name=f"Steady^Patient{i % 25}",
-            birth_date="19700101",
-            issuer="HOSP-A",
-            series=[
-                SeriesSpec("MR", 5, "T1", "BRAIN", number=1),
-                SeriesSpec("MR", 5, "T2", number=2),
-            ],
-        )
-        for i in range(int(rate * seconds) // per_study)
-    ]
+    specs = bulk_studies(
+        int(rate * seconds) // per_study, per_study, patients=25, prefix="steady", modality="MR"
+    )
     payloads = [(s.study_uid, [to_bytes(ds) for ds in instances(s)]) for s in specs]
     stored: dict[str, list[float]] = {uid: [] for uid, _ in payloads}
     seen: dict[str, list[float]] = {uid: [] for uid, _ in payloads}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from dicomcast.sandbox.samples import SeriesSpec, StudySpec, bulk_studies, instances, to_bytes
+from dicomcast.sandbox.samples import StudySpec, bulk_studies, instances, to_bytes
 from dicomcast.sandbox.servers import OrthancServer
 
 
@@ -25,25 +25,7 @@ class Workload:
 
 def large_studies(count: int, size: int, prefix: str) -> list[StudySpec]:
     """Studies of `size` instances in four series, as a CT with reconstructions would be."""
-    quarter = size // 4
-    return [
-        StudySpec(
-            key=f"{prefix}-large-{i}",
-            patient_id=f"{prefix.upper()}L{i}",
-            patient_name=f"{prefix.title()}^Large{i}",
-            birth_date="19580312",
-            issuer="HOSP-A",
-            accession=f"{prefix.upper()}-LACC{i}",
-            description="CT CHEST ABDOMEN PELVIS",
-            series=[
-                SeriesSpec("CT", quarter, "axial 1mm", "CHEST", number=1),
-                SeriesSpec("CT", quarter, "axial 5mm", "CHEST", number=2),
-                SeriesSpec("CT", quarter, "coronal", "ABDOMEN", number=3),
-                SeriesSpec("CT", size - 3 * quarter, "sagittal", "PELVIS", number=4),
-            ],
-        )
-        for i in range(count)
-    ]
+    return bulk_studies(count, size, patients=max(1, count), prefix=f"{prefix}-large", series=4)
 
 
 def workload(name: str, studies: int, per_study: int, large: int = 0) -> Workload:

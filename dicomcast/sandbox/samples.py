@@ -228,9 +228,18 @@ def demo_studies() -> list[StudySpec]:
     ]
 
 
-def bulk_studies(count: int, per_study: int, *, patients: int, prefix: str) -> list[StudySpec]:
-    """`count` two-series CT studies of `per_study` instances, spread over `patients` patients."""
-    half = per_study // 2
+def bulk_studies(
+    count: int,
+    per_study: int,
+    *,
+    patients: int,
+    prefix: str,
+    series: int = 2,
+    modality: str = "CT",
+) -> list[StudySpec]:
+    """`count` studies of `per_study` instances in `series` series, spread over `patients`."""
+    parts = ["CHEST", "ABDOMEN", "PELVIS", "HEAD"]
+    sizes = [per_study // series + (1 if n < per_study % series else 0) for n in range(series)]
     return [
         StudySpec(
             key=f"{prefix}-{i}",
@@ -239,10 +248,10 @@ def bulk_studies(count: int, per_study: int, *, patients: int, prefix: str) -> l
             birth_date="19650101",
             issuer="HOSP-A",
             accession=f"{prefix.upper()}-ACC{i}",
-            description="CT BULK",
+            description=f"{modality} BULK",
             series=[
-                SeriesSpec("CT", half, "axial", "CHEST", number=1),
-                SeriesSpec("CT", per_study - half, "coronal", "CHEST", number=2),
+                SeriesSpec(modality, size, f"part {n + 1}", parts[n % 4], number=n + 1)
+                for n, size in enumerate(sizes)
             ],
         )
         for i in range(count)
