@@ -16,8 +16,6 @@ against that server, costs no attempts, and clears by itself when the server ans
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import random
@@ -40,6 +38,7 @@ from dicomcast.errors import (
     StateUnavailable,
     StudyError,
 )
+from dicomcast.mapping.mapper import content_hash
 from dicomcast.ops.memory import release_free_memory
 from dicomcast.state.store import DirtyMark, StudyTask, SyncOutcome
 
@@ -98,12 +97,6 @@ class Pause:
             self.until, self.streak, self.reason = 0.0, 0, None
         if was is not None:
             log.warning("%s is back; resuming", self.name, extra={"dependency": self.name})
-
-
-def content_hash(*parts: Any) -> str:
-    return hashlib.sha256(
-        json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()
-    ).hexdigest()
 
 
 class Worker:

@@ -15,8 +15,6 @@ then goes through read-merge-write, and a Patient not reconciled before gets its
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -28,7 +26,7 @@ from urllib.parse import quote
 from dicomcast.config import DeletedStudyPolicy, PatientPolicy
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir.client import FhirClient
-from dicomcast.mapping.mapper import MappedStudy, search_token
+from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
 
 log = logging.getLogger(__name__)
 SERVER_OWNED = ("id", "meta")
@@ -114,11 +112,6 @@ def create_entry(resource: dict[str, Any], full_url: str | None = None) -> dict[
         "ifNoneExist": f"identifier={search_token(resource)}",
     }
     return entry
-
-
-def _digest(resource: Mapping[str, Any]) -> str:
-    text = json.dumps(resource, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
@@ -298,10 +291,10 @@ class FhirWriter:
         if self.patient_policy == "never":
             return True
         with self._patients_lock:
-            return self._patients.get(search_token(patient)) == _digest(patient)
+            return self._patients.get(search_token(patient)) == content_hash(patient)
 
     def _remember(self, patient: Mapping[str, Any]) -> None:
-        token, digest = search_token(patient), _digest(patient)
+        token, digest = search_token(patient), content_hash(patient)
         with self._patients_lock:
             self._patients[token] = digest
             self._patients.move_to_end(token)

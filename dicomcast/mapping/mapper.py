@@ -6,6 +6,8 @@ create / search); a resource without a usable one is a `MappingError`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +110,13 @@ def validation_sample(study: dict[str, Any]) -> dict[str, Any]:
             item = {**item, "instance": list(shapes.values())}
         trimmed.append(item)
     return {**study, "series": trimmed}
+
+
+def content_hash(*parts: Any) -> str:
+    """A digest of mapped resources: equal digests mean nothing needs writing. Stored in
+    the state DB, so its form must not change without a reason."""
+    text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
