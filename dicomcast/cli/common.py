@@ -7,6 +7,7 @@ may pass (a server or the state DB unavailable) or an operator command refused.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,6 +17,7 @@ import typer
 from dicomcast.config import Settings, load_settings
 from dicomcast.errors import DicomcastError, FatalError
 from dicomcast.ops.logging import setup_logging
+from dicomcast.state.store import StateStore
 
 T = TypeVar("T")
 
@@ -41,3 +43,18 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
     settings = guard(lambda: load_settings(config, **overrides))
     setup_logging(settings.log_level, settings.log_format, settings.log_phi)
     return settings
+
+
+def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
+    """Open the state DB (migrated), run `fn` on it, close it; errors become exit codes."""
+    store = StateStore(settings.state_url)
+    try:
+        guard(store.migrate)
+        return guard(lambda: fn(store))
+    finally:
+        store.close()
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as a UTC ISO timestamp for output; None stays None."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None

@@ -12,9 +12,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dicomcast.app import make_source
-from dicomcast.cli.common import ConfigOption, guard, settings_from
+from dicomcast.cli.common import ConfigOption, iso, settings_from, with_store
 from dicomcast.config import Settings
-from dicomcast.errors import ConfigError
 from dicomcast.state.models import StudyRow
 from dicomcast.state.store import DirtyMark, StateStore
 
@@ -27,16 +26,7 @@ StudyArg = Annotated[str, typer.Argument(help="StudyInstanceUID, or the source's
 
 def _with_store(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
     settings = settings_from(config)
-    store = StateStore(settings.state_url)
-    try:
-        guard(store.migrate)
-        return guard(lambda: fn(settings, store))
-    finally:
-        store.close()
-
-
-def _iso(epoch: float | None) -> str | None:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+    return with_store(settings, lambda store: fn(settings, store))
 
 
 def _failure(row: StudyRow) -> dict[str, Any]:
@@ -48,11 +38,11 @@ def _failure(row: StudyRow) -> dict[str, Any]:
         "kind": row.error_kind,
         "http_status": row.error_status,
         "attempts": row.attempts,
-        "failed_at": _iso(row.failed_at),
-        "next_attempt_at": _iso(row.next_attempt_at) if row.status != "failed" else None,
+        "failed_at": iso(row.failed_at),
+        "next_attempt_at": iso(row.next_attempt_at) if row.status != "failed" else None,
         "error": row.last_error,
         "warnings": json.loads(row.warnings) if row.warnings else [],
-        "last_synced_at": _iso(row.last_synced_at),
+        "last_synced_at": iso(row.last_synced_at),
         "fhir_imagingstudy_id": row.fhir_imagingstudy_id,
     }
 
@@ -133,11 +123,7 @@ def resync(study: StudyArg, config: ConfigOption = None) -> None:
             return 0
         return store.resync(settings.source_name, [DirtyMark(k, time.time()) for k in keys])
 
-    try:
-        count = _with_store(config, run)
-    except ConfigError as exc:
-        typer.echo(f"dicomcast: {exc}", err=True)
-        raise typer.Exit(2) from None
+    count = _with_store(config, run)  # a missing source URL exits 2, as every fatal error
     if not count:
         typer.echo(f"dicomcast: no study {study!r} in the state database or the archive", err=True)
         raise typer.Exit(1)
@@ -148,7 +134,7 @@ def resync(study: StudyArg, config: ConfigOption = None) -> None:
 def cursor_show(config: ConfigOption = None) -> None:
     """The feed position, the feed's head, and which worker holds the source."""
     summary = _with_store(config, lambda s, store: store.summary(s.source_name))
-    held = summary.holder if summary.held_until and summary.held_until >= time.time() else None
+    held = summary.holder_now()
     typer.echo(f"source   {summary.source}")
     typer.echo(f"cursor   {summary.cursor if summary.cursor is not None else '-'}")
     typer.echo(f"head     {summary.feed_head if summary.feed_head is not None else '-'}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dicomcast.app import build_app
-from dicomcast.cli.common import ConfigOption, guard, settings_from
+from dicomcast.cli.common import ConfigOption, guard, iso, settings_from, with_store
 from dicomcast.config import Settings
 from dicomcast.ops.health import Health
 from dicomcast.ops.listener import Listener
@@ -103,12 +103,7 @@ class _Progress:
 
 
 def _status(settings: Settings) -> dict[str, Any]:
-    store = StateStore(settings.state_url)
-    try:
-        guard(store.migrate)
-        info = guard(lambda: store.summary(settings.source_name))
-    finally:
-        store.close()
+    info = with_store(settings, lambda store: store.summary(settings.source_name))
     now = time.time()
     cursor, head = info.cursor, info.feed_head
     lag = None
@@ -123,15 +118,11 @@ def _status(settings: Settings) -> dict[str, Any]:
         "studies": {k: info.counts.get(k, 0) for k in ("clean", "dirty", "failed")},
         "oldest_dirty_age_s": round(now - info.oldest_dirty, 1) if info.oldest_dirty else None,
         "failures_by_kind": info.failures_by_kind,
-        "held_by": info.holder if info.held_until and info.held_until >= now else None,
-        "last_success_at": _iso(info.last_success_at),
-        "last_poll_at": _iso(info.last_poll_at),
+        "held_by": info.holder_now(now),
+        "last_success_at": iso(info.last_success_at),
+        "last_poll_at": iso(info.last_poll_at),
         "archive_resets": info.resets,
     }
-
-
-def _iso(epoch: float | None) -> str | None:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
 
 
 def status(

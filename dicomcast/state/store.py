@@ -100,6 +100,11 @@ class SourceSummary:
     last_poll_at: float | None = None
     resets: int = 0
 
+    def holder_now(self, now: float | None = None) -> str | None:
+        """The worker holding the source now; None when nobody does or its lease ran out."""
+        now = time.time() if now is None else now
+        return self.holder if self.held_until and self.held_until >= now else None
+
     @property
     def dirty(self) -> int:
         return self.counts.get("dirty", 0)
