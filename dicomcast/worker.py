@@ -318,7 +318,7 @@ class Worker:
         }
 
     def _backoff(self, task: StudyTask, exc: RetriableError) -> str:
-        status = _status_of(exc)
+        status = exc.status
         if exc.outage:
             which = "source" if isinstance(exc, SourceUnavailable) else "fhir"
             until = self.pauses[which].trip(exc)
@@ -541,11 +541,6 @@ class Worker:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _status_of(exc: Exception) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
 
 
 def _outcome_suffix(exc: Exception) -> str:
