@@ -8,6 +8,7 @@ them), defaults. Secrets are `SecretStr` and print as `**********` everywhere.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 import zoneinfo
@@ -16,7 +17,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomcast.errors import ConfigError
@@ -26,16 +34,119 @@ PatientPolicy = Literal["fill-missing", "never", "overwrite"]
 DeletedStudyPolicy = Literal["delete", "entered-in-error"]
 
 
-class SourceSettings(BaseModel):
-    """One DICOM server to follow; built from the flat `source_*` settings."""
+SourceKind = Literal["orthanc", "azure-dicom"]
+ApiVersion = Literal["v1", "v2"]
+ENTRA_LOGIN = "https://login.microsoftonline.com"
+AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
+DEFAULT_PARTITION = "Microsoft.Default"
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PARTITION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the service's own rule
 
-    name: str
-    kind: Literal["orthanc"]
+
+class SourceSettings(BaseModel):
+    """One DICOM server to follow: from the `sources` list, or the flat `source_*` settings.
+
+    Authentication is one of: a static bearer `token`; `username`/`password` (Orthanc);
+    OAuth2 client credentials (`client_id`, `client_secret`, and `tenant_id` for Microsoft
+    Entra ID or an explicit `oauth_token_url`); or `managed_identity` (needs the
+    `dicomcast[azure]` extra). Nothing at all means an open server.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    name: str = "default"
+    kind: SourceKind = "orthanc"
     url: str
-    public_url: str
+    public_url: str | None = Field(
+        None, description="Base URL published in FHIR Endpoints (default: derived from url)."
+    )
+    api_version: ApiVersion = Field("v2", description="Microsoft DICOM service API version.")
+    partitions: list[str] | None = Field(
+        None,
+        description="Microsoft DICOM service data partitions to follow; unset when the service "
+        "has no partitioning, ['*'] for all.",
+    )
     username: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
+    oauth_token_url: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = None
+    managed_identity: bool = False
+    patient_id_system: str | None = Field(
+        None, description="Overrides the global patient_id_system for this source's studies."
+    )
+    accession_system: str | None = None
+
+    @field_validator("url", "public_url", "oauth_token_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SOURCE_NAME.fullmatch(value):
+            raise ValueError("a source name is 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _split_partitions(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment shorthand: "a,b" or "*"
+            return [p.strip() for p in value.split(",") if p.strip()] or None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceSettings:
+        ways = [
+            name
+            for name, used in (
+                ("token", self.token is not None),
+                ("username", self.username is not None),
+                ("client_secret", self.client_secret is not None),
+                ("managed_identity", self.managed_identity),
+            )
+            if used
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"source {self.name}: choose one way to log in, not {ways}")
+        if self.client_secret is not None:
+            if not self.client_id:
+                raise ValueError(f"source {self.name}: client_secret needs client_id")
+            if not (self.oauth_token_url or self.tenant_id):
+                raise ValueError(
+                    f"source {self.name}: client credentials need tenant_id (Entra ID) "
+                    "or oauth_token_url"
+                )
+        if self.kind == "orthanc" and self.partitions:
+            raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
+        bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
+        if bad:
+            raise ValueError(f"source {self.name}: not partition names: {bad}")
+        return self
+
+    @property
+    def published_url(self) -> str:
+        """The base URL FHIR Endpoints publish: DICOMweb under Orthanc's REST root, the
+        service root for the Microsoft DICOM service (version and partition are appended)."""
+        if self.public_url:
+            return self.public_url
+        return f"{self.url}/dicom-web" if self.kind == "orthanc" else self.url
+
+    @property
+    def token_url(self) -> str | None:
+        if self.oauth_token_url:
+            return self.oauth_token_url
+        return f"{ENTRA_LOGIN}/{self.tenant_id}/oauth2/v2.0/token" if self.tenant_id else None
+
+    @property
+    def oauth_scope(self) -> str | None:
+        if self.scope:
+            return self.scope
+        return AZURE_DICOM_SCOPE if self.kind == "azure-dicom" else None
 
 
 class Settings(BaseSettings):
@@ -45,17 +156,42 @@ class Settings(BaseSettings):
         env_prefix="DICOMCAST_", extra="forbid", validate_default=True, secrets_dir=None
     )
 
-    # --- the DICOM source
+    # --- the DICOM sources: a `sources` list (config file, or JSON in DICOMCAST_SOURCES),
+    # or the flat `source_*` shorthand for a single one.
+    sources: list[SourceSettings] | None = Field(
+        None,
+        description="Several DICOM servers, in priority order (the first one's study-"
+        "level data wins when they hold the same study).",
+    )
     source_name: str = Field("default", description="Stable name of the source (keys state).")
-    source_kind: Literal["orthanc"] = "orthanc"
-    source_url: str | None = Field(None, description="REST base URL of the DICOM server.")
+    source_kind: SourceKind = "orthanc"
+    source_url: str | None = Field(
+        None,
+        description="Base URL of the DICOM server: Orthanc's REST root, or the Microsoft DICOM "
+        "service's root without the version segment.",
+    )
     source_public_url: str | None = Field(
         None,
-        description="DICOMweb base URL published in the FHIR Endpoint (default: URL/dicom-web).",
+        description="Base URL published in the FHIR Endpoint (default: URL/dicom-web for "
+        "Orthanc, URL for the Microsoft DICOM service).",
+    )
+    source_api_version: ApiVersion = "v2"
+    source_partitions: str | None = Field(
+        None, description="Partitions to follow, comma-separated, or * for all."
     )
     source_username: str | None = None
     source_password: SecretStr | None = None
     source_token: SecretStr | None = None
+    source_oauth_token_url: str | None = None
+    source_tenant_id: str | None = Field(None, description="Microsoft Entra ID tenant.")
+    source_client_id: str | None = None
+    source_client_secret: SecretStr | None = None
+    source_scope: str | None = Field(
+        None, description="OAuth2 scope (default for the Microsoft DICOM service: its .default)."
+    )
+    source_managed_identity: bool = Field(
+        False, description="Log in with an Azure managed identity (needs dicomcast[azure])."
+    )
 
     # --- the FHIR server
     fhir_url: str | None = Field(None, description="FHIR R4 base URL.")
@@ -65,7 +201,15 @@ class Settings(BaseSettings):
     )
     fhir_client_id: str | None = None
     fhir_client_secret: SecretStr | None = None
-    fhir_scope: str | None = None
+    fhir_scope: str | None = Field(
+        None, description="OAuth2 scope; for Azure Health Data Services FHIR: <fhir_url>/.default."
+    )
+    fhir_tenant_id: str | None = Field(
+        None, description="Microsoft Entra ID tenant (sets the token URL)."
+    )
+    fhir_managed_identity: bool = Field(
+        False, description="Log in to the FHIR server with an Azure managed identity."
+    )
     transaction_max_entries: int = Field(100, ge=1, description="Largest transaction Bundle sent.")
 
     # --- HTTP
@@ -159,22 +303,74 @@ class Settings(BaseSettings):
 
     # --- derived views
 
-    @property
-    def source(self) -> SourceSettings:
-        """The configured source; `ConfigError` when its URL is missing."""
+    def source_list(self) -> list[SourceSettings]:
+        """Every configured source in priority order; `ConfigError` when there is none or
+        the settings contradict each other."""
+        if self.sources:
+            if self.source_url:
+                raise ConfigError(
+                    "both a `sources` list and DICOMCAST_SOURCE_URL are set: use one of them"
+                )
+            names = [s.name for s in self.sources]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"source names must be unique: {names}")
+            return list(self.sources)
         if not self.source_url:
             raise ConfigError(
                 "DICOMCAST_SOURCE_URL is not set: which DICOM server should I follow?"
             )
-        return SourceSettings(
-            name=self.source_name,
-            kind=self.source_kind,
-            url=self.source_url,
-            public_url=self.source_public_url or f"{self.source_url}/dicom-web",
-            username=self.source_username,
-            password=self.source_password,
-            token=self.source_token,
+        try:
+            return [
+                SourceSettings(
+                    name=self.source_name,
+                    kind=self.source_kind,
+                    url=self.source_url,
+                    public_url=self.source_public_url,
+                    api_version=self.source_api_version,
+                    partitions=self.source_partitions,  # a "a,b" string, split by the model
+                    username=self.source_username,
+                    password=self.source_password,
+                    token=self.source_token,
+                    oauth_token_url=self.source_oauth_token_url,
+                    tenant_id=self.source_tenant_id,
+                    client_id=self.source_client_id,
+                    client_secret=self.source_client_secret,
+                    scope=self.source_scope,
+                    managed_identity=self.source_managed_identity,
+                )
+            ]
+        except ValidationError as exc:
+            raise ConfigError(f"invalid source settings: {_problems(exc)}") from None
+
+    @property
+    def source(self) -> SourceSettings:
+        """The one source of a single-source setup (the first in priority otherwise)."""
+        return self.source_list()[0]
+
+    def find_source(self, name: str | None) -> SourceSettings:
+        """The source an operator command names; without a name, the only one there is."""
+        sources = self.source_list()
+        if name is None:
+            if len(sources) > 1:
+                raise ConfigError(
+                    "several sources are configured; say which with --source "
+                    f"({', '.join(s.name for s in sources)})"
+                )
+            return sources[0]
+        for source in sources:
+            if source.name == name:
+                return source
+        raise ConfigError(
+            f"no source named {name!r} (configured: {', '.join(s.name for s in sources)})"
         )
+
+    @property
+    def fhir_token_url(self) -> str | None:
+        if self.fhir_oauth_token_url:
+            return self.fhir_oauth_token_url
+        if self.fhir_tenant_id:
+            return f"{ENTRA_LOGIN}/{self.fhir_tenant_id}/oauth2/v2.0/token"
+        return None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -182,10 +378,10 @@ class Settings(BaseSettings):
 
     def require_worker_settings(self) -> None:
         """Check what `run` needs beyond the mapping-only settings."""
+        self.source_list()
         missing = [
             name
             for name, value in (
-                ("DICOMCAST_SOURCE_URL", self.source_url),
                 ("DICOMCAST_FHIR_URL", self.fhir_url),
                 ("DICOMCAST_PATIENT_ID_SYSTEM", self.patient_id_system),
             )
@@ -193,26 +389,40 @@ class Settings(BaseSettings):
         ]
         if missing:
             raise ConfigError(f"missing settings: {', '.join(missing)}")
-        oauth = [self.fhir_oauth_token_url, self.fhir_client_id, self.fhir_client_secret]
-        if any(oauth) and not all(oauth):
+        oauth = [self.fhir_token_url, self.fhir_client_id, self.fhir_client_secret]
+        if any(oauth) and not all(oauth) and not self.fhir_managed_identity:
             raise ConfigError(
-                "OAuth2 needs DICOMCAST_FHIR_OAUTH_TOKEN_URL, _FHIR_CLIENT_ID and "
-                "_FHIR_CLIENT_SECRET together"
+                "OAuth2 needs DICOMCAST_FHIR_OAUTH_TOKEN_URL (or _FHIR_TENANT_ID), "
+                "_FHIR_CLIENT_ID and _FHIR_CLIENT_SECRET together"
             )
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values, secrets masked, credentials stripped from URLs."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
-            if isinstance(value, SecretStr):
-                out[name] = "**********" if value.get_secret_value() else ""
-            elif isinstance(value, str) and "://" in value:
-                out[name] = mask_url(value)
-            elif isinstance(value, Path):
-                out[name] = str(value)
-            else:
-                out[name] = value
+            out[name] = _public(value)
         return out
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors()
+    )
 
 
 def mask_url(url: str) -> str:
@@ -254,8 +464,4 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             return Settings(_secrets_dir=secrets_dir, **values)
         return Settings(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(f"invalid settings: {_problems(exc)}") from None

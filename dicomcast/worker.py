@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -33,14 +33,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicomcast.app import App, mapping_config
 from dicomcast.errors import (
     DicomcastError,
+    FhirConflict,
     RetriableError,
     SourceUnavailable,
     StateUnavailable,
     StudyError,
 )
-from dicomcast.mapping.mapper import content_hash
+from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token, study_token
+from dicomcast.mapping.union import Part, union
 from dicomcast.ops.memory import release_free_memory
-from dicomcast.state.store import DirtyMark, StudyTask, SyncOutcome
+from dicomcast.sources.base import Source, StudyLocation
+from dicomcast.state.store import Contribution, DirtyMark, StudyTask, SyncOutcome
 
 log = logging.getLogger(__name__)
 CLAIM_LEASE = 300.0
@@ -110,24 +113,35 @@ class Worker:
         self.app = app
         self.hard_exit = hard_exit  # how a stop that cannot wait any longer ends the process
         self.settings = app.settings
-        self.source = app.source
+        self.sources = app.sources
         self.store = app.store
         self.metrics = app.metrics
         self.owner = owner or app.settings.worker_id
-        self.config = mapping_config(app.settings)
-        self.endpoint_ref: str | None = None
+        self.source_settings = {s.name: s for s in app.settings.source_list()}
+        self.priority = {name: rank for rank, name in enumerate(self.sources)}
+        # Several sources may hold parts of one study: keep each part, write their union.
+        self.multi = len(self.sources) > 1
+        self.endpoints: dict[str, str] = {}  # Endpoint address -> `Endpoint/{id}`
+        self._endpoint_lock = threading.Lock()
+        self._configs: dict[tuple[str, str], dict[str, Any]] = {}
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
         self.progress_at = time.time()  # the loop's heartbeat, for /livez
         self._tailed_at = -1e9  # monotonic time of the last feed read in the loop
-        self.tailing = False  # whether this worker holds the source's lease
+        self.tailing = dict.fromkeys(self.sources, False)  # sources whose lease we hold
         base, cap = min(self.settings.backoff_base, 5.0), self.settings.backoff_max
-        self.pauses = {name: Pause(name, base, cap) for name in ("source", "fhir", "state")}
+        names = ["fhir", "state", *(source_pause(name) for name in self.sources)]
+        self.pauses = {name: Pause(name, base, cap) for name in names}
         self._unrecorded: list[StudyTask] = []  # claims the state DB failed to release
         self._current_uid = threading.local()  # the study UID being synced, for log lines
         self._pool = ThreadPoolExecutor(
             max_workers=self.settings.concurrency, thread_name_prefix="sync"
         )
+
+    @property
+    def source(self) -> Source:
+        """The first source (the only one in a single-source setup)."""
+        return self.app.source
 
     @property
     def source_lease(self) -> float:
@@ -140,98 +154,163 @@ class Worker:
         self.progress_at = time.time()
         self.metrics.heartbeat.set(self.progress_at)
 
+    def counts(self) -> Counter[str]:
+        """Studies by status, over every source."""
+        total: Counter[str] = Counter()
+        for name in self.sources:
+            total.update(self.store.counts(name))
+        return total
+
     # --- start-up
 
     def prepare(self) -> None:
-        """Register the source, take back our stale claims, find or create the Endpoint."""
-        self.store.ensure_source(self.source.name, self.source.kind)
-        released = self.store.release_claims(self.source.name, self.owner)
-        if released:
-            log.warning(
-                "took back %d studies an earlier run of this worker left claimed",
-                released,
-                extra={"source": self.source.name, "count": released},
-            )
+        """Register the sources, take back our stale claims, find or create the Endpoints."""
+        for name, source in self.sources.items():
+            self.store.ensure_source(name, source.kind)
+            released = self.store.release_claims(name, self.owner)
+            if released:
+                log.warning(
+                    "took back %d studies an earlier run of this worker left claimed",
+                    released,
+                    extra={"source": name, "count": released},
+                )
         self.hold_source()
-        self._ensure_endpoint()
+        for name, source in self.sources.items():
+            location = source.default_location()
+            if location is not None:
+                self._endpoint(name, location)
 
     def hold_source(self) -> bool:
-        """Take or renew the lease that makes this worker the source's one tailer."""
-        held = self.store.acquire_source(self.source.name, self.owner, self.source_lease)
-        if held != self.tailing:
-            log.info(
-                "this worker %s the change feed",
-                "tails" if held else "does not tail (another worker holds it)",
-                extra={"source": self.source.name, "owner": self.owner},
-            )
-        self.tailing = held
-        return held
+        """Take or renew the leases that make this worker the sources' one tailer; True
+        when it tails at least one."""
+        for name in self.sources:
+            held = self.store.acquire_source(name, self.owner, self.source_lease)
+            if held != self.tailing[name]:
+                log.info(
+                    "this worker %s the change feed",
+                    "tails" if held else "does not tail (another worker holds it)",
+                    extra={"source": name, "owner": self.owner},
+                )
+            self.tailing[name] = held
+        return any(self.tailing.values())
 
-    def _ensure_endpoint(self) -> str:
-        """The source's Endpoint reference, found or created once per worker."""
-        if self.endpoint_ref is None:
-            endpoint = self.app.mappings.map_endpoint(self.config)
-            self.endpoint_ref = self.app.writer.ensure_endpoint(endpoint)
-            log.info(
-                "endpoint ready", extra={"source": self.source.name, "endpoint": self.endpoint_ref}
-            )
-        return self.endpoint_ref
+    def _config(self, name: str, location: StudyLocation) -> dict[str, Any]:
+        """The mapping config of one source's studies at one location (cached: few)."""
+        key = (name, location.address)
+        config = self._configs.get(key)
+        if config is None:
+            config = mapping_config(self.settings, self.source_settings.get(name), location)
+            self._configs[key] = config
+        return config
+
+    def _endpoint(self, name: str, location: StudyLocation) -> str:
+        """The Endpoint reference of a location, found or created once per worker."""
+        ref = self.endpoints.get(location.address)
+        if ref is None:
+            with self._endpoint_lock:
+                ref = self.endpoints.get(location.address)
+                if ref is None:
+                    endpoint = self.app.mappings.map_endpoint(self._config(name, location))
+                    ref = self.app.writer.ensure_endpoint(endpoint)
+                    self.endpoints[location.address] = ref
+                    log.info("endpoint ready", extra={"source": name, "endpoint": ref})
+        return ref
 
     # --- the feed
 
-    def tail(self) -> int:
-        """Read the feed to its end (or until stopped); returns how many studies were dirtied.
-        Only the lease holder tails; the others just sync."""
+    def tail(self, *, strict: bool = True) -> int:
+        """Read every held source's feed to its end (or until stopped); returns how many
+        studies were dirtied. With `strict`, a failing source's error is raised; without,
+        that source is paused and the others go on."""
         marked = 0
-        while self.tailing and not self.stop_event.is_set():
-            state = self.store.get_source(self.source.name)
-            cursor = state.cursor if state else None
-            page = self.source.read_changes(cursor, self.settings.feed_page_size)
-            if page.reset:
-                self.store.reset_cursor(self.source.name, page.cursor)
-                self.reconcile()
+        for name, source in self.sources.items():
+            if not self.tailing[name] or self.pauses[source_pause(name)].active():
                 continue
-            marked += self.store.record_page(self.source.name, page.cursor, page.head, page.marks)
+            try:
+                marked += self._tail(name, source)
+            except StateUnavailable:
+                raise
+            except RetriableError as exc:
+                if strict:
+                    raise
+                if exc.outage:
+                    self.pauses[source_pause(name)].trip(exc)
+                else:
+                    log.warning("reading the change feed failed: %s", exc, extra={"source": name})
+            else:
+                self.pauses[source_pause(name)].clear()
+        return marked
+
+    def _tail(self, name: str, source: Source) -> int:
+        marked = 0
+        while not self.stop_event.is_set():
+            state = self.store.get_source(name)
+            cursor = state.cursor if state else None
+            page = source.read_changes(cursor, self.settings.feed_page_size)
+            if page.reset:
+                self.store.reset_cursor(name, page.cursor)
+                if not source.logs_deletes:
+                    self.reconcile(name)
+                continue
+            marked += self.store.record_page(name, page.cursor, page.head, page.marks)
             self.totals["changes"] += page.changes_read
-            self.metrics.changes_read.labels(self.source.name).inc(page.changes_read)
-            self.metrics.set_feed(self.source.name, page.cursor, page.head)
+            self.metrics.changes_read.labels(name).inc(page.changes_read)
+            self.metrics.set_feed(name, page.cursor, page.head)
             self.beat()
             if page.done:
                 break
         return marked
 
-    def reconcile(self) -> int:
-        """Dirty studies that vanished, changed instance count, or were never seen."""
-        present = self.source.list_studies()
-        known = self.store.known_studies(self.source.name)
-        now = time.time()
-        marks = [DirtyMark(key, now) for key in known if key not in present]
-        marks += [DirtyMark(key, now) for key, n in present.items() if known.get(key, -1) != n]
-        # A study synced moments ago may still be marked with an older count; re-syncing it
-        # is a cheap no-op (content hash), so no special case is needed.
-        self.store.mark_dirty(self.source.name, marks, now)
-        if marks:
-            log.info(
-                "reconcile found %d studies to sync",
-                len(marks),
-                extra={"source": self.source.name, "count": len(marks)},
-            )
-        return len(marks)
+    def reconcile(self, only: str | None = None) -> int:
+        """Dirty studies that vanished, changed instance count, or were never seen, in the
+        sources whose feed does not log deletes."""
+        found = 0
+        for name, source in self.sources.items():
+            if (only and name != only) or source.logs_deletes:
+                continue
+            present = source.list_studies()
+            known = self.store.known_studies(name)
+            now = time.time()
+            marks = [DirtyMark(key, now) for key in known if key not in present]
+            marks += [DirtyMark(key, now) for key, n in present.items() if known.get(key, -1) != n]
+            # A study synced moments ago may still be marked with an older count; re-syncing
+            # it is a cheap no-op (content hash), so no special case is needed.
+            self.store.mark_dirty(name, marks, now)
+            if marks:
+                log.info(
+                    "reconcile found %d studies to sync",
+                    len(marks),
+                    extra={"source": name, "count": len(marks)},
+                )
+            found += len(marks)
+        return found
 
     # --- syncing
 
-    def paused_until(self) -> float | None:
+    def paused_until(self, source: str | None = None) -> float | None:
+        """When the pause blocking syncs ends (the FHIR server's, the state DB's, and the
+        given source's, or any source's without one); None when nothing is paused."""
         now = time.time()
-        ends = [p.until for p in self.pauses.values() if p.active(now)]
+        names = ["fhir", "state"]
+        names += [source_pause(source)] if source else [source_pause(n) for n in self.sources]
+        ends = [self.pauses[n].until for n in names if self.pauses[n].active(now)]
         return max(ends) if ends else None
 
     def sync_round(self, *, wait_for_stable: bool) -> RoundStats:
-        """Sync every study that is due now, `concurrency` at a time (none while paused)."""
+        """Sync every study that is due now, `concurrency` at a time (none while the FHIR
+        server or the state DB is paused; none of a paused source)."""
         stats = RoundStats()
-        if self.paused_until() is not None:
+        now = time.time()
+        if self.pauses["fhir"].active(now) or self.pauses["state"].active(now):
             return stats
         self._release_unrecorded()
-        tasks = self.store.due(self.source.name, limit=self.settings.concurrency * 16)
+        limit = self.settings.concurrency * 16
+        tasks = [
+            task
+            for name in self.sources
+            if not self.pauses[source_pause(name)].active(now)
+            for task in self.store.due(name, limit=limit)
+        ]
         claimed = self.store.claim_many(tasks, self.owner, CLAIM_LEASE)
         for outcome in self._pool.map(lambda t: self.sync_one(t, wait_for_stable), claimed):
             stats.outcomes[outcome] += 1
@@ -270,7 +349,7 @@ class Worker:
 
     def _attempt(self, task: StudyTask, wait_for_stable: bool) -> str:
         """One sync attempt with its failure recorded; only StateUnavailable escapes."""
-        paused = self.paused_until()
+        paused = self.paused_until(task.source)
         if self.stop_event.is_set() or paused is not None:
             self.store.release(task, not_before=paused)
             return "deferred"
@@ -320,7 +399,7 @@ class Worker:
     def _backoff(self, task: StudyTask, exc: RetriableError) -> str:
         status = exc.status
         if exc.outage:
-            which = "source" if isinstance(exc, SourceUnavailable) else "fhir"
+            which = source_pause(task.source) if isinstance(exc, SourceUnavailable) else "fhir"
             until = self.pauses[which].trip(exc)
             self.store.finish_failed(
                 task,
@@ -360,12 +439,13 @@ class Worker:
         return "retry"
 
     def _sync(self, task: StudyTask, wait_for_stable: bool) -> str:
+        source = self.sources[task.source]
         # While a study still receives instances, wait (up to stable_wait_max) instead of
         # writing a version per arrival; the Stable event makes it due again.
         waited = time.time() - (task.dirty_since or time.time())
         may_wait = wait_for_stable and waited < self.settings.stable_wait_max
-        fetched = self.source.fetch_study(task.study_key, unless_unstable=may_wait)
-        self.pauses["source"].clear()  # it answered
+        fetched = source.fetch_study(task.study_key, unless_unstable=may_wait)
+        self.pauses[source_pause(task.source)].clear()  # it answered
         study_uid = fetched.study_uid or task.study_uid
         self._current_uid.value = study_uid
         if fetched.unread:
@@ -373,17 +453,37 @@ class Worker:
             # about half a second; look again soon so the sync follows within a tick.
             self.store.release(task, not_before=time.time() + self.tick)
             return "deferred"
+        location = source.location(task.study_key)
         if fetched.view is None:
-            if study_uid and task.fhir_imagingstudy_id:
-                self.app.writer.remove_study(study_uid)
-                self.pauses["fhir"].clear()
+            self._remove(task, study_uid, location)
             self.store.finish_gone(task)
             return "deleted"
         # Never prepare() here: it frees this worker's claims, including studies in flight.
-        mapped = self.app.mappings.map_study(fetched.view, self.config, self._ensure_endpoint())
+        mapped = self.app.mappings.map_study(
+            fetched.view,
+            self._config(task.source, location),
+            self._endpoint(task.source, location),
+            scope=location.scope,
+        )
         uid, count = fetched.view.uid, fetched.view.instance_count
         warnings = tuple(fetched.warnings) + mapped.warnings
         del fetched  # a large study's metadata need not live through the write
+        match = search_token(mapped.imaging_study)
+        compose: Callable[[], dict[str, Any]] | None = None
+        if self.multi:
+            part = {
+                "patient": mapped.patient,
+                "study": mapped.imaging_study,
+                "placeholder": mapped.patient_placeholder,
+                "endpoint": self._endpoint(task.source, location),
+            }
+            self.store.put_contribution(task.source, task.study_key, match, part)
+            subject = mapped.imaging_study.get("subject")
+
+            def compose() -> dict[str, Any]:
+                return self._union(match, subject)
+
+            mapped = replace(mapped, imaging_study=compose())
         digest = content_hash(mapped.patient, mapped.imaging_study, self.settings.patient_policy)
         patient_id: str | None
         study_id: str | None
@@ -395,14 +495,49 @@ class Worker:
             )
         else:
             never_written = task.fhir_imagingstudy_id is None and task.content_hash is None
-            result = self.app.writer.upsert_study(mapped, new=never_written)
+            result = self.app.writer.upsert_study(mapped, new=never_written, compose=compose)
             self.pauses["fhir"].clear()  # it answered
             patient_id, study_id = result.patient_id, result.imaging_study_id
             outcome = "synced" if result.wrote else "unchanged"
         self.store.finish_clean(
-            task, SyncOutcome(uid, digest, patient_id, study_id, count, warnings)
+            task, SyncOutcome(uid, digest, patient_id, study_id, count, warnings, match)
         )
         return outcome
+
+    def _parts(self, match: str) -> list[Contribution]:
+        """The configured sources' parts of a study, highest priority first."""
+        parts = [c for c in self.store.contributions(match) if c.source in self.priority]
+        return sorted(parts, key=lambda c: (self.priority[c.source], c.study_key))
+
+    def _union(self, match: str, subject: Any) -> dict[str, Any]:
+        parts = self._parts(match)
+        if not parts:
+            raise FhirConflict("the study's parts vanished while it was written; re-reading")
+        return union([Part(c.body["study"], c.body.get("endpoint")) for c in parts], subject)
+
+    def _remove(self, task: StudyTask, study_uid: str | None, location: StudyLocation) -> None:
+        """Reflect a study gone from one source: with several sources, write what the
+        others still hold of it; otherwise (or when none does) remove the ImagingStudy."""
+        match = task.match_key or (study_token(study_uid, location.scope) if study_uid else None)
+        if self.multi:
+            match = self.store.drop_contribution(task.source, task.study_key) or match
+            parts = self._parts(match) if match else []
+            if match and parts:
+                first = parts[0].body
+                subject = first["study"].get("subject")
+                remaining = MappedStudy(
+                    study_uid or "",
+                    first["patient"],
+                    self._union(match, subject),
+                    first["placeholder"],
+                    (),
+                )
+                self.app.writer.upsert_study(remaining, compose=lambda: self._union(match, subject))
+                self.pauses["fhir"].clear()
+                return
+        if match and (task.fhir_imagingstudy_id or self.multi):
+            self.app.writer.remove_study(match)
+            self.pauses["fhir"].clear()
 
     # --- running
 
@@ -427,24 +562,26 @@ class Worker:
                 self.stop_event.wait(max(0.05, wake - time.time()))
         finally:
             self._let_go()
-        counts = self.store.counts(self.source.name)
+        counts = self.counts()
         left = counts.get("failed", 0) + counts.get("dirty", 0)
         return 1 if left else 0
 
     def _next_wake(self) -> float | None:
-        due = self.store.next_due(self.source.name)
-        paused = self.paused_until()
-        if due is None:
-            return None
-        return max(due, paused or 0.0)
+        wakes = []
+        for name in self.sources:
+            due = self.store.next_due(name)
+            if due is not None:
+                wakes.append(max(due, self.paused_until(name) or 0.0))
+        return min(wakes) if wakes else None
 
     def _let_go(self) -> None:
-        """Hand the source's lease back, so `cursor set` and other workers need not wait."""
-        try:
-            self.store.release_source(self.source.name, self.owner)
-        except StateUnavailable as exc:
-            log.warning("could not release the source lease: %s", exc)
-        self.tailing = False
+        """Hand the sources' leases back, so `cursor set` and other workers need not wait."""
+        for name in self.sources:
+            try:
+                self.store.release_source(name, self.owner)
+            except StateUnavailable as exc:
+                log.warning("could not release the source lease: %s", exc, extra={"source": name})
+            self.tailing[name] = False
 
     def run_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """The long-running worker: poll, sync, and scan on schedules until SIGTERM/SIGINT.
@@ -466,7 +603,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
         scheduler.start()
-        log.info("worker running", extra={"source": self.source.name, "owner": self.owner})
+        log.info("worker running", extra={"sources": list(self.sources), "owner": self.owner})
         if on_ready:
             on_ready()
         try:
@@ -482,7 +619,7 @@ class Worker:
                     f"studies still in flight after {self.settings.shutdown_timeout:g} s; "
                     "exiting without them (they will be synced again)"
                 )
-            log.info("stopped", extra={"source": self.source.name})
+            log.info("stopped", extra={"sources": list(self.sources)})
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stop_event.is_set():
@@ -507,23 +644,20 @@ class Worker:
         self.beat()
         now = time.monotonic()
         feed_due = now - self._tailed_at >= self.settings.poll_interval - self.tick / 2
-        if feed_due and self.tailing and not self.pauses["source"].active():
+        if feed_due and any(self.tailing.values()):
             self._tailed_at = now
             try:
-                self.tail()
-            except RetriableError as exc:
-                if not exc.outage and not isinstance(exc, StateUnavailable):
-                    raise
-                self.pauses["state" if isinstance(exc, StateUnavailable) else "source"].trip(exc)
-            else:
-                self.pauses["source"].clear()
+                self.tail(strict=False)
+            except StateUnavailable as exc:
+                self.pauses["state"].trip(exc)
         while not self.stop_event.is_set():
             if self.sync_round(wait_for_stable=True).attempted == 0:
                 break
 
     def _reconcile_job(self) -> None:
-        if self.tailing and not self.pauses["source"].active():
-            self.reconcile()
+        for name in self.sources:
+            if self.tailing[name] and not self.pauses[source_pause(name)].active():
+                self.reconcile(name)
 
     def _guarded(self, job: Callable[[], object]) -> Callable[[], None]:
         """A scheduled job logs its failure and lets the next run try again."""
@@ -532,11 +666,16 @@ class Worker:
             try:
                 job()
             except DicomcastError as exc:
-                log.warning("%s failed: %s", job.__name__, exc, extra={"source": self.source.name})
+                log.warning("%s failed: %s", job.__name__, exc)
             except Exception:
                 log.exception("%s failed unexpectedly", job.__name__)
 
         return run
+
+
+def source_pause(name: str) -> str:
+    """The pause (and readiness check, and `dependency` label) of one source."""
+    return f"source:{name}"
 
 
 def _now() -> dt.datetime:

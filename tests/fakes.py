@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from dicomcast.sandbox.samples import StudySpec, instances
-from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.state.store import DirtyMark
 from dicomcast.studyview import build_study_views
@@ -23,6 +23,8 @@ class FakeSource:
     """Studies held in memory as DICOM JSON; `feed` lists study keys in change order."""
 
     kind = "fake"
+    logs_deletes = False
+    location_ = StudyLocation("http://fake.test/dicom-web", "default")
 
     def __init__(self, studies: dict[str, list[Any]], name: str = "default") -> None:
         self.name = name
@@ -55,6 +57,12 @@ class FakeSource:
 
     def lookup_study(self, study_uid: str) -> list[str]:
         return [k for k in self.studies if k == study_uid]
+
+    def location(self, key: str) -> StudyLocation:
+        return self.location_
+
+    def default_location(self) -> StudyLocation:
+        return self.location_
 
     def check(self, timeout: float = 5.0) -> str:
         return "fake source"

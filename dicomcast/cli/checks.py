@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomcast.app import load_mappings, make_source, mapping_config
 from dicomcast.cli.common import ConfigOption, guard, settings_from
-from dicomcast.config import Settings
+from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import DicomcastError, StudyError
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import create_entry
@@ -95,22 +96,23 @@ def check_config(config: ConfigOption = None) -> None:
     typer.echo(f"settings    ok ({json.dumps(settings.public_dict(), default=str)})")
     typer.echo(f"mappings    ok ({mappings.folder})")
     failed = False
-    probes: list[tuple[str, Callable[[Settings], str]]] = [
-        ("source", _probe_source),
-        ("fhir", _probe_fhir),
-        ("state", _probe_state),
+    probes: list[tuple[str, Callable[[], str]]] = [
+        (f"source:{source.name}", functools.partial(_probe_source, settings, source))
+        for source in settings.source_list()
     ]
+    probes += [("fhir", lambda: _probe_fhir(settings)), ("state", lambda: _probe_state(settings))]
+    width = max(12, *(len(name) + 2 for name, _ in probes))
     for name, probe in probes:
         try:
-            typer.echo(f"{name:<12}ok ({probe(settings)})")
+            typer.echo(f"{name:<{width}}ok ({probe()})")
         except (DicomcastError, SQLAlchemyError) as exc:
             failed = True
-            typer.echo(f"{name:<12}FAILED: {exc}")
+            typer.echo(f"{name:<{width}}FAILED: {exc}")
     raise typer.Exit(1 if failed else 0)
 
 
-def _probe_source(settings: Settings) -> str:
-    source = make_source(settings)
+def _probe_source(settings: Settings, config: SourceSettings) -> str:
+    source = make_source(settings, config)
     try:
         return source.check()
     finally:

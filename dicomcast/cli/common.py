@@ -7,6 +7,7 @@ may pass (a server or the state DB unavailable) or an operator command refused.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dicomcast.config import Settings, load_settings
-from dicomcast.errors import DicomcastError, FatalError
+from dicomcast.errors import ConfigError, DicomcastError, FatalError, OperatorError
 from dicomcast.ops.logging import setup_logging
 from dicomcast.state.store import StateStore
 
@@ -25,6 +26,28 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML or YAML settings file (else $DICOMCAST_CONFIG)."),
 ]
+
+
+SourceOption = Annotated[
+    str | None,
+    typer.Option("--source", "-s", help="Which source (default: every configured one)."),
+]
+
+
+def source_names(settings: Settings, store: StateStore, only: str | None = None) -> list[str]:
+    """The sources a command acts on: the one named, else every configured one (or, with
+    no source configured, every one the state DB knows)."""
+    if only:
+        known = set(store.sources())
+        with contextlib.suppress(ConfigError):  # none configured: the state DB's names
+            known |= {s.name for s in settings.source_list()}
+        if only not in known:
+            raise OperatorError(f"no source named {only!r} (known: {', '.join(sorted(known))})")
+        return [only]
+    try:
+        return [s.name for s in settings.source_list()]
+    except ConfigError:
+        return store.sources() or [settings.source_name]
 
 
 def guard(fn: Callable[[], T]) -> T:

@@ -12,8 +12,17 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dicomcast.app import make_source
-from dicomcast.cli.common import ConfigOption, iso, settings_from, with_store
+from dicomcast.cli.common import (
+    ConfigOption,
+    SourceOption,
+    iso,
+    settings_from,
+    source_names,
+    with_store,
+)
 from dicomcast.config import Settings
+from dicomcast.errors import ConfigError
+from dicomcast.sources.azure import parse_v2_cursor
 from dicomcast.state.models import StudyRow
 from dicomcast.state.store import DirtyMark, StateStore
 
@@ -50,10 +59,14 @@ def _failure(row: StudyRow) -> dict[str, Any]:
 @failures.command("list")
 def failures_list(
     config: ConfigOption = None,
+    source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Every study parked as failed or backing off, with the reason."""
-    rows = _with_store(config, lambda s, store: store.failures(s.source_name))
+    rows = _with_store(
+        config,
+        lambda s, store: [r for n in source_names(s, store, source) for r in store.failures(n)],
+    )
     items = [_failure(r) for r in rows]
     if as_json:
         typer.echo(json.dumps(items, indent=2))
@@ -73,9 +86,14 @@ def failures_list(
 
 
 @failures.command("show")
-def failures_show(study: StudyArg, config: ConfigOption = None) -> None:
+def failures_show(
+    study: StudyArg, config: ConfigOption = None, source: SourceOption = None
+) -> None:
     """The whole record of one study: error, server's OperationOutcome, warnings, attempts."""
-    rows = _with_store(config, lambda s, store: store.find(s.source_name, study))
+    rows = _with_store(
+        config,
+        lambda s, store: [r for n in source_names(s, store, source) for r in store.find(n, study)],
+    )
     if not rows:
         typer.echo(f"dicomcast: no study {study!r} in the state database", err=True)
         raise typer.Exit(1)
@@ -97,31 +115,37 @@ def failures_retry(
     study: Annotated[str | None, typer.Argument(help="StudyInstanceUID or study key.")] = None,
     retry_all: Annotated[bool, typer.Option("--all", help="Retry every failed study.")] = False,
     config: ConfigOption = None,
+    source: SourceOption = None,
 ) -> None:
     """Make failed studies due now, with their attempts reset (after fixing the cause)."""
     if (study is None) == (not retry_all):
         typer.echo("dicomcast: name one STUDY, or give --all", err=True)
         raise typer.Exit(2)
-    count = _with_store(config, lambda s, store: store.retry(s.source_name, study))
+    count = _with_store(
+        config,
+        lambda s, store: sum(store.retry(n, study) for n in source_names(s, store, source)),
+    )
     typer.echo(f"{count} studies queued for retry; a running worker takes them on its next cycle")
     if study is not None and count == 0:
         raise typer.Exit(1)
 
 
-def resync(study: StudyArg, config: ConfigOption = None) -> None:
+def resync(study: StudyArg, config: ConfigOption = None, source: SourceOption = None) -> None:
     """Force one study through again, written to FHIR even if nothing changed."""
 
     def run(settings: Settings, store: StateStore) -> int:
-        keys = [row.study_key for row in store.find(settings.source_name, study)]
-        if not keys:  # not synced yet: ask the archive which study that UID is
-            source = make_source(settings)
-            try:
-                keys = source.lookup_study(study)
-            finally:
-                source.close()
-        if not keys:
-            return 0
-        return store.resync(settings.source_name, [DirtyMark(k, time.time()) for k in keys])
+        count = 0
+        for name in source_names(settings, store, source):
+            keys = [row.study_key for row in store.find(name, study)]
+            if not keys:  # not synced yet: ask the archive which study that UID is
+                client = make_source(settings, settings.find_source(name))
+                try:
+                    keys = client.lookup_study(study)
+                finally:
+                    client.close()
+            if keys:
+                count += store.resync(name, [DirtyMark(k, time.time()) for k in keys])
+        return count
 
     count = _with_store(config, run)  # a missing source URL exits 2, as every fatal error
     if not count:
@@ -131,33 +155,69 @@ def resync(study: StudyArg, config: ConfigOption = None) -> None:
 
 
 @cursor.command("show")
-def cursor_show(config: ConfigOption = None) -> None:
-    """The feed position, the feed's head, and which worker holds the source."""
-    summary = _with_store(config, lambda s, store: store.summary(s.source_name))
-    held = summary.holder_now()
-    typer.echo(f"source   {summary.source}")
-    typer.echo(f"cursor   {summary.cursor if summary.cursor is not None else '-'}")
-    typer.echo(f"head     {summary.feed_head if summary.feed_head is not None else '-'}")
-    typer.echo(f"held by  {held or '-'}")
+def cursor_show(config: ConfigOption = None, source: SourceOption = None) -> None:
+    """The feed position, the feed's head, and which worker holds each source."""
+    summaries = _with_store(
+        config,
+        lambda s, store: [store.summary(n) for n in source_names(s, store, source)],
+    )
+    for i, summary in enumerate(summaries):
+        held = summary.holder_now()
+        if i:
+            typer.echo("")
+        typer.echo(f"source   {summary.source}")
+        typer.echo(f"cursor   {summary.cursor if summary.cursor is not None else '-'}")
+        typer.echo(f"head     {summary.feed_head if summary.feed_head is not None else '-'}")
+        typer.echo(f"held by  {held or '-'}")
 
 
 @cursor.command("set")
 def cursor_set(
-    value: Annotated[str, typer.Argument(help="The new position (Orthanc: a change Seq).")],
+    value: Annotated[
+        str,
+        typer.Argument(
+            help="The new position: a sequence number (Orthanc, change feed v1) or an ISO "
+            "time (change feed v2)."
+        ),
+    ],
     config: ConfigOption = None,
+    source: SourceOption = None,
 ) -> None:
     """Move the feed position, e.g. to skip or replay history. Refused while a worker runs.
 
     Replaying is safe (syncs are idempotent). Skipping forward leaves the skipped studies to
-    the periodic reconcile scan."""
-    if not value.isdigit():
-        typer.echo(f"dicomcast: {value!r} is not a change sequence number", err=True)
-        raise typer.Exit(2)
+    the periodic reconcile scan (Orthanc) or to `resync`."""
 
     def run(settings: Settings, store: StateStore) -> str | None:
-        before = store.summary(settings.source_name).cursor
-        store.set_cursor(settings.source_name, value)
+        (name,) = source_names(settings, store, source or _only_source(settings))
+        _check_cursor(settings, name, value)
+        before = store.summary(name).cursor
+        store.set_cursor(name, value)
         return before
 
     before = _with_store(config, run)
     typer.echo(f"cursor moved from {before} to {value}")
+
+
+def _only_source(settings: Settings) -> str | None:
+    """The source `cursor set` means without --source; never a guess among several."""
+    try:
+        sources = settings.source_list()
+    except ConfigError:
+        return None  # nothing configured here: the state DB names the source
+    if len(sources) > 1:
+        names = ", ".join(s.name for s in sources)
+        raise ConfigError(f"several sources are configured; say which with --source ({names})")
+    return sources[0].name
+
+
+def _check_cursor(settings: Settings, name: str, value: str) -> None:
+    """Refuse a position the source's feed cannot read from (a fatal error: exit 2)."""
+    try:
+        config = settings.find_source(name)
+    except ConfigError:
+        config = None  # not configured here: only a sequence number is safe
+    if config is not None and config.kind == "azure-dicom" and config.api_version == "v2":
+        parse_v2_cursor(value)
+    elif not value.isdigit():
+        raise ConfigError(f"{value!r} is not a change sequence number")

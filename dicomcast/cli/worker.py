@@ -10,11 +10,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dicomcast.app import build_app
-from dicomcast.cli.common import ConfigOption, guard, iso, settings_from, with_store
+from dicomcast.cli.common import (
+    ConfigOption,
+    SourceOption,
+    guard,
+    iso,
+    settings_from,
+    source_names,
+    with_store,
+)
 from dicomcast.config import Settings
 from dicomcast.ops.health import Health
 from dicomcast.ops.listener import Listener
-from dicomcast.state.store import StateStore
+from dicomcast.state.store import SourceSummary, StateStore
 
 if TYPE_CHECKING:
     from dicomcast.worker import RoundStats, Worker
@@ -35,12 +43,12 @@ def run(
     try:
         if once:
             started = time.monotonic()
-            progress = _Progress(built.store, built.source.name) if sys.stderr.isatty() else None
+            progress = _Progress(built.store, list(built.sources)) if sys.stderr.isatty() else None
             code = guard(lambda: worker.run_once(progress))
             if progress:
                 progress.done()
             totals = dict(worker.totals)
-            counts = built.store.counts(built.source.name)
+            counts = worker.counts()
             typer.echo(
                 f"dicomcast: {totals.get('synced', 0)} synced, "
                 f"{totals.get('unchanged', 0)} unchanged, {totals.get('deleted', 0)} deleted, "
@@ -78,9 +86,9 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
 class _Progress:
     """A one-line progress display for a backfill on a terminal (stderr, redrawn in place)."""
 
-    def __init__(self, store: StateStore, source: str) -> None:
+    def __init__(self, store: StateStore, sources: list[str]) -> None:
         self.store = store
-        self.source = source
+        self.sources = sources
         self.started = time.monotonic()
         self.done_count = 0
         self.outcomes: dict[str, int] = {}
@@ -89,7 +97,7 @@ class _Progress:
         for outcome, n in stats.outcomes.items():
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
         self.done_count += stats.attempted
-        waiting = self.store.counts(self.source).get("dirty", 0)
+        waiting = sum(self.store.counts(name).get("dirty", 0) for name in self.sources)
         total = self.done_count + waiting
         rate = self.done_count / max(0.001, time.monotonic() - self.started)
         eta = f", about {waiting / rate:.0f} s left" if rate > 0 and waiting else ""
@@ -102,8 +110,15 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _status(settings: Settings) -> dict[str, Any]:
-    info = with_store(settings, lambda store: store.summary(settings.source_name))
+def _status(settings: Settings, only: str | None = None) -> dict[str, Any]:
+    summaries = with_store(
+        settings,
+        lambda store: [store.summary(name) for name in source_names(settings, store, only)],
+    )
+    return {"sources": [_source_status(info) for info in summaries]}
+
+
+def _source_status(info: SourceSummary) -> dict[str, Any]:
     now = time.time()
     cursor, head = info.cursor, info.feed_head
     lag = None
@@ -127,13 +142,19 @@ def _status(settings: Settings) -> dict[str, Any]:
 
 def status(
     config: ConfigOption = None,
+    source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show how far behind FHIR is: events and seconds, dirty and failed studies, by reason."""
-    info = _status(settings_from(config))
+    """Show how far behind FHIR is, per source: events and seconds, dirty and failed
+    studies, by reason."""
+    report = _status(settings_from(config), source)
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        typer.echo(json.dumps(report, indent=2))
         return
+    typer.echo("\n\n".join(_status_text(info) for info in report["sources"]))
+
+
+def _status_text(info: dict[str, Any]) -> str:
     studies = info["studies"]
     behind = f"  ({info['lag_events']} events behind)" if info["lag_events"] is not None else ""
     lines = [
@@ -153,4 +174,4 @@ def status(
             + ", ".join(f"{k}: {n}" for k, n in sorted(info["failures_by_kind"].items()))
             + "   (see: dicomcast failures list)"
         )
-    typer.echo("\n".join(lines))
+    return "\n".join(lines)

@@ -13,11 +13,10 @@ import httpx
 from dicomcast.config import Settings
 from dicomcast.errors import FhirRejected, FhirUnavailable
 from dicomcast.http import (
-    BearerToken,
-    ClientCredentials,
     Observer,
     RetryPolicy,
     classify,
+    make_auth,
     make_client,
     send,
 )
@@ -28,18 +27,21 @@ FHIR_JSON = "application/fhir+json"
 def fhir_auth(
     settings: Settings, transport: httpx.BaseTransport | None = None
 ) -> httpx.Auth | None:
-    if settings.fhir_oauth_token_url and settings.fhir_client_id and settings.fhir_client_secret:
-        return ClientCredentials(
-            settings.fhir_oauth_token_url,
-            settings.fhir_client_id,
-            settings.fhir_client_secret.get_secret_value(),
-            settings.fhir_scope,
-            verify=_verify(settings),
-            transport=transport,
-        )
-    if settings.fhir_token:
-        return BearerToken(settings.fhir_token.get_secret_value())
-    return None
+    """Client credentials (any OAuth2 server, or Entra ID by tenant), a managed identity,
+    or a static token; for Azure the scope defaults to the FHIR service's `/.default`."""
+    azure_scope = f"{settings.fhir_url}/.default" if settings.fhir_url else None
+    credentials = settings.fhir_client_secret is not None and settings.fhir_token_url
+    return make_auth(
+        token=None if credentials else settings.fhir_token,
+        token_url=settings.fhir_token_url,
+        client_id=settings.fhir_client_id,
+        client_secret=settings.fhir_client_secret,
+        scope=settings.fhir_scope
+        or (azure_scope if settings.fhir_tenant_id or settings.fhir_managed_identity else None),
+        use_managed_identity=settings.fhir_managed_identity,
+        verify=_verify(settings),
+        transport=transport,
+    )
 
 
 def _verify(settings: Settings) -> bool | str:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from dicomcast.config import DeletedStudyPolicy, PatientPolicy
 from dicomcast.errors import FhirConflict, MappingError
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 SERVER_OWNED = ("id", "meta")
 CONFLICT_ATTEMPTS = 4
 KNOWN_PATIENTS = 100_000  # Patients remembered as reconciled (token -> content digest)
+Compose = Callable[[], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -171,10 +171,14 @@ class FhirWriter:
 
     # --- studies
 
-    def upsert_study(self, mapped: MappedStudy, *, new: bool = False) -> UpsertResult:
+    def upsert_study(
+        self, mapped: MappedStudy, *, new: bool = False, compose: Compose | None = None
+    ) -> UpsertResult:
         """Make the server hold `mapped`; no request beyond the read when nothing changed.
 
-        `new` says this worker never wrote the study: try the one-request create first."""
+        `new` says this worker never wrote the study: try the one-request create first.
+        `compose`, when several sources hold the study, recomputes the desired ImagingStudy
+        after each read: a conflict then merges what another source wrote meanwhile."""
         if new and self.max_entries >= 2:
             try:
                 created = self._create_both(mapped)
@@ -184,7 +188,7 @@ class FhirWriter:
                 return created
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                result = self._upsert_once(mapped)
+                result = self._upsert_once(mapped, compose)
                 self._remember(mapped.patient)
                 return result
             except FhirConflict:
@@ -195,7 +199,7 @@ class FhirWriter:
                 )
         raise FhirConflict(f"study {mapped.study_uid} kept changing on the FHIR server")
 
-    def _upsert_once(self, mapped: MappedStudy) -> UpsertResult:
+    def _upsert_once(self, mapped: MappedStudy, compose: Compose | None) -> UpsertResult:
         patient_token = search_token(mapped.patient)
         study_token = search_token(mapped.imaging_study)
         patients, studies = self.client.search_many(
@@ -216,7 +220,8 @@ class FhirWriter:
             if _comparable(merged) != _comparable(current_patient):
                 patient_entry = self._update(merged, current_patient)
 
-        desired = _replace_refs(mapped.imaging_study, mapped.patient_placeholder, patient_ref)
+        wanted = compose() if compose else mapped.imaging_study
+        desired = _replace_refs(wanted, mapped.patient_placeholder, patient_ref)
         study_entry: dict[str, Any] | None = None
         if current_study is None:
             study_entry = create_entry(desired)
@@ -312,9 +317,9 @@ class FhirWriter:
             request["ifMatch"] = version
         return {"resource": resource, "request": request}
 
-    def remove_study(self, study_uid: str) -> int:
-        """Reflect a deleted study: delete its ImagingStudy, or mark it entered-in-error."""
-        token = quote(f"urn:dicom:uid|urn:oid:{study_uid}", safe=":/|")
+    def remove_study(self, token: str) -> int:
+        """Reflect a deleted study, found by its match-key search token: delete its
+        ImagingStudy, or mark it entered-in-error."""
         for _ in range(CONFLICT_ATTEMPTS):
             matches = self.client.search(f"ImagingStudy?identifier={token}")
             try:
@@ -328,4 +333,4 @@ class FhirWriter:
             except FhirConflict:
                 continue  # changed under us: read again
             return len(matches)
-        raise FhirConflict(f"study {study_uid} kept changing while it was being removed")
+        raise FhirConflict(f"study {token} kept changing while it was being removed")

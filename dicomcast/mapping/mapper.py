@@ -69,6 +69,13 @@ def search_token(resource: Mapping[str, Any]) -> str:
     return quote(f"{_escape(system)}|{_escape(value)}", safe=":/|")
 
 
+def study_token(study_uid: str, scope: str | None = None) -> str:
+    """The match-key search token of the ImagingStudy of `study_uid` (in `scope`, if any),
+    as the bundled mappings and `map_study` write it."""
+    key = {"system": scope or "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}
+    return search_token({"identifier": [key]})
+
+
 def validate(resource: dict[str, Any]) -> None:
     """Check a resource against the R4B model; `MappingError` naming the bad elements."""
     model = get_fhir_model_class(resource["resourceType"])
@@ -178,16 +185,27 @@ class Mappings:
         return built
 
     def map_study(
-        self, study: StudyView, config: Mapping[str, Any], endpoint_ref: str | None
+        self,
+        study: StudyView,
+        config: Mapping[str, Any],
+        endpoint_ref: str | None,
+        scope: str | None = None,
     ) -> MappedStudy:
-        """Patient + ImagingStudy for a study; the ImagingStudy points at placeholders."""
+        """Patient + ImagingStudy for a study; the ImagingStudy points at placeholders.
+
+        `scope` names the namespace of a study whose UID is unique only there (a data
+        partition): its match key becomes `scope|urn:oid:<uid>`, ahead of the mapped
+        identifiers, so the same UID in two partitions makes two ImagingStudies."""
         run = self._run(config)
         run.warnings.extend(study.warnings)
-        scope = Scope(study.data, study)
-        patient = self._build("Patient", scope, run)
+        view_scope = Scope(study.data, study)
+        patient = self._build("Patient", view_scope, run)
         patient_ref = placeholder("Patient", search_token(patient))
         run.refs = {"Patient": patient_ref, **({"Endpoint": endpoint_ref} if endpoint_ref else {})}
-        imaging_study = self._build("ImagingStudy", scope, run)
+        imaging_study = self._build("ImagingStudy", view_scope, run)
+        if scope:
+            scoped = {"system": scope, "value": f"urn:oid:{study.uid}"}
+            imaging_study["identifier"] = [scoped, *imaging_study.get("identifier", [])]
         match_key(imaging_study)
         validate(patient)
         validate(validation_sample(imaging_study))

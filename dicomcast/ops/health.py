@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomcast.errors import DicomcastError
+from dicomcast.worker import source_pause
 
 if TYPE_CHECKING:
     from dicomcast.worker import Worker
@@ -61,11 +62,10 @@ class Health:
 
     def _probe(self) -> Report:
         app = self.worker.app
-        probes: dict[str, Callable[[], object]] = {
-            "state": app.store.ping,
-            "source": app.source.check,
-            "fhir": app.fhir.ping,
-        }
+        probes: dict[str, Callable[[], object]] = {"state": app.store.ping}
+        for name, source in app.sources.items():
+            probes[source_pause(name)] = source.check
+        probes["fhir"] = app.fhir.ping
         checks: dict[str, str] = {}
         for name, probe in probes.items():
             try:

@@ -1,5 +1,9 @@
 """What every kind of DICOM server offers the worker: a change feed that names studies, the
-current state of one study, and a cheap list of all studies (for deletions no feed logs)."""
+current state of one study, where a study can be retrieved from (its FHIR Endpoint), and,
+for servers whose feed does not log deletions, a cheap list of all studies.
+
+A study key is the source's own name for a study, opaque to everyone else: an Orthanc study
+ID, or `partition/StudyInstanceUID` for the Microsoft DICOM service."""
 
 from __future__ import annotations
 
@@ -40,9 +44,21 @@ class FetchedStudy:
     unread: bool = False
 
 
+@dataclass(frozen=True)
+class StudyLocation:
+    """Where a study lives: the DICOMweb base its FHIR Endpoint publishes, and the namespace
+    its StudyInstanceUID is unique in (None: the shared one, where the same UID from several
+    sources is one study; a URI for a data partition that keeps its studies apart)."""
+
+    address: str
+    endpoint_name: str
+    scope: str | None = None
+
+
 class Source(Protocol):
     name: str
     kind: str
+    logs_deletes: bool  # the feed names deleted studies: no reconcile scan needed
     observe: Callable[[int | None, float], None] | None  # told of every request, for metrics
     keep_tags: frozenset[str] | None  # the only tags worth reading (None: every tag)
 
@@ -54,7 +70,17 @@ class Source(Protocol):
         ...
 
     def list_studies(self) -> dict[str, int]:
-        """Every study key the server holds now, with its instance count."""
+        """Every study key the server holds now, with its instance count (only called when
+        the feed does not log deletes)."""
+        ...
+
+    def location(self, key: str) -> StudyLocation:
+        """Where the study with this key is retrieved from; never a request."""
+        ...
+
+    def default_location(self) -> StudyLocation | None:
+        """The location of every study, when it does not depend on the study (its Endpoint
+        is then made at start-up); None when it does (data partitions)."""
         ...
 
     def lookup_study(self, study_uid: str) -> list[str]:

@@ -16,20 +16,19 @@ instance counts catch.
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
-from dicomcast.http import BearerToken, RetryPolicy, make_client, send
-from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.http import Observer, RetryPolicy, make_auth, make_client, send
+from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
+from dicomcast.sources.rest import NotFound, RestReader
 from dicomcast.state.store import DirtyMark
 from dicomcast.studyview import build_study_views, dataset_filter, text_value
 
@@ -60,12 +59,9 @@ def _seq(value: Any) -> int | None:
     return None
 
 
-class NotFound(Exception):
-    """The resource is gone (404) — normal for anything deleted after the event."""
-
-
 class OrthancSource:
     kind = "orthanc"
+    logs_deletes = False
 
     def __init__(
         self,
@@ -79,52 +75,42 @@ class OrthancSource:
         self.name = settings.name
         self.retry = retry or RetryPolicy()
         self.settings = settings
-        auth: httpx.Auth | None = None
-        if settings.token:
-            auth = BearerToken(settings.token.get_secret_value())
-        elif settings.username:
-            password = settings.password.get_secret_value() if settings.password else ""
-            auth = httpx.BasicAuth(settings.username, password)
+        auth = make_auth(
+            token=settings.token,
+            username=settings.username,
+            password=settings.password,
+            token_url=settings.token_url,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            scope=settings.oauth_scope,
+            use_managed_identity=settings.managed_identity,
+            verify=verify,
+        )
+        self._location = StudyLocation(settings.published_url, settings.name)
         self.http = make_client(
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
         )
-        self.observe: Callable[[int | None, float], None] | None = None  # for metrics
+        self.rest = RestReader(self.http, "Orthanc", self.retry)
         self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
         # series -> study; series are few and immutable in parentage, so caching is safe.
         self._series_study: OrderedDict[str, str] = OrderedDict()
 
+    @property
+    def observe(self) -> Observer | None:
+        return self.rest.observe
+
+    @observe.setter
+    def observe(self, value: Observer | None) -> None:
+        self.rest.observe = value
+
     def close(self) -> None:
         self.http.close()
 
-    def _get(
-        self,
-        path: str,
-        *,
-        object_hook: Callable[[dict[str, Any]], Any] | None = None,
-        **params: Any,
-    ) -> Any:
-        def once() -> Any:
-            try:
-                response = send(
-                    self.http,
-                    "GET",
-                    path,
-                    f"Orthanc GET {path}",
-                    SourceUnavailable,
-                    SourceRejected,
-                    observe=self.observe,
-                    params=params or None,
-                )
-            except SourceRejected as exc:
-                if exc.status == 404:
-                    raise NotFound(path) from None
-                raise
-            try:
-                return json.loads(response.content, object_hook=object_hook)
-            except ValueError:
-                raise SourceUnavailable(f"Orthanc GET {path}: answer is not JSON") from None
+    def location(self, key: str) -> StudyLocation:
+        return self._location
 
-        return self.retry.call(once)
+    def default_location(self) -> StudyLocation:
+        return self._location
 
     def check(self, timeout: float = 5.0) -> str:
         """One quick, unretried GET /system: for readiness and `check-config`."""
@@ -147,7 +133,7 @@ class OrthancSource:
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
         since = int(cursor or 0)
-        page = self._get("changes", since=since, limit=limit)
+        page = self.rest.get("changes", since=since, limit=limit)
         if not isinstance(page, dict) or not isinstance(page.get("Changes", []), list):
             raise SourceUnavailable("Orthanc /changes answer is not a change page")
         changes = [c for c in page.get("Changes") or [] if isinstance(c, dict)]
@@ -200,7 +186,7 @@ class OrthancSource:
     def _series_parent(self, series_id: str) -> str:
         study = self._series_study.get(series_id)
         if study is None:
-            study = str(self._get(f"series/{series_id}")["ParentStudy"])
+            study = str(self.rest.get(f"series/{series_id}")["ParentStudy"])
             self._series_study[series_id] = study
             if len(self._series_study) > 50_000:
                 self._series_study.popitem(last=False)
@@ -210,7 +196,7 @@ class OrthancSource:
 
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         try:
-            study = self._get(f"studies/{key}")
+            study = self.rest.get(f"studies/{key}")
         except NotFound:
             return FetchedStudy(key, None)
         study_uid = str(study.get("MainDicomTags", {}).get("StudyInstanceUID") or "").strip()
@@ -221,7 +207,7 @@ class OrthancSource:
             return FetchedStudy(key, None, stable=False, study_uid=study_uid, unread=True)
         patient_id = study.get("PatientMainDicomTags", {}).get("PatientID")
         try:
-            metadata = self._get(
+            metadata = self.rest.get(
                 f"dicom-web/studies/{study_uid}/metadata",
                 object_hook=dataset_filter(self.keep_tags) if self.keep_tags else None,
             )
@@ -246,16 +232,7 @@ class OrthancSource:
 
     def lookup_study(self, study_uid: str) -> list[str]:
         def once() -> Any:
-            return send(
-                self.http,
-                "POST",
-                "tools/lookup",
-                "Orthanc lookup",
-                SourceUnavailable,
-                SourceRejected,
-                observe=self.observe,
-                content=study_uid,
-            ).json()
+            return self.rest.request("POST", "tools/lookup", content=study_uid).json()
 
         found = self.retry.call(once)
         return [
@@ -270,7 +247,7 @@ class OrthancSource:
         counts: dict[str, int] = {}
         since, limit = 0, 1000
         while True:
-            page = self._get("series", expand="", since=since, limit=limit)
+            page = self.rest.get("series", expand="", since=since, limit=limit)
             if not isinstance(page, list):
                 raise SourceUnavailable("Orthanc /series did not return a list")
             for series in page:

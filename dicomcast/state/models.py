@@ -4,7 +4,7 @@ compare on SQLite and PostgreSQL alike. The schema is owned by the Alembic migra
 
 from __future__ import annotations
 
-from sqlalchemy import Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Float, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -61,3 +61,18 @@ class StudyRow(Base):
     instance_count: Mapped[int | None] = mapped_column(Integer)
     warnings: Mapped[str | None] = mapped_column(Text)
     last_synced_at: Mapped[float | None] = mapped_column(Float)
+    match_key: Mapped[str | None] = mapped_column(String(300))  # FHIR `identifier=` token
+
+
+class ContributionRow(Base):
+    """One source's mapped part of a study several sources may hold (see migration 0003)."""
+
+    __tablename__ = "contributions"
+    __table_args__ = (UniqueConstraint("source", "study_key", name="uq_contributions_source_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100))
+    study_key: Mapped[str] = mapped_column(String(200))
+    match_key: Mapped[str] = mapped_column(String(300), index=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed JSON
+    updated_at: Mapped[float] = mapped_column(Float)

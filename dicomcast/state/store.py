@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from sqlalchemy.pool import StaticPool
 
 from dicomcast.config import mask_url
 from dicomcast.errors import ConfigError, OperatorError, StateSchemaError, StateUnavailable
-from dicomcast.state.models import SourceRow, StudyRow
+from dicomcast.state.models import ContributionRow, SourceRow, StudyRow
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -69,6 +70,16 @@ class StudyTask:
     fhir_patient_id: str | None
     fhir_imagingstudy_id: str | None
     instance_count: int | None
+    match_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A source's mapped part of a study: what it would write if it were the only source."""
+
+    source: str
+    study_key: str
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class SyncOutcome:
     fhir_imagingstudy_id: str | None
     instance_count: int | None
     warnings: Sequence[str] = ()
+    match_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ def _task(row: StudyRow) -> StudyTask:
         row.fhir_patient_id,
         row.fhir_imagingstudy_id,
         row.instance_count,
+        row.match_key,
     )
 
 
@@ -434,6 +447,7 @@ class StateStore:
             "fhir_patient_id": outcome.fhir_patient_id,
             "fhir_imagingstudy_id": outcome.fhir_imagingstudy_id,
             "instance_count": outcome.instance_count,
+            "match_key": outcome.match_key or task.match_key,
             "warnings": json.dumps(list(outcome.warnings)) if outcome.warnings else None,
             "last_synced_at": now,
             "claimed_by": None,
@@ -559,6 +573,42 @@ class StateStore:
                 .values(content_hash=None, attempts=0, next_attempt_at=now),
             )
 
+    # --- what each source contributes to a study several sources hold
+
+    def put_contribution(
+        self, source: str, key: str, match_key: str, body: dict[str, Any], now: float | None = None
+    ) -> None:
+        now = time.time() if now is None else now
+        values = {"match_key": match_key, "body": _pack(body), "updated_at": now}
+        with self._session.begin() as session:
+            dialect = session.bind.dialect.name if session.bind else "sqlite"
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            stmt = insert(ContributionRow).values(source=source, study_key=key, **values)
+            session.execute(
+                stmt.on_conflict_do_update(index_elements=["source", "study_key"], set_=values)
+            )
+
+    def contributions(self, match_key: str) -> list[Contribution]:
+        """Every source's part of the study with this FHIR match key."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(ContributionRow).where(ContributionRow.match_key == match_key)
+            ).all()
+            return [Contribution(r.source, r.study_key, _unpack(r.body)) for r in rows]
+
+    def drop_contribution(self, source: str, key: str) -> str | None:
+        """Forget a source's part of a study; returns the study's match key, if it had one."""
+        with self._session.begin() as session:
+            row = session.scalars(
+                select(ContributionRow).where(
+                    ContributionRow.source == source, ContributionRow.study_key == key
+                )
+            ).first()
+            if row is None:
+                return None
+            session.delete(row)
+            return row.match_key
+
     def find(self, source: str, key: str) -> list[StudyRow]:
         """Studies of a source by study key or StudyInstanceUID (a UID may name several)."""
         return self._rows(source, (StudyRow.study_key == key) | (StudyRow.study_uid == key))
@@ -639,6 +689,15 @@ class StateStore:
         return self._rows(
             source, (StudyRow.status == "failed") | (StudyRow.last_error.is_not(None))
         )
+
+
+def _pack(body: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def _unpack(blob: bytes) -> dict[str, Any]:
+    body = json.loads(zlib.decompress(blob))
+    return body if isinstance(body, dict) else {}
 
 
 def _state_errors(method: Callable[..., Any]) -> Callable[..., Any]:

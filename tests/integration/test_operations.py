@@ -119,7 +119,7 @@ def test_metrics_readiness_and_outages_of_either_server(
         wait_for("not ready", lambda: probe(base, "/readyz")[0] == 503)
         _status, body = probe(base, "/readyz")
         assert body["checks"]["fhir"].startswith("unavailable")
-        assert body["checks"]["source"] == "ok" and body["checks"]["state"] == "ok"
+        assert body["checks"]["source:default"] == "ok" and body["checks"]["state"] == "ok"
         upload(orthanc, specs[2:4])
         wait_for(
             "queued changes",
@@ -137,7 +137,7 @@ def test_metrics_readiness_and_outages_of_either_server(
         # Now the DICOM server goes away.
         orthanc.stop()
         wait_for("not ready", lambda: probe(base, "/readyz")[0] == 503)
-        assert probe(base, "/readyz")[1]["checks"]["source"].startswith("unavailable")
+        assert probe(base, "/readyz")[1]["checks"]["source:default"].startswith("unavailable")
         time.sleep(2)
         assert probe(base, "/livez")[0] == 200 and proc.poll() is None
         orthanc.start()

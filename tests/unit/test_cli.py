@@ -54,7 +54,7 @@ def test_backfill_progress_line_counts_done_and_waiting(capsys: pytest.CaptureFi
     store.migrate()
     store.ensure_source("s", "orthanc")
     store.mark_dirty("s", [DirtyMark(k) for k in "abc"])
-    progress = _Progress(store, "s")
+    progress = _Progress(store, ["s"])
     progress(RoundStats(Counter({"synced": 4, "failed": 1})))
     line = capsys.readouterr().err
     assert "studies 5/8 (1 failed, 4 synced)" in line and "left" in line

@@ -49,7 +49,8 @@ def make_worker(
         app.store.close()
         app.store = store
     worker = Worker(app)
-    worker.endpoint_ref = "Endpoint/e"  # the Endpoint step is the upsert tests' business
+    # The Endpoint step is the upsert tests' business.
+    worker.endpoints[FakeSource.location_.address] = "Endpoint/e"
     app.store.ensure_source(source.name, source.kind)
     assert worker.hold_source()
     return worker

@@ -117,7 +117,7 @@ def test_status_reports_lag_and_failures_by_reason(
 ) -> None:
     _, env = state
     result = runner.invoke(app, ["status", "--json"], env=env)
-    info = json.loads(result.stdout)
+    (info,) = json.loads(result.stdout)["sources"]
     assert (info["cursor"], info["feed_head"], info["lag_events"]) == ("30", "42", 12)
     assert info["studies"] == {"clean": 1, "dirty": 1, "failed": 1}
     assert info["failures_by_kind"] == {"FhirRejected": 1}

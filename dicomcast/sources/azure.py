@@ -1,0 +1,345 @@
+"""The Microsoft DICOM service (Azure Health Data Services, Medical Imaging Server for DICOM).
+
+Feed facts this relies on (shared/design/servers.md):
+- v2: `/v2/changefeed?startTime=&offset=&limit=` is ordered by Timestamp, then Sequence;
+  `startTime` is inclusive and `offset` skips rows of the window; at most 200 rows a page.
+- v1: `/v1/changefeed?offset=&limit=`: `offset` is an exclusive Sequence and `limit` (at most
+  100) a window of sequence numbers, so gaps give short or empty pages; only
+  `/changefeed/latest` says whether anything follows an empty one.
+- Entries carry `Sequence`, `StudyInstanceUid`, `Action` (create, update, delete), `State`
+  (current, replaced, deleted), `Timestamp` and, with data partitions, `PartitionName`.
+
+Every entry only says which study changed: the worker reads the study's present state, so
+bulk `update`s, deletes and entries for replaced or deleted instances all take the same path.
+
+Cursors are strings in the state DB:
+- v1: the last Sequence read.
+- v2: `<Timestamp>#<n>`: the Timestamp of the last entry read, and how many entries with
+  exactly that Timestamp were read. The next read starts at that (inclusive) time and skips
+  them, so nothing is read twice or skipped, and the offset stays small.
+
+Study keys are `partition/StudyInstanceUID` (`Microsoft.Default` without partitioning): the
+same UID in two partitions is two studies.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import re
+from typing import Any
+
+import httpx
+
+from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
+from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
+from dicomcast.http import Observer, RetryPolicy, make_auth, make_client
+from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
+from dicomcast.sources.rest import NotFound, RestReader
+from dicomcast.state.store import DirtyMark
+from dicomcast.studyview import build_study_views, dataset_filter
+
+log = logging.getLogger(__name__)
+
+V1_WINDOW = 100  # the service's largest v1 `limit`
+V2_PAGE = 200  # the service's largest v2 `limit`
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+TIMESTAMP = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?\s*(Z|[+-]\d\d:?\d\d)?",
+    re.IGNORECASE,
+)
+DICOM_JSON = {"Accept": "application/dicom+json"}
+
+
+def instant(timestamp: Any) -> tuple[int, int] | None:
+    """A feed Timestamp as (epoch seconds, nanoseconds), at the service's full precision
+    (seven decimals: datetime would cut the last one and merge distinct instants)."""
+    match = TIMESTAMP.fullmatch(str(timestamp).strip()) if timestamp is not None else None
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    try:
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    except (OverflowError, ValueError):
+        return None
+    zone = match.group(8)
+    if zone and zone.upper() != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    fraction = (match.group(7) or "").ljust(9, "0")
+    return seconds, int(fraction)
+
+
+def _sequence(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def parse_v2_cursor(cursor: str | None) -> tuple[str | None, int]:
+    """(start time, entries to skip at it) from a v2 cursor; an operator may set a bare
+    ISO time. `ConfigError` for anything else (a v1 sequence, say)."""
+    if not cursor:
+        return None, 0
+    start, _, skip = cursor.partition("#")
+    if instant(start) is None or (skip and not skip.isdigit()):
+        raise ConfigError(
+            f"feed cursor {cursor!r} is not a change feed v2 position (an ISO time, optionally "
+            "followed by #<entries to skip>); set one with `dicomcast cursor set`"
+        )
+    return start, int(skip or 0)
+
+
+class AzureDicomSource:
+    kind = "azure-dicom"
+    logs_deletes = True
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
+        if re.search(r"/v\d+(\.\d+)?(-prerelease)?$", settings.url):
+            raise ConfigError(
+                f"source {settings.name}: give the service URL without the version segment "
+                f"({settings.url.rsplit('/', 1)[0]}); the version is api_version"
+            )
+        self.name = settings.name
+        self.settings = settings
+        self.version = settings.api_version
+        self.partitions = settings.partitions
+        self.keep_tags: frozenset[str] | None = None
+        auth = auth or make_auth(
+            token=settings.token,
+            token_url=settings.token_url,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            scope=settings.oauth_scope,
+            use_managed_identity=settings.managed_identity,
+            verify=verify,
+            transport=transport,
+        )
+        self.http = make_client(
+            settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
+        )
+        self.rest = RestReader(self.http, "DICOM service", retry or RetryPolicy())
+
+    @property
+    def observe(self) -> Observer | None:
+        return self.rest.observe
+
+    @observe.setter
+    def observe(self, value: Observer | None) -> None:
+        self.rest.observe = value
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- keys and where studies live
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitions is not None
+
+    def _wants(self, partition: str) -> bool:
+        return self.partitions is None or "*" in self.partitions or partition in self.partitions
+
+    def split_key(self, key: str) -> tuple[str, str]:
+        """(partition, StudyInstanceUID) of a key; MappingError for anything else."""
+        partition, _, uid = key.rpartition("/")
+        if not PARTITION_NAME.fullmatch(partition) or not UID.fullmatch(uid) or len(uid) > 64:
+            raise MappingError(f"not a study key of this source (partition/UID): {key!r}")
+        return partition, uid
+
+    def _prefix(self, partition: str) -> str:
+        if self.partitioned:
+            return f"{self.version}/partitions/{partition}/"
+        return f"{self.version}/"
+
+    def location(self, key: str) -> StudyLocation:
+        partition, _ = self.split_key(key)
+        base = self.settings.published_url
+        if not self.partitioned:
+            return StudyLocation(f"{base}/{self.version}", self.name)
+        # The scope leaves out the API version: a study keeps its identity across versions.
+        scope = None if partition == DEFAULT_PARTITION else f"{base}/partitions/{partition}"
+        return StudyLocation(
+            f"{base}/{self.version}/partitions/{partition}", f"{self.name}/{partition}", scope
+        )
+
+    def default_location(self) -> StudyLocation | None:
+        return None if self.partitioned else self.location(f"{DEFAULT_PARTITION}/0")
+
+    def check(self, timeout: float = 5.0) -> str:
+        """One quick, unretried read of the feed's latest entry."""
+        response = self.rest.request(
+            "GET",
+            f"{self.version}/changefeed/latest",
+            params={"includeMetadata": "false"},
+            timeout=timeout,
+        )
+        try:
+            latest = response.json()
+        except ValueError:
+            raise SourceUnavailable("DICOM service: /changefeed/latest is not JSON") from None
+        sequence = latest.get("Sequence") if isinstance(latest, dict) else None
+        return f"Microsoft DICOM service ({self.version}), feed at sequence {sequence}"
+
+    # --- the change feed
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        if self.version == "v1":
+            return self._read_v1(cursor, min(limit, V1_WINDOW))
+        return self._read_v2(cursor, min(limit, V2_PAGE))
+
+    def _entries(self, page: Any) -> list[dict[str, Any]]:
+        if not isinstance(page, list):
+            raise SourceUnavailable("DICOM service change feed answer is not a JSON array")
+        return [entry for entry in page if isinstance(entry, dict)]
+
+    def _mark(self, entry: dict[str, Any]) -> DirtyMark | None:
+        """The study an entry names, or None (another partition, or a malformed entry)."""
+        uid = entry.get("StudyInstanceUid")
+        partition = entry.get("PartitionName") or DEFAULT_PARTITION
+        if not isinstance(uid, str) or not UID.fullmatch(uid) or len(uid) > 64:
+            log.warning("skipping a change feed entry without a valid StudyInstanceUid")
+            return None
+        if not isinstance(partition, str) or not PARTITION_NAME.fullmatch(partition):
+            log.warning("skipping a change feed entry with an invalid PartitionName")
+            return None
+        if not self._wants(partition):
+            return None
+        when = instant(entry.get("Timestamp"))
+        event_time = when[0] + when[1] / 1e9 if when else None
+        return DirtyMark(f"{partition}/{uid}", event_time, uid)
+
+    def _latest(self) -> int:
+        """The newest entry's Sequence (0 for an empty feed)."""
+        try:
+            latest = self.rest.get(f"{self.version}/changefeed/latest", includeMetadata="false")
+        except NotFound:
+            return 0
+        if latest is None or latest == {}:
+            return 0
+        sequence = _sequence(latest.get("Sequence")) if isinstance(latest, dict) else None
+        if sequence is None:
+            raise SourceUnavailable("DICOM service /changefeed/latest has no valid Sequence")
+        return sequence
+
+    def _read_v1(self, cursor: str | None, window: int) -> FeedPage:
+        if cursor and not cursor.isdigit():
+            raise ConfigError(
+                f"feed cursor {cursor!r} is not a change feed v1 sequence number; "
+                "set one with `dicomcast cursor set`"
+            )
+        since = int(cursor or 0)
+        entries = self._entries(
+            self.rest.get("v1/changefeed", offset=since, limit=window, includeMetadata="false")
+        )
+        sequences = [s for s in (_sequence(e.get("Sequence")) for e in entries) if s is not None]
+        if sequences:
+            last = max(sequences)
+            if last <= since:
+                raise SourceUnavailable(
+                    f"DICOM service change feed answered offset {since} with older entries"
+                )
+            marks = [m for m in (self._mark(e) for e in entries) if m is not None]
+            return FeedPage(marks, str(last), None, done=False, changes_read=len(entries))
+        # An empty window is either the end of the feed or a gap in the sequence.
+        head = self._latest()
+        if head < since:
+            log.error(
+                "DICOM service change feed ends at %d but our cursor is %d: the service's "
+                "data was replaced; restarting from 0",
+                head,
+                since,
+            )
+            return FeedPage([], "0", str(head), done=False, reset=True)
+        if head > since:
+            return FeedPage([], str(min(since + window, head)), str(head), done=False)
+        return FeedPage([], str(since), str(head), done=True)
+
+    def _read_v2(self, cursor: str | None, limit: int) -> FeedPage:
+        start, skip = parse_v2_cursor(cursor)
+        params: dict[str, Any] = {"offset": skip, "limit": limit, "includeMetadata": "false"}
+        if start:
+            params["startTime"] = start
+        entries = self._entries(self.rest.get("v2/changefeed", **params))
+        if not entries:
+            return FeedPage([], cursor or "", None, done=True)
+        last_raw = entries[-1].get("Timestamp")
+        last = instant(last_raw)
+        start_at = instant(start) if start else None
+        if last is None or (start_at is not None and last < start_at):
+            raise SourceUnavailable(
+                "DICOM service change feed v2 entries are not in Timestamp order from startTime"
+            )
+        same = sum(1 for e in entries if instant(e.get("Timestamp")) == last)
+        if start_at == last:
+            same = skip + len(entries)  # still inside the instant we started at
+        marks = [m for m in (self._mark(e) for e in entries) if m is not None]
+        return FeedPage(
+            marks,
+            f"{str(last_raw).strip()}#{same}",
+            None,
+            done=len(entries) < limit,
+            changes_read=len(entries),
+        )
+
+    # --- one study
+
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        """The study's current metadata; the service has no notion of an unstable study."""
+        partition, uid = self.split_key(key)
+        try:
+            metadata = self.rest.get(
+                f"{self._prefix(partition)}studies/{uid}/metadata",
+                object_hook=dataset_filter(self.keep_tags) if self.keep_tags else None,
+                headers=DICOM_JSON,
+            )
+        except NotFound:
+            return FetchedStudy(key, None, study_uid=uid)
+        if not isinstance(metadata, list):
+            raise SourceUnavailable(f"DICOMweb metadata of {uid} is not a JSON array")
+        views, orphans = build_study_views([m for m in metadata if isinstance(m, dict)])
+        view = next((v for v in views if v.uid == uid), None)
+        return FetchedStudy(key, view, True, uid, orphans)
+
+    def lookup_study(self, study_uid: str) -> list[str]:
+        if not UID.fullmatch(study_uid):
+            return []
+        keys = []
+        for partition in self._partition_names():
+            found = self.rest.get(
+                f"{self._prefix(partition)}studies",
+                headers=DICOM_JSON,
+                StudyInstanceUID=study_uid,
+            )
+            if isinstance(found, list) and found:
+                keys.append(f"{partition}/{study_uid}")
+        return keys
+
+    def _partition_names(self) -> list[str]:
+        if self.partitions is None:
+            return [DEFAULT_PARTITION]
+        if "*" not in self.partitions:
+            return list(self.partitions)
+        listed = self.rest.get(f"{self.version}/partitions")
+        return [
+            str(p["partitionName"])
+            for p in (listed if isinstance(listed, list) else [])
+            if isinstance(p, dict) and PARTITION_NAME.fullmatch(str(p.get("partitionName", "")))
+        ]
+
+    def list_studies(self) -> dict[str, int]:
+        raise NotImplementedError("the DICOM service's feed logs deletes; no scan is needed")
