@@ -6,11 +6,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Optional parts: PostgreSQL state, Azure managed identity (`--build-arg EXTRAS=` for neither).
+ARG EXTRAS=postgres,azure
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY dicomcast ./dicomcast
 COPY mappings ./mappings
-RUN pip install . && rm -rf /src \
+RUN pip install ".[${EXTRAS}]" && rm -rf /src \
     && useradd --system --uid 10001 --create-home --home-dir /data dicomcast
 
 USER dicomcast

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -28,7 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomcast.errors import ConfigError
-from dicomcast.http import RetryPolicy
+from dicomcast.http import RetryPolicy, make_auth
 
 PatientPolicy = Literal["fill-missing", "never", "overwrite"]
 DeletedStudyPolicy = Literal["delete", "entered-in-error"]
@@ -141,6 +142,23 @@ class SourceSettings(BaseModel):
         if self.oauth_token_url:
             return self.oauth_token_url
         return f"{ENTRA_LOGIN}/{self.tenant_id}/oauth2/v2.0/token" if self.tenant_id else None
+
+    def auth(
+        self, *, verify: bool | str = True, transport: httpx.BaseTransport | None = None
+    ) -> httpx.Auth | None:
+        """How requests to this source log in (None: an open server)."""
+        return make_auth(
+            token=self.token,
+            username=self.username,
+            password=self.password,
+            token_url=self.token_url,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            scope=self.oauth_scope,
+            use_managed_identity=self.managed_identity,
+            verify=verify,
+            transport=transport,
+        )
 
     @property
     def oauth_scope(self) -> str | None:
@@ -319,26 +337,14 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "DICOMCAST_SOURCE_URL is not set: which DICOM server should I follow?"
             )
+        # The flat `source_<field>` settings are the one source's fields.
+        flat = {
+            name: getattr(self, f"source_{name}")
+            for name in SourceSettings.model_fields
+            if f"source_{name}" in type(self).model_fields
+        }
         try:
-            return [
-                SourceSettings(
-                    name=self.source_name,
-                    kind=self.source_kind,
-                    url=self.source_url,
-                    public_url=self.source_public_url,
-                    api_version=self.source_api_version,
-                    partitions=self.source_partitions,  # a "a,b" string, split by the model
-                    username=self.source_username,
-                    password=self.source_password,
-                    token=self.source_token,
-                    oauth_token_url=self.source_oauth_token_url,
-                    tenant_id=self.source_tenant_id,
-                    client_id=self.source_client_id,
-                    client_secret=self.source_client_secret,
-                    scope=self.source_scope,
-                    managed_identity=self.source_managed_identity,
-                )
-            ]
+            return [SourceSettings(**flat)]
         except ValidationError as exc:
             raise ConfigError(f"invalid source settings: {_problems(exc)}") from None
 

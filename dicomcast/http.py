@@ -47,14 +47,29 @@ class BearerToken(httpx.Auth):
         yield request
 
 
-class ClientCredentials(httpx.Auth):
+class RenewingToken(httpx.Auth):
+    """A bearer token fetched on demand and cached; a 401 fetches a fresh one once (the
+    cached one was revoked or rotated, or expired early)."""
+
+    requires_response_body = True
+
+    def token(self, force: bool = False) -> str:
+        raise NotImplementedError
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["Authorization"] = f"Bearer {self.token(force=True)}"
+            yield request
+
+
+class ClientCredentials(RenewingToken):
     """OAuth2 client-credentials grant (Microsoft Entra ID, Keycloak, SMART backend services).
 
     The token is cached and renewed before it expires (5 minutes early, or a fifth of its
     lifetime for short-lived ones), and once more when the server answers 401 (a revoked or
     rotated token)."""
-
-    requires_response_body = True
 
     def __init__(
         self,
@@ -116,22 +131,13 @@ class ClientCredentials(httpx.Auth):
                 return self._fetch()
             return self._token
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.token()}"
-        response = yield request
-        if response.status_code == 401:
-            request.headers["Authorization"] = f"Bearer {self.token(force=True)}"
-            yield request
 
-
-class AzureCredential(httpx.Auth):
+class AzureCredential(RenewingToken):
     """Tokens from an `azure-identity` credential (managed identity, workload identity, ...),
     cached until five minutes before they expire; a 401 asks for a fresh one once.
 
     `credential` is anything with azure-identity's `get_token(scope)`; the library itself is
     an optional extra (`dicomcast[azure]`), imported only when this is configured."""
-
-    requires_response_body = True
 
     def __init__(self, credential: Any, scope: str) -> None:
         self.credential = credential
@@ -151,13 +157,6 @@ class AzureCredential(httpx.Auth):
                     ) from None
                 self._token, self._expires_on = str(access.token), float(access.expires_on)
             return self._token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self.token()}"
-        response = yield request
-        if response.status_code == 401:
-            request.headers["Authorization"] = f"Bearer {self.token(force=True)}"
-            yield request
 
 
 def managed_identity(scope: str, client_id: str | None = None) -> AzureCredential:

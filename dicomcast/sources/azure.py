@@ -29,13 +29,10 @@ import logging
 import re
 from typing import Any
 
-import httpx
-
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
-from dicomcast.http import Observer, RetryPolicy, make_auth, make_client
 from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
-from dicomcast.sources.rest import NotFound, RestReader
+from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.state.store import DirtyMark
 from dicomcast.studyview import build_study_views, dataset_filter
 
@@ -71,16 +68,6 @@ def instant(timestamp: Any) -> tuple[int, int] | None:
     return seconds, int(fraction)
 
 
-def _sequence(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
-
-
 def parse_v2_cursor(cursor: str | None) -> tuple[str | None, int]:
     """(start time, entries to skip at it) from a v2 cursor; an operator may set a bare
     ISO time. `ConfigError` for anything else (a v1 sequence, say)."""
@@ -95,55 +82,20 @@ def parse_v2_cursor(cursor: str | None) -> tuple[str | None, int]:
     return start, int(skip or 0)
 
 
-class AzureDicomSource:
+class AzureDicomSource(RestSource):
     kind = "azure-dicom"
     logs_deletes = True
+    server = "DICOM service"
 
-    def __init__(
-        self,
-        settings: SourceSettings,
-        *,
-        verify: bool | str = True,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-        auth: httpx.Auth | None = None,
-    ) -> None:
+    def __init__(self, settings: SourceSettings, **options: Any) -> None:
         if re.search(r"/v\d+(\.\d+)?(-prerelease)?$", settings.url):
             raise ConfigError(
                 f"source {settings.name}: give the service URL without the version segment "
                 f"({settings.url.rsplit('/', 1)[0]}); the version is api_version"
             )
-        self.name = settings.name
-        self.settings = settings
+        super().__init__(settings, **options)
         self.version = settings.api_version
         self.partitions = settings.partitions
-        self.keep_tags: frozenset[str] | None = None
-        auth = auth or make_auth(
-            token=settings.token,
-            token_url=settings.token_url,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            scope=settings.oauth_scope,
-            use_managed_identity=settings.managed_identity,
-            verify=verify,
-            transport=transport,
-        )
-        self.http = make_client(
-            settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
-        )
-        self.rest = RestReader(self.http, "DICOM service", retry or RetryPolicy())
-
-    @property
-    def observe(self) -> Observer | None:
-        return self.rest.observe
-
-    @observe.setter
-    def observe(self, value: Observer | None) -> None:
-        self.rest.observe = value
-
-    def close(self) -> None:
-        self.http.close()
 
     # --- keys and where studies live
 
@@ -231,7 +183,7 @@ class AzureDicomSource:
             return 0
         if latest is None or latest == {}:
             return 0
-        sequence = _sequence(latest.get("Sequence")) if isinstance(latest, dict) else None
+        sequence = sequence_number(latest.get("Sequence")) if isinstance(latest, dict) else None
         if sequence is None:
             raise SourceUnavailable("DICOM service /changefeed/latest has no valid Sequence")
         return sequence
@@ -246,7 +198,8 @@ class AzureDicomSource:
         entries = self._entries(
             self.rest.get("v1/changefeed", offset=since, limit=window, includeMetadata="false")
         )
-        sequences = [s for s in (_sequence(e.get("Sequence")) for e in entries) if s is not None]
+        numbers = (sequence_number(e.get("Sequence")) for e in entries)
+        sequences = [n for n in numbers if n is not None]
         if sequences:
             last = max(sequences)
             if last <= since:

@@ -22,13 +22,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import httpx
-
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
-from dicomcast.http import Observer, RetryPolicy, make_auth, make_client, send
+from dicomcast.http import send
 from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
-from dicomcast.sources.rest import NotFound, RestReader
+from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.state.store import DirtyMark
 from dicomcast.studyview import build_study_views, dataset_filter, text_value
 
@@ -48,63 +46,16 @@ def _event_time(date: Any) -> float | None:
         return None
 
 
-def _seq(value: Any) -> int | None:
-    """A change sequence number, or None for anything that is not a non-negative integer."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
-
-
-class OrthancSource:
+class OrthancSource(RestSource):
     kind = "orthanc"
     logs_deletes = False
+    server = "Orthanc"
 
-    def __init__(
-        self,
-        settings: SourceSettings,
-        *,
-        verify: bool | str = True,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.name = settings.name
-        self.retry = retry or RetryPolicy()
-        self.settings = settings
-        auth = make_auth(
-            token=settings.token,
-            username=settings.username,
-            password=settings.password,
-            token_url=settings.token_url,
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            scope=settings.oauth_scope,
-            use_managed_identity=settings.managed_identity,
-            verify=verify,
-        )
+    def __init__(self, settings: SourceSettings, **options: Any) -> None:
+        super().__init__(settings, **options)
         self._location = StudyLocation(settings.published_url, settings.name)
-        self.http = make_client(
-            settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
-        )
-        self.rest = RestReader(self.http, "Orthanc", self.retry)
-        self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
         # series -> study; series are few and immutable in parentage, so caching is safe.
         self._series_study: OrderedDict[str, str] = OrderedDict()
-
-    @property
-    def observe(self) -> Observer | None:
-        return self.rest.observe
-
-    @observe.setter
-    def observe(self, value: Observer | None) -> None:
-        self.rest.observe = value
-
-    def close(self) -> None:
-        self.http.close()
 
     def location(self, key: str) -> StudyLocation:
         return self._location
@@ -137,7 +88,7 @@ class OrthancSource:
         if not isinstance(page, dict) or not isinstance(page.get("Changes", []), list):
             raise SourceUnavailable("Orthanc /changes answer is not a change page")
         changes = [c for c in page.get("Changes") or [] if isinstance(c, dict)]
-        last = _seq(page.get("Last"))
+        last = sequence_number(page.get("Last"))
         if last is None:
             raise SourceUnavailable("Orthanc /changes answer has no valid 'Last'")
         if not changes and last < since:
@@ -151,7 +102,7 @@ class OrthancSource:
         marks: list[DirtyMark] = []
         seqs = [since, last]
         for change in changes:
-            seq = _seq(change.get("Seq"))
+            seq = sequence_number(change.get("Seq"))
             if seq is None:
                 log.warning("skipping a change entry without a valid Seq")
                 continue
@@ -234,7 +185,7 @@ class OrthancSource:
         def once() -> Any:
             return self.rest.request("POST", "tools/lookup", content=study_uid).json()
 
-        found = self.retry.call(once)
+        found = self.rest.retry.call(once)
         return [
             str(item["ID"])
             for item in (found if isinstance(found, list) else [])

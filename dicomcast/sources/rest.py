@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
+from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
-from dicomcast.http import Observer, RetryPolicy, send
+from dicomcast.http import Observer, RetryPolicy, make_client, send
 
 
 class NotFound(Exception):
@@ -66,3 +67,51 @@ class RestReader:
             observe=self.observe,
             **kwargs,
         )
+
+
+def sequence_number(value: Any) -> int | None:
+    """A feed sequence number, or None for anything that is not a non-negative integer."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+class RestSource:
+    """What the HTTP sources share: one connection pool logged in as the settings say,
+    short retries, and a request counter for metrics."""
+
+    server = "DICOM server"  # names the server in error messages
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
+        auth = auth or settings.auth(verify=verify, transport=transport)
+        self.http = make_client(
+            settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
+        )
+        self.rest = RestReader(self.http, self.server, retry or RetryPolicy())
+
+    @property
+    def observe(self) -> Observer | None:
+        return self.rest.observe
+
+    @observe.setter
+    def observe(self, value: Observer | None) -> None:
+        self.rest.observe = value
+
+    def close(self) -> None:
+        self.http.close()
