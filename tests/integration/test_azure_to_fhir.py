@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from dicomcast.app import build_app
 from dicomcast.cli.worker import _status
@@ -298,7 +299,11 @@ def test_status_reports_each_source(
     spec = spec_with([SeriesSpec("CT", 1, "axial", number=1)])
     orthanc.upload([to_bytes(ds) for ds in instances(spec)])
     service.store(dicom_json(spec))
-    run_once(settings, service)
+    worker = run_once(settings, service)
+    metrics = generate_latest(worker.metrics.registry).decode()
+    for name in ("pacs", "cloud"):
+        assert f'dicomcast_studies_total{{outcome="synced",source="{name}"}} 1.0' in metrics
+        assert f'dicomcast_source_requests_total{{source="{name}",status_class="2xx"}}' in metrics
     report = _status(settings)
     names = [s["source"] for s in report["sources"]]
     assert names == ["pacs", "cloud"]

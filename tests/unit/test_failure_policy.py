@@ -13,7 +13,7 @@ import pytest
 
 from dicomcast.app import build_app
 from dicomcast.config import load_settings
-from dicomcast.errors import StateUnavailable
+from dicomcast.errors import SourceUnavailable, StateUnavailable
 from dicomcast.sandbox.samples import bulk_studies
 from dicomcast.sources.base import FetchedStudy
 from dicomcast.state.store import StateStore
@@ -193,3 +193,70 @@ def test_refused_credentials_are_an_outage_not_the_studies_fault(
     worker.sync_round(wait_for_stable=False)
     assert {(r.status, r.attempts) for r in rows(worker)} == {("dirty", 0)}
     assert worker.pauses["fhir"].active()
+
+
+class SwitchableSource(FakeSource):
+    """A fake source that can go down: every request then fails as an outage."""
+
+    down = False
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise SourceUnavailable(f"{self.name} unreachable", outage=True, retry_after=5)
+
+    def read_changes(self, cursor: str | None, limit: int) -> Any:
+        self._check_up()
+        return super().read_changes(cursor, limit)
+
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        self._check_up()
+        return super().fetch_study(key, unless_unstable=unless_unstable)
+
+
+def test_one_source_down_pauses_only_its_own_studies(tmp_path: Path) -> None:
+    def studies(prefix: str) -> dict[str, Any]:
+        specs = bulk_studies(3, 1, patients=1, prefix=prefix)
+        return {s.study_uid: dicom_json(s) for s in specs}
+
+    up, down = SwitchableSource(studies("up"), "up"), SwitchableSource(studies("dn"), "down")
+    settings = load_settings(
+        None,
+        sources=[
+            {"name": "up", "url": "http://up.test"},
+            {"name": "down", "url": "http://dn.test"},
+        ],
+        fhir_url="http://fhir.test",
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        patient_id_system="urn:oid:1.2.3",
+        http_retries=1,
+        backoff_base=0.05,
+        backoff_max=0.2,
+        http_port=0,
+    )
+    fhir = StatusFhir(500)  # every write fails as the study's own error: it backs off alone
+    worker = Worker(build_app(settings, sources=[up, down], fhir_transport=fhir))
+    worker.endpoints[FakeSource.location_.address] = "Endpoint/e"
+    for name in ("up", "down"):
+        worker.store.ensure_source(name, "fake")
+    assert worker.hold_source()
+    assert worker.tail() == 6
+    down.down = True
+    first = worker.sync_round(wait_for_stable=False)
+    # The up-studies fail on their own (500); the first down-study trips its source's
+    # pause, and down-studies starting after that are deferred without being tried.
+    assert first.attempted == 6 and set(first.outcomes) <= {"retry", "deferred"}
+    assert worker.pauses["source:down"].active()
+    assert not worker.pauses["source:up"].active() and not worker.pauses["fhir"].active()
+    # The feed of the healthy source is still read while the other one is down.
+    up.feed.append(next(iter(up.studies)))
+    assert worker.tail(strict=False) == 1 and worker.pauses["source:down"].active()
+    time.sleep(0.3)  # the up-studies' own backoff (<= 0.2 s) has passed; the pause has not
+    sent = fhir.requests
+    second = worker.sync_round(wait_for_stable=False)
+    assert second.outcomes == {"retry": 3} and fhir.requests > sent
+    assert worker.store.counts("down") == {"dirty": 3}
+    down_rows = worker.store.failures("down")
+    assert down_rows and all(r.attempts == 0 for r in down_rows)  # outages cost no attempts
+    assert {r.error_kind for r in down_rows} == {"SourceUnavailable"}
+    worker.close()
+    worker.app.close()
