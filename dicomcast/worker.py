@@ -15,6 +15,7 @@ against that server, costs no attempts, and clears by itself when the server ans
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -22,8 +23,9 @@ import random
 import signal
 import threading
 import time
+import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -121,6 +123,9 @@ class Worker:
         self.priority = {name: rank for rank, name in enumerate(self.sources)}
         # Several sources may hold parts of one study: keep each part, write their union.
         self.multi = len(self.sources) > 1
+        # Two sources' copies of one study are two claims; they must not write at once (a
+        # FHIR server's conditional create may not be atomic: two creates, two resources).
+        self._study_locks = [threading.Lock() for _ in range(64)]
         self.endpoints: dict[str, str] = {}  # Endpoint address -> `Endpoint/{id}`
         self._endpoint_lock = threading.Lock()
         self._configs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -218,13 +223,16 @@ class Worker:
 
     # --- the feed
 
-    def tail(self, *, strict: bool = True) -> int:
+    def tail(self, *, strict: bool = True, failed: dict[str, Exception] | None = None) -> int:
         """Read every held source's feed to its end (or until stopped); returns how many
         studies were dirtied. With `strict`, a failing source's error is raised; without,
-        that source is paused and the others go on."""
+        that source is paused (an outage) or logged, recorded in `failed`, and the others
+        go on."""
         marked = 0
         for name, source in self.sources.items():
             if not self.tailing[name] or self.pauses[source_pause(name)].active():
+                continue
+            if failed is not None and name in failed:
                 continue
             try:
                 marked += self._tail(name, source)
@@ -237,6 +245,8 @@ class Worker:
                     self.pauses[source_pause(name)].trip(exc)
                 else:
                     log.warning("reading the change feed failed: %s", exc, extra={"source": name})
+                if failed is not None:
+                    failed[name] = exc
             else:
                 self.pauses[source_pause(name)].clear()
         return marked
@@ -296,9 +306,9 @@ class Worker:
         ends = [self.pauses[n].until for n in names if self.pauses[n].active(now)]
         return max(ends) if ends else None
 
-    def sync_round(self, *, wait_for_stable: bool) -> RoundStats:
+    def sync_round(self, *, wait_for_stable: bool, skip: Collection[str] = ()) -> RoundStats:
         """Sync every study that is due now, `concurrency` at a time (none while the FHIR
-        server or the state DB is paused; none of a paused source)."""
+        server or the state DB is paused; none of a paused source, nor of those in `skip`)."""
         stats = RoundStats()
         now = time.time()
         if self.pauses["fhir"].active(now) or self.pauses["state"].active(now):
@@ -308,7 +318,7 @@ class Worker:
         tasks = [
             task
             for name in self.sources
-            if not self.pauses[source_pause(name)].active(now)
+            if name not in skip and not self.pauses[source_pause(name)].active(now)
             for task in self.store.due(name, limit=limit)
         ]
         claimed = self.store.claim_many(tasks, self.owner, CLAIM_LEASE)
@@ -469,6 +479,25 @@ class Worker:
         warnings = tuple(fetched.warnings) + mapped.warnings
         del fetched  # a large study's metadata need not live through the write
         match = search_token(mapped.imaging_study)
+        with self._study_lock(match):
+            return self._write(task, mapped, match, uid, count, warnings, location)
+
+    def _study_lock(self, match: str) -> threading.Lock | contextlib.nullcontext[None]:
+        """With several sources, one study's syncs from different sources take turns."""
+        if not self.multi:
+            return contextlib.nullcontext()
+        return self._study_locks[zlib.crc32(match.encode()) % len(self._study_locks)]
+
+    def _write(
+        self,
+        task: StudyTask,
+        mapped: MappedStudy,
+        match: str,
+        uid: str,
+        count: int,
+        warnings: tuple[str, ...],
+        location: StudyLocation,
+    ) -> str:
         compose: Callable[[], dict[str, Any]] | None = None
         if self.multi:
             part = {
@@ -521,23 +550,32 @@ class Worker:
         match = task.match_key or (study_token(study_uid, location.scope) if study_uid else None)
         if self.multi:
             match = self.store.drop_contribution(task.source, task.study_key) or match
-            parts = self._parts(match) if match else []
-            if match and parts:
-                first = parts[0].body
-                subject = first["study"].get("subject")
-                remaining = MappedStudy(
-                    study_uid or "",
-                    first["patient"],
-                    self._union(match, subject),
-                    first["placeholder"],
-                    (),
-                )
-                self.app.writer.upsert_study(remaining, compose=lambda: self._union(match, subject))
-                self.pauses["fhir"].clear()
-                return
-        if match and (task.fhir_imagingstudy_id or self.multi):
+            if match:
+                with self._study_lock(match):
+                    self._write_remaining(study_uid, match)
+            return
+        if match and task.fhir_imagingstudy_id:
             self.app.writer.remove_study(match)
             self.pauses["fhir"].clear()
+
+    def _write_remaining(self, study_uid: str | None, match: str) -> None:
+        """Write what the other sources still hold of a study, or remove it if none does."""
+        parts = self._parts(match)
+        if not parts:
+            self.app.writer.remove_study(match)
+            self.pauses["fhir"].clear()
+            return
+        first = parts[0].body
+        subject = first["study"].get("subject")
+        remaining = MappedStudy(
+            study_uid or "",
+            first["patient"],
+            self._union(match, subject),
+            first["placeholder"],
+            (),
+        )
+        self.app.writer.upsert_study(remaining, compose=lambda: self._union(match, subject))
+        self.pauses["fhir"].clear()
 
     # --- running
 
@@ -545,31 +583,46 @@ class Worker:
         """Drain the feed and every due study, then return an exit code (0 = all clean).
 
         Retries and pauses due within `once_max_wait` seconds are waited for, so a short
-        blip does not end a backfill early; longer ones are left for the next run."""
+        blip does not end a backfill early; longer ones are left for the next run. With
+        several sources, one whose feed cannot be read is left out and the others are
+        synced; its error is raised at the end."""
         self.prepare()
+        strict = not self.multi
+        failed: dict[str, Exception] = {}
         try:
-            self.tail()
-            self.reconcile()
+            self.tail(strict=strict, failed=failed)
+            for name in self.sources:
+                if name not in failed:
+                    try:
+                        self.reconcile(name)
+                    except RetriableError as exc:
+                        if strict or isinstance(exc, StateUnavailable):
+                            raise
+                        failed[name] = exc
             while not self.stop_event.is_set():
-                stats = self.sync_round(wait_for_stable=False)
+                stats = self.sync_round(wait_for_stable=False, skip=failed)
                 if progress:
                     progress(stats)
-                if stats.attempted or self.tail():
+                if stats.attempted or self.tail(strict=strict, failed=failed):
                     continue
-                wake = self._next_wake()
+                wake = self._next_wake(skip=failed)
                 if wake is None or wake - time.time() > self.settings.once_max_wait:
                     break
                 self.stop_event.wait(max(0.05, wake - time.time()))
         finally:
             self._let_go()
+        for name, error in failed.items():
+            log.error("source %s could not be read: %s", name, error, extra={"source": name})
+        if failed:
+            raise next(iter(failed.values()))
         counts = self.counts()
         left = counts.get("failed", 0) + counts.get("dirty", 0)
         return 1 if left else 0
 
-    def _next_wake(self) -> float | None:
+    def _next_wake(self, skip: Collection[str] = ()) -> float | None:
         wakes = []
         for name in self.sources:
-            due = self.store.next_due(name)
+            due = None if name in skip else self.store.next_due(name)
             if due is not None:
                 wakes.append(max(due, self.paused_until(name) or 0.0))
         return min(wakes) if wakes else None

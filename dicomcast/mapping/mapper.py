@@ -194,8 +194,9 @@ class Mappings:
         """Patient + ImagingStudy for a study; the ImagingStudy points at placeholders.
 
         `scope` names the namespace of a study whose UID is unique only there (a data
-        partition): its match key becomes `scope|urn:oid:<uid>`, ahead of the mapped
-        identifiers, so the same UID in two partitions makes two ImagingStudies."""
+        partition): its match key becomes `scope|urn:oid:<uid>` in place of the
+        `urn:dicom:uid` one, so the same UID in two partitions makes two ImagingStudies
+        (`identifier=urn:oid:<uid>`, any system, still finds them all)."""
         run = self._run(config)
         run.warnings.extend(study.warnings)
         view_scope = Scope(study.data, study)
@@ -204,8 +205,13 @@ class Mappings:
         run.refs = {"Patient": patient_ref, **({"Endpoint": endpoint_ref} if endpoint_ref else {})}
         imaging_study = self._build("ImagingStudy", view_scope, run)
         if scope:
+            # Not also `urn:dicom:uid|urn:oid:<uid>`: FHIR matches an identifier at any
+            # position, so that one would make this study match the unscoped study's key.
             scoped = {"system": scope, "value": f"urn:oid:{study.uid}"}
-            imaging_study["identifier"] = [scoped, *imaging_study.get("identifier", [])]
+            rest = imaging_study.get("identifier", [])
+            imaging_study["identifier"] = [scoped] + [
+                i for i in rest if i.get("system") != "urn:dicom:uid"
+            ]
         match_key(imaging_study)
         validate(patient)
         validate(validation_sample(imaging_study))

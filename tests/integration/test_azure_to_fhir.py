@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from dicomcast.app import build_app
 from dicomcast.cli.worker import _status
 from dicomcast.config import DEFAULT_PARTITION, Settings, load_settings
+from dicomcast.errors import SourceUnavailable
 from dicomcast.http import RetryPolicy
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
@@ -70,21 +71,25 @@ def settings_for(fhir: FhirServer, tmp_path: Path, sources: list[dict[str, Any]]
     )
 
 
-def run_once(settings: Settings, service: FakeDicomService) -> Worker:
-    """`run --once` with the Microsoft source talking to the fake service."""
+def worker_for(settings: Settings, service: FakeDicomService) -> Worker:
+    """A worker whose Microsoft source talks to the fake service."""
     azure = next(s for s in settings.source_list() if s.kind == "azure-dicom")
     client = AzureDicomSource(
         azure,
         transport=service.transport(),
         retry=RetryPolicy(attempts=4, max_delay=10, base=0.05),
     )
-    app = build_app(settings, sources=[client])
-    worker = Worker(app)
+    return Worker(build_app(settings, sources=[client]))
+
+
+def run_once(settings: Settings, service: FakeDicomService) -> Worker:
+    """`run --once`, which must end with every study clean."""
+    worker = worker_for(settings, service)
     try:
-        assert worker.run_once() == 0, app.store.failures(azure.name)
+        assert worker.run_once() == 0, [worker.store.failures(n) for n in worker.sources]
     finally:
         worker.close()
-        app.close()
+        worker.app.close()
     return worker
 
 
@@ -105,7 +110,8 @@ def fhir_studies(fhir: FhirServer) -> dict[tuple[str, str], dict[str, Any]]:
     for study in all_resources(fhir, "ImagingStudy"):
         first = study["identifier"][0]
         assert first["system"].startswith(f"{SERVICE}/partitions/")  # partition-scoped key
-        assert study["identifier"][1]["system"] == "urn:dicom:uid"  # and still searchable
+        systems = [i.get("system") for i in study["identifier"]]
+        assert "urn:dicom:uid" not in systems  # it would match the unscoped study's key
         partition = first["system"].rsplit("/", 1)[1]
         uid = first["value"].removeprefix("urn:oid:")
         found[(partition, uid)] = {
@@ -175,9 +181,8 @@ def test_scripted_history_across_partitions_ends_in_the_archives_state(
     assert written[("alpha", one.study_uid)]["description"] == "RE-READ"
     assert written[("beta", one.study_uid)]["description"] == one.description
     assert first_series_of_two not in written[("beta", two.study_uid)]["series"]
-    by_uid = f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{one.study_uid}"
-    with fhir.client() as http:
-        assert http.get(by_uid).json()["total"] == 2  # researchers find both
+    with fhir.client() as http:  # a UID search in any system finds both partitions' studies
+        assert http.get(f"ImagingStudy?identifier=urn:oid:{one.study_uid}").json()["total"] == 2
     assert len(all_resources(fhir, "Endpoint")) == 2
     assert len(all_resources(fhir, "Patient")) == 2
     assert duplicates(fhir) == {}
@@ -288,6 +293,9 @@ def test_same_study_in_a_partition_stays_apart_from_other_sources(
     keys = sorted(s["identifier"][0]["system"] for s in studies)
     # The default partition joins the on-premises copy; the research partition is its own.
     assert keys == [f"{SERVICE}/partitions/research", "urn:dicom:uid"]
+    with fhir.client() as http:
+        plain = f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{spec.study_uid}"
+        assert http.get(plain).json()["total"] == 1
     shared = next(s for s in studies if s["identifier"][0]["system"] == "urn:dicom:uid")
     assert len(shared["endpoint"]) == 2
 
@@ -310,3 +318,22 @@ def test_status_reports_each_source(
     assert all(s["studies"]["clean"] == 1 for s in report["sources"])
     cloud = report["sources"][1]
     assert cloud["cursor"].endswith("#1")  # a v2 position: the last instant and count read
+
+
+def test_run_once_syncs_the_other_sources_when_one_is_down(
+    two_servers: tuple[OrthancServer, FakeDicomService, Settings], fhir: FhirServer
+) -> None:
+    orthanc, service, settings = two_servers
+    spec = spec_with([SeriesSpec("CT", 2, "axial", number=1)])
+    service.store(dicom_json(spec))
+    orthanc.stop()
+    worker = worker_for(settings, service)
+    try:
+        with pytest.raises(SourceUnavailable, match="Orthanc"):
+            worker.run_once()  # exit 3 from the command line, after the cloud's studies
+    finally:
+        worker.close()
+        worker.app.close()
+    assert worker.totals["synced"] == 1
+    (study,) = all_resources(fhir, "ImagingStudy")
+    assert study["numberOfInstances"] == 2
