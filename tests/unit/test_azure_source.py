@@ -3,6 +3,7 @@ v2 time windows split inside one instant, partitions, Entra ID tokens, throttlin
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import time
 from typing import Any
@@ -270,3 +271,23 @@ def test_managed_identity_tokens_come_from_the_credential_and_renew_on_401() -> 
     source.read_changes(None, 10)
     assert credential.calls == ["https://dicom.healthcareapis.azure.com/.default"]
     assert service.requests[-1].headers["Authorization"] == "Bearer mi-1"
+
+
+def test_an_azure_fhir_service_gets_the_same_entra_id_login() -> None:
+    from dicomcast.fhir.client import fhir_auth
+    from dicomcast.http import ClientCredentials
+
+    fhir_url = "https://ws-fhir.fhir.azurehealthcareapis.com"
+    loaded = load_settings(
+        fhir_url=fhir_url,
+        fhir_tenant_id=TENANT,
+        fhir_client_id=CLIENT_ID,
+        fhir_client_secret=CLIENT_SECRET,
+    )
+    auth = fhir_auth(loaded)
+    assert isinstance(auth, ClientCredentials)
+    assert auth.token_url == f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"
+    assert auth.scope == f"{fhir_url}/.default"
+    if importlib.util.find_spec("azure") is None:  # the optional extra is not installed
+        with pytest.raises(ConfigError, match="azure-identity"):
+            fhir_auth(load_settings(fhir_url=fhir_url, fhir_managed_identity=True))
