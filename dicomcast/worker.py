@@ -499,6 +499,7 @@ class Worker:
         location: StudyLocation,
     ) -> str:
         compose: Callable[[], dict[str, Any]] | None = None
+        shared = False  # another source holds this study too: it exists, skip the blind create
         if self.multi:
             part = {
                 "patient": mapped.patient,
@@ -512,7 +513,9 @@ class Worker:
             def compose() -> dict[str, Any]:
                 return self._union(match, subject)
 
-            mapped = replace(mapped, imaging_study=compose())
+            parts = self._parts(match)
+            shared = len(parts) > 1
+            mapped = replace(mapped, imaging_study=_union_of(parts, subject))
         digest = content_hash(mapped.patient, mapped.imaging_study, self.settings.patient_policy)
         patient_id: str | None
         study_id: str | None
@@ -524,7 +527,9 @@ class Worker:
             )
         else:
             never_written = task.fhir_imagingstudy_id is None and task.content_hash is None
-            result = self.app.writer.upsert_study(mapped, new=never_written, compose=compose)
+            result = self.app.writer.upsert_study(
+                mapped, new=never_written and not shared, compose=compose
+            )
             self.pauses["fhir"].clear()  # it answered
             patient_id, study_id = result.patient_id, result.imaging_study_id
             outcome = "synced" if result.wrote else "unchanged"
@@ -539,10 +544,7 @@ class Worker:
         return sorted(parts, key=lambda c: (self.priority[c.source], c.study_key))
 
     def _union(self, match: str, subject: Any) -> dict[str, Any]:
-        parts = self._parts(match)
-        if not parts:
-            raise FhirConflict("the study's parts vanished while it was written; re-reading")
-        return union([Part(c.body["study"], c.body.get("endpoint")) for c in parts], subject)
+        return _union_of(self._parts(match), subject)
 
     def _remove(self, task: StudyTask, study_uid: str | None, location: StudyLocation) -> None:
         """Reflect a study gone from one source: with several sources, write what the
@@ -724,6 +726,12 @@ class Worker:
                 log.exception("%s failed unexpectedly", job.__name__)
 
         return run
+
+
+def _union_of(parts: list[Contribution], subject: Any) -> dict[str, Any]:
+    if not parts:
+        raise FhirConflict("the study's parts vanished while it was written; re-reading")
+    return union([Part(c.body["study"], c.body.get("endpoint")) for c in parts], subject)
 
 
 def source_pause(name: str) -> str:
