@@ -44,7 +44,7 @@ from dicomcast.errors import (
 from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token, study_token
 from dicomcast.mapping.union import Part, union
 from dicomcast.ops.memory import release_free_memory
-from dicomcast.sources.base import Source, StudyLocation
+from dicomcast.sources.base import Source, StudyLocation, source_dependency
 from dicomcast.state.store import Contribution, DirtyMark, StudyTask, SyncOutcome
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Worker:
         self._tailed_at = -1e9  # monotonic time of the last feed read in the loop
         self.tailing = dict.fromkeys(self.sources, False)  # sources whose lease we hold
         base, cap = min(self.settings.backoff_base, 5.0), self.settings.backoff_max
-        names = ["fhir", "state", *(source_pause(name) for name in self.sources)]
+        names = ["fhir", "state", *(source_dependency(name) for name in self.sources)]
         self.pauses = {name: Pause(name, base, cap) for name in names}
         self._unrecorded: list[StudyTask] = []  # claims the state DB failed to release
         self._current_uid = threading.local()  # the study UID being synced, for log lines
@@ -147,6 +147,10 @@ class Worker:
     def source(self) -> Source:
         """The first source (the only one in a single-source setup)."""
         return self.app.source
+
+    def source_pause(self, name: str) -> Pause:
+        """The pause of one source: an outage there stops only that source's studies."""
+        return self.pauses[source_dependency(name)]
 
     @property
     def source_lease(self) -> float:
@@ -225,31 +229,41 @@ class Worker:
 
     def tail(self, *, strict: bool = True, failed: dict[str, Exception] | None = None) -> int:
         """Read every held source's feed to its end (or until stopped); returns how many
-        studies were dirtied. With `strict`, a failing source's error is raised; without,
-        that source is paused (an outage) or logged, recorded in `failed`, and the others
-        go on."""
-        marked = 0
-        for name, source in self.sources.items():
-            if not self.tailing[name] or self.pauses[source_pause(name)].active():
-                continue
+        studies were dirtied. Errors are handled as `_per_source` says."""
+        held = [n for n in self.sources if self.tailing[n] and not self.source_pause(n).active()]
+        return self._per_source(held, self._tail, strict=strict, failed=failed)
+
+    def _per_source(
+        self,
+        names: list[str],
+        work: Callable[[str, Source], int],
+        *,
+        strict: bool,
+        failed: dict[str, Exception] | None,
+    ) -> int:
+        """Run `work` on each named source, summing what it returns. With `strict`, a
+        failing source's error is raised; without, that source is paused (an outage) or
+        logged, recorded in `failed` (and skipped from then on), and the others go on."""
+        total = 0
+        for name in names:
             if failed is not None and name in failed:
                 continue
             try:
-                marked += self._tail(name, source)
+                total += work(name, self.sources[name])
             except StateUnavailable:
                 raise
             except RetriableError as exc:
                 if strict:
                     raise
                 if exc.outage:
-                    self.pauses[source_pause(name)].trip(exc)
+                    self.source_pause(name).trip(exc)
                 else:
-                    log.warning("reading the change feed failed: %s", exc, extra={"source": name})
+                    log.warning("reading the source failed: %s", exc, extra={"source": name})
                 if failed is not None:
                     failed[name] = exc
             else:
-                self.pauses[source_pause(name)].clear()
-        return marked
+                self.source_pause(name).clear()
+        return total
 
     def _tail(self, name: str, source: Source) -> int:
         marked = 0
@@ -302,7 +316,9 @@ class Worker:
         given source's, or any source's without one); None when nothing is paused."""
         now = time.time()
         names = ["fhir", "state"]
-        names += [source_pause(source)] if source else [source_pause(n) for n in self.sources]
+        names += (
+            [source_dependency(source)] if source else [source_dependency(n) for n in self.sources]
+        )
         ends = [self.pauses[n].until for n in names if self.pauses[n].active(now)]
         return max(ends) if ends else None
 
@@ -318,7 +334,7 @@ class Worker:
         tasks = [
             task
             for name in self.sources
-            if name not in skip and not self.pauses[source_pause(name)].active(now)
+            if name not in skip and not self.source_pause(name).active(now)
             for task in self.store.due(name, limit=limit)
         ]
         claimed = self.store.claim_many(tasks, self.owner, CLAIM_LEASE)
@@ -409,7 +425,7 @@ class Worker:
     def _backoff(self, task: StudyTask, exc: RetriableError) -> str:
         status = exc.status
         if exc.outage:
-            which = source_pause(task.source) if isinstance(exc, SourceUnavailable) else "fhir"
+            which = source_dependency(task.source) if isinstance(exc, SourceUnavailable) else "fhir"
             until = self.pauses[which].trip(exc)
             self.store.finish_failed(
                 task,
@@ -455,7 +471,7 @@ class Worker:
         waited = time.time() - (task.dirty_since or time.time())
         may_wait = wait_for_stable and waited < self.settings.stable_wait_max
         fetched = source.fetch_study(task.study_key, unless_unstable=may_wait)
-        self.pauses[source_pause(task.source)].clear()  # it answered
+        self.source_pause(task.source).clear()  # it answered
         study_uid = fetched.study_uid or task.study_uid
         self._current_uid.value = study_uid
         if fetched.unread:
@@ -469,18 +485,16 @@ class Worker:
             self.store.finish_gone(task)
             return "deleted"
         # Never prepare() here: it frees this worker's claims, including studies in flight.
+        endpoint = self._endpoint(task.source, location)
         mapped = self.app.mappings.map_study(
-            fetched.view,
-            self._config(task.source, location),
-            self._endpoint(task.source, location),
-            scope=location.scope,
+            fetched.view, self._config(task.source, location), endpoint, scope=location.scope
         )
         uid, count = fetched.view.uid, fetched.view.instance_count
         warnings = tuple(fetched.warnings) + mapped.warnings
         del fetched  # a large study's metadata need not live through the write
         match = search_token(mapped.imaging_study)
         with self._study_lock(match):
-            return self._write(task, mapped, match, uid, count, warnings, location)
+            return self._write(task, mapped, match, uid, count, warnings, endpoint)
 
     def _study_lock(self, match: str) -> threading.Lock | contextlib.nullcontext[None]:
         """With several sources, one study's syncs from different sources take turns."""
@@ -496,7 +510,7 @@ class Worker:
         uid: str,
         count: int,
         warnings: tuple[str, ...],
-        location: StudyLocation,
+        endpoint: str,
     ) -> str:
         compose: Callable[[], dict[str, Any]] | None = None
         shared = False  # another source holds this study too: it exists, skip the blind create
@@ -505,7 +519,7 @@ class Worker:
                 "patient": mapped.patient,
                 "study": mapped.imaging_study,
                 "placeholder": mapped.patient_placeholder,
-                "endpoint": self._endpoint(task.source, location),
+                "endpoint": endpoint,
             }
             self.store.put_contribution(task.source, task.study_key, match, part)
             subject = mapped.imaging_study.get("subject")
@@ -572,7 +586,7 @@ class Worker:
         remaining = MappedStudy(
             study_uid or "",
             first["patient"],
-            self._union(match, subject),
+            _union_of(parts, subject),
             first["placeholder"],
             (),
         )
@@ -593,14 +607,12 @@ class Worker:
         failed: dict[str, Exception] = {}
         try:
             self.tail(strict=strict, failed=failed)
-            for name in self.sources:
-                if name not in failed:
-                    try:
-                        self.reconcile(name)
-                    except RetriableError as exc:
-                        if strict or isinstance(exc, StateUnavailable):
-                            raise
-                        failed[name] = exc
+            self._per_source(
+                list(self.sources),
+                lambda name, _source: self.reconcile(name),
+                strict=strict,
+                failed=failed,
+            )
             while not self.stop_event.is_set():
                 stats = self.sync_round(wait_for_stable=False, skip=failed)
                 if progress:
@@ -711,7 +723,7 @@ class Worker:
 
     def _reconcile_job(self) -> None:
         for name in self.sources:
-            if self.tailing[name] and not self.pauses[source_pause(name)].active():
+            if self.tailing[name] and not self.source_pause(name).active():
                 self.reconcile(name)
 
     def _guarded(self, job: Callable[[], object]) -> Callable[[], None]:
@@ -732,11 +744,6 @@ def _union_of(parts: list[Contribution], subject: Any) -> dict[str, Any]:
     if not parts:
         raise FhirConflict("the study's parts vanished while it was written; re-reading")
     return union([Part(c.body["study"], c.body.get("endpoint")) for c in parts], subject)
-
-
-def source_pause(name: str) -> str:
-    """The pause (and readiness check, and `dependency` label) of one source."""
-    return f"source:{name}"
 
 
 def _now() -> dt.datetime:

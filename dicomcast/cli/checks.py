@@ -19,6 +19,7 @@ from dicomcast.errors import DicomcastError, StudyError
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import create_entry
 from dicomcast.mapping.mapper import placeholder
+from dicomcast.sources.base import source_dependency
 from dicomcast.sources.files import read_studies
 from dicomcast.state.store import StateStore
 
@@ -97,7 +98,7 @@ def check_config(config: ConfigOption = None) -> None:
     typer.echo(f"mappings    ok ({mappings.folder})")
     failed = False
     probes: list[tuple[str, Callable[[], str]]] = [
-        (f"source:{source.name}", functools.partial(_probe_source, settings, source))
+        (source_dependency(source.name), functools.partial(_probe_source, settings, source))
         for source in settings.source_list()
     ]
     probes += [("fhir", lambda: _probe_fhir(settings)), ("state", lambda: _probe_state(settings))]

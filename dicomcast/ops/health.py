@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomcast.errors import DicomcastError
-from dicomcast.worker import source_pause
+from dicomcast.sources.base import source_dependency
 
 if TYPE_CHECKING:
     from dicomcast.worker import Worker
@@ -64,7 +64,7 @@ class Health:
         app = self.worker.app
         probes: dict[str, Callable[[], object]] = {"state": app.store.ping}
         for name, source in app.sources.items():
-            probes[source_pause(name)] = source.check
+            probes[source_dependency(name)] = source.check
         probes["fhir"] = app.fhir.ping
         checks: dict[str, str] = {}
         for name, probe in probes.items():

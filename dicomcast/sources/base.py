@@ -44,6 +44,11 @@ class FetchedStudy:
     unread: bool = False
 
 
+def source_dependency(name: str) -> str:
+    """A source's name as a dependency: its pause, readiness check and metrics label."""
+    return f"source:{name}"
+
+
 @dataclass(frozen=True)
 class StudyLocation:
     """Where a study lives: the DICOMweb base its FHIR Endpoint publishes, and the namespace
