@@ -44,6 +44,13 @@ SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PARTITION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the service's own rule
 
 
+def resolve_token_url(explicit: str | None, tenant_id: str | None) -> str | None:
+    """The OAuth2 token URL: the one given, else Microsoft Entra ID's for the tenant."""
+    if explicit:
+        return explicit
+    return f"{ENTRA_LOGIN}/{tenant_id}/oauth2/v2.0/token" if tenant_id else None
+
+
 class SourceSettings(BaseModel):
     """One DICOM server to follow: from the `sources` list, or the flat `source_*` settings.
 
@@ -139,9 +146,7 @@ class SourceSettings(BaseModel):
 
     @property
     def token_url(self) -> str | None:
-        if self.oauth_token_url:
-            return self.oauth_token_url
-        return f"{ENTRA_LOGIN}/{self.tenant_id}/oauth2/v2.0/token" if self.tenant_id else None
+        return resolve_token_url(self.oauth_token_url, self.tenant_id)
 
     def auth(
         self, *, verify: bool | str = True, transport: httpx.BaseTransport | None = None
@@ -372,11 +377,7 @@ class Settings(BaseSettings):
 
     @property
     def fhir_token_url(self) -> str | None:
-        if self.fhir_oauth_token_url:
-            return self.fhir_oauth_token_url
-        if self.fhir_tenant_id:
-            return f"{ENTRA_LOGIN}/{self.fhir_tenant_id}/oauth2/v2.0/token"
-        return None
+        return resolve_token_url(self.fhir_oauth_token_url, self.fhir_tenant_id)
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -189,7 +189,10 @@ def cursor_set(
     the periodic reconcile scan (Orthanc) or to `resync`."""
 
     def run(settings: Settings, store: StateStore) -> str | None:
-        (name,) = source_names(settings, store, source or _only_source(settings))
+        names = source_names(settings, store, source)
+        if len(names) > 1:  # never a guess among several
+            raise ConfigError(f"several sources; say which with --source ({', '.join(names)})")
+        (name,) = names
         _check_cursor(settings, name, value)
         before = store.summary(name).cursor
         store.set_cursor(name, value)
@@ -197,18 +200,6 @@ def cursor_set(
 
     before = _with_store(config, run)
     typer.echo(f"cursor moved from {before} to {value}")
-
-
-def _only_source(settings: Settings) -> str | None:
-    """The source `cursor set` means without --source; never a guess among several."""
-    try:
-        sources = settings.source_list()
-    except ConfigError:
-        return None  # nothing configured here: the state DB names the source
-    if len(sources) > 1:
-        names = ", ".join(s.name for s in sources)
-        raise ConfigError(f"several sources are configured; say which with --source ({names})")
-    return sources[0].name
 
 
 def _check_cursor(settings: Settings, name: str, value: str) -> None:

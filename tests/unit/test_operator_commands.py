@@ -124,3 +124,15 @@ def test_status_reports_lag_and_failures_by_reason(
     assert info["lag_seconds"] > 1e9 - 1000  # the waiting change is from 1970 + 1000 s
     text = runner.invoke(app, ["status"], env=env).stdout
     assert "12 events behind" in text and "FhirRejected: 1" in text
+
+
+def test_cursor_set_among_several_sources_needs_one_named(
+    state: tuple[StateStore, dict[str, str]],
+) -> None:
+    store, env = state
+    store.ensure_source("cloud", "azure-dicom")  # the state DB now knows two sources
+    refused = runner.invoke(app, ["cursor", "set", "5"], env=env)
+    assert refused.exit_code == 2 and "--source" in refused.stderr
+    assert store.summary("default").cursor == "30"
+    moved = runner.invoke(app, ["cursor", "set", "5", "--source", "default"], env=env)
+    assert moved.exit_code == 0 and store.summary("default").cursor == "5"
