@@ -1,66 +1,32 @@
-"""Build the worker's parts from settings, in one place, for the CLI and the tests alike."""
+"""The composition root: build the worker's parts from settings, in one place, for the CLI
+and the tests alike. Only this module (and the CLI) turns settings into HTTP clients."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
+from dicomcast.auth import fhir_auth, tls_verify
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import ConfigError
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import FhirWriter
-from dicomcast.mapping.mapper import Mappings
+from dicomcast.http import RetryPolicy
+from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS, load_mappings, mapping_config
 from dicomcast.ops.metrics import Metrics
+from dicomcast.parts import App
 from dicomcast.sources.azure import AzureDicomSource
-from dicomcast.sources.base import Source, StudyLocation
+from dicomcast.sources.base import Source
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
 
-MAPPING_CONFIG_KEYS = {
-    "patient_id_system",
-    "accession_system",
-    "issuer_systems",
-    "timezone",
-    "source_name",
-    "source_public_url",
-}
+__all__ = ["MAPPING_CONFIG_KEYS", "App", "build_app", "load_mappings", "mapping_config"]
 
 
-def mapping_config(
-    settings: Settings,
-    source: SourceSettings | None = None,
-    location: StudyLocation | None = None,
-) -> dict[str, Any]:
-    """The settings a mapping file may read with `config:`; never a secret. With a source
-    and a study's location: that source's overrides and that study's Endpoint."""
-    public_url = settings.source_public_url
-    if public_url is None and settings.source_url and not settings.sources:
-        public_url = settings.source.published_url
-    config = {
-        "patient_id_system": settings.patient_id_system,
-        "accession_system": settings.accession_system,
-        "issuer_systems": dict(settings.issuer_systems),
-        "timezone": settings.timezone,
-        "source_name": settings.source_name,
-        "source_public_url": public_url,
-    }
-    if source is not None:
-        config["source_name"] = source.name
-        config["source_public_url"] = source.published_url
-        for key in ("patient_id_system", "accession_system"):
-            if getattr(source, key):
-                config[key] = getattr(source, key)
-    if location is not None:
-        config["source_name"] = location.endpoint_name
-        config["source_public_url"] = location.address
-    return config
-
-
-def load_mappings(settings: Settings) -> Mappings:
-    return Mappings.load(settings.mapping_dir, MAPPING_CONFIG_KEYS)
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """Short in-process retries of every HTTP request, as the settings say."""
+    return RetryPolicy(settings.http_retries, max_delay=30.0, base=settings.http_retry_base)
 
 
 def make_source(
@@ -70,37 +36,29 @@ def make_source(
 ) -> Source:
     """A client for one configured source (the only one, when not named)."""
     source = source or settings.source
-    verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
     kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
     return kind(
         source,
-        verify=verify,
+        verify=tls_verify(settings),
         timeout=settings.http_timeout,
         transport=transport,
-        retry=settings.retry_policy,
+        retry=retry_policy(settings),
     )
 
 
-@dataclass
-class App:
-    settings: Settings
-    store: StateStore
-    sources: dict[str, Source]  # in priority order
-    mappings: Mappings
-    fhir: FhirClient
-    writer: FhirWriter
-    metrics: Metrics
-
-    @property
-    def source(self) -> Source:
-        """The first source: the only one in a single-source setup."""
-        return next(iter(self.sources.values()))
-
-    def close(self) -> None:
-        for source in self.sources.values():
-            source.close()
-        self.fhir.close()
-        self.store.close()
+def make_fhir(settings: Settings, transport: httpx.BaseTransport | None = None) -> FhirClient:
+    """A client for the FHIR server, logged in as the settings say."""
+    if not settings.fhir_url:
+        raise ConfigError("missing settings: DICOMCAST_FHIR_URL")
+    return FhirClient(
+        settings.fhir_url,
+        auth=fhir_auth(settings),
+        verify=tls_verify(settings),
+        timeout=settings.http_timeout,
+        transport=transport,
+        max_connections=max(4, settings.concurrency * 2),
+        retry=retry_policy(settings),
+    )
 
 
 def build_app(
@@ -120,7 +78,7 @@ def build_app(
     mappings = load_mappings(settings)
     store = StateStore(settings.state_url)
     store.migrate()
-    fhir = FhirClient.from_settings(settings, transport=fhir_transport)
+    fhir = make_fhir(settings, transport=fhir_transport)
     writer = FhirWriter(
         fhir,
         patient_owned=mappings.owned("Patient"),

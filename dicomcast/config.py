@@ -14,9 +14,7 @@ import tomllib
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -29,10 +27,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomcast.errors import ConfigError
-from dicomcast.http import RetryPolicy, make_auth
+from dicomcast.model import DeletedStudyPolicy, PatientPolicy
+from dicomcast.urls import mask_url
 
-PatientPolicy = Literal["fill-missing", "never", "overwrite"]
-DeletedStudyPolicy = Literal["delete", "entered-in-error"]
+__all__ = ["DeletedStudyPolicy", "PatientPolicy", "Settings", "SourceSettings", "mask_url"]
 
 
 SourceKind = Literal["orthanc", "azure-dicom"]
@@ -147,23 +145,6 @@ class SourceSettings(BaseModel):
     @property
     def token_url(self) -> str | None:
         return resolve_token_url(self.oauth_token_url, self.tenant_id)
-
-    def auth(
-        self, *, verify: bool | str = True, transport: httpx.BaseTransport | None = None
-    ) -> httpx.Auth | None:
-        """How requests to this source log in (None: an open server)."""
-        return make_auth(
-            token=self.token,
-            username=self.username,
-            password=self.password,
-            token_url=self.token_url,
-            client_id=self.client_id,
-            client_secret=self.client_secret,
-            scope=self.oauth_scope,
-            use_managed_identity=self.managed_identity,
-            verify=verify,
-            transport=transport,
-        )
 
     @property
     def oauth_scope(self) -> str | None:
@@ -379,10 +360,6 @@ class Settings(BaseSettings):
     def fhir_token_url(self) -> str | None:
         return resolve_token_url(self.fhir_oauth_token_url, self.fhir_tenant_id)
 
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.http_retries, max_delay=30.0, base=self.http_retry_base)
-
     def require_worker_settings(self) -> None:
         """Check what `run` needs beyond the mapping-only settings."""
         self.source_list()
@@ -430,17 +407,6 @@ def _problems(exc: ValidationError) -> str:
         f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
         for err in exc.errors()
     )
-
-
-def mask_url(url: str) -> str:
-    """Hide a password embedded in a URL (`postgresql://u:secret@h/db` -> `u:***@h`)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

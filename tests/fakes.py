@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 
+from dicomcast.model import DirtyMark
 from dicomcast.sandbox.samples import StudySpec, instances
 from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
 from dicomcast.sources.files import dataset_to_json
-from dicomcast.state.store import DirtyMark
 from dicomcast.studyview import build_study_views
 
 

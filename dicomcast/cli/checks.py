@@ -12,14 +12,13 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicomcast.app import load_mappings, make_source, mapping_config
+from dicomcast.app import load_mappings, make_fhir, make_source, mapping_config
 from dicomcast.cli.common import ConfigOption, guard, settings_from
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import DicomcastError, StudyError
-from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import create_entry
 from dicomcast.mapping.mapper import placeholder
-from dicomcast.sources.base import source_dependency
+from dicomcast.model import source_dependency
 from dicomcast.sources.files import read_studies
 from dicomcast.state.store import StateStore
 
@@ -121,7 +120,7 @@ def _probe_source(settings: Settings, config: SourceSettings) -> str:
 
 
 def _probe_fhir(settings: Settings) -> str:
-    fhir = FhirClient.from_settings(settings)
+    fhir = make_fhir(settings)
     try:
         return f"FHIR {fhir.metadata().get('fhirVersion', '?')}"
     finally:

@@ -22,9 +22,10 @@ from dicomcast.cli.common import (
 )
 from dicomcast.config import Settings
 from dicomcast.errors import ConfigError
+from dicomcast.model import DirtyMark
 from dicomcast.sources.azure import parse_v2_cursor
 from dicomcast.state.models import StudyRow
-from dicomcast.state.store import DirtyMark, StateStore
+from dicomcast.state.store import StateStore
 
 T = TypeVar("T")
 failures = typer.Typer(help="Studies that failed or are backing off: list, show, retry.")

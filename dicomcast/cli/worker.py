@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -20,9 +21,10 @@ from dicomcast.cli.common import (
     with_store,
 )
 from dicomcast.config import Settings
+from dicomcast.model import SourceSummary, source_dependency
 from dicomcast.ops.health import Health
 from dicomcast.ops.listener import Listener
-from dicomcast.state.store import SourceSummary, StateStore
+from dicomcast.state.store import StateStore
 
 if TYPE_CHECKING:
     from dicomcast.worker import RoundStats, Worker
@@ -73,7 +75,7 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
     if not settings.http_port:
         return None
     try:
-        return Listener(Health(worker), settings.http_host, settings.http_port).start()
+        return Listener(_health(worker), settings.http_host, settings.http_port).start()
     except OSError as exc:
         typer.echo(
             f"dicomcast: cannot listen on {settings.http_host}:{settings.http_port}: "
@@ -81,6 +83,23 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
             err=True,
         )
         raise typer.Exit(2) from None
+
+
+def _health(worker: Worker) -> Health:
+    """What the health endpoints look at: a quick probe of every dependency, the worker's
+    heartbeat, and its pauses."""
+    app = worker.app
+    probes: dict[str, Callable[[], object]] = {"state": app.store.ping}
+    for name, source in app.sources.items():
+        probes[source_dependency(name)] = source.check
+    probes["fhir"] = app.fhir.ping
+    return Health(
+        probes,
+        worker,
+        worker.pauses,
+        app.metrics,
+        live_within=max(60.0, 10 * worker.settings.poll_interval),
+    )
 
 
 class _Progress:

@@ -10,44 +10,10 @@ from typing import Any
 
 import httpx
 
-from dicomcast.config import Settings
 from dicomcast.errors import FhirRejected, FhirUnavailable
-from dicomcast.http import (
-    Observer,
-    RetryPolicy,
-    classify,
-    make_auth,
-    make_client,
-    send,
-)
+from dicomcast.http import Observer, RetryPolicy, classify, make_client, send
 
 FHIR_JSON = "application/fhir+json"
-
-
-def fhir_auth(
-    settings: Settings, transport: httpx.BaseTransport | None = None
-) -> httpx.Auth | None:
-    """Client credentials (any OAuth2 server, or Entra ID by tenant), a managed identity,
-    or a static token; for Azure the scope defaults to the FHIR service's `/.default`."""
-    azure_scope = f"{settings.fhir_url}/.default" if settings.fhir_url else None
-    credentials = settings.fhir_client_secret is not None and settings.fhir_token_url
-    return make_auth(
-        token=None if credentials else settings.fhir_token,
-        token_url=settings.fhir_token_url,
-        client_id=settings.fhir_client_id,
-        client_secret=settings.fhir_client_secret,
-        scope=settings.fhir_scope
-        or (azure_scope if settings.fhir_tenant_id or settings.fhir_managed_identity else None),
-        use_managed_identity=settings.fhir_managed_identity,
-        verify=_verify(settings),
-        transport=transport,
-    )
-
-
-def _verify(settings: Settings) -> bool | str:
-    if settings.ca_bundle:
-        return str(settings.ca_bundle)
-    return settings.verify_tls
 
 
 class FhirClient:
@@ -81,21 +47,6 @@ class FhirClient:
         self._batch_supported = True
         # Told (resource type, status or None, seconds) of every request sent; for metrics.
         self.observe: Callable[[str, int | None, float], None] | None = None
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, transport: httpx.BaseTransport | None = None
-    ) -> FhirClient:
-        assert settings.fhir_url
-        return cls(
-            settings.fhir_url,
-            auth=fhir_auth(settings),
-            verify=_verify(settings),
-            timeout=settings.http_timeout,
-            transport=transport,
-            max_connections=max(4, settings.concurrency * 2),
-            retry=settings.retry_policy,
-        )
 
     def close(self) -> None:
         self.http.close()

@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomcast.config import DeletedStudyPolicy, PatientPolicy
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir.client import FhirClient
 from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
+from dicomcast.model import DeletedStudyPolicy, PatientPolicy
 
 log = logging.getLogger(__name__)
 SERVER_OWNED = ("id", "meta")

@@ -3,23 +3,43 @@
 Live: the worker's loop made progress recently (a hung loop gets the process restarted).
 Ready: the state DB, the DICOM server and the FHIR server all answer a quick probe now.
 Not ready is not dead: the worker keeps running and catches up once the server returns.
+
+It is told what to look at (probes, a heartbeat, the pauses) and knows nothing else of
+the worker.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomcast.errors import DicomcastError
-from dicomcast.sources.base import source_dependency
+from dicomcast.ops.metrics import Metrics
 
-if TYPE_CHECKING:
-    from dicomcast.worker import Worker
+
+class Heartbeat(Protocol):
+    """The loop being watched: when it last made progress, and whether it is stopping."""
+
+    @property
+    def progress_at(self) -> float: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+class PauseView(Protocol):
+    @property
+    def until(self) -> float: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    def active(self, now: float | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -31,23 +51,36 @@ class Report:
 class Health:
     """Probes are cached for `cache_for` seconds so a busy scraper cannot load the servers."""
 
-    def __init__(self, worker: Worker, *, cache_for: float = 2.0) -> None:
-        self.worker = worker
+    def __init__(
+        self,
+        probes: Mapping[str, Callable[[], object]],
+        heartbeat: Heartbeat,
+        pauses: Mapping[str, PauseView],
+        metrics: Metrics,
+        *,
+        live_within: float,
+        cache_for: float = 2.0,
+    ) -> None:
+        self.probes = probes
+        self.heartbeat = heartbeat
+        self.pauses = pauses
+        self.metrics = metrics
+        self.live_within = live_within
         self.cache_for = cache_for
-        self.live_within = max(60.0, 10 * worker.settings.poll_interval)
         self._lock = threading.Lock()
         self._cached: tuple[float, Report] | None = None
 
     def live(self) -> Report:
-        age = time.time() - self.worker.progress_at
-        ok = age <= self.live_within and not self.worker.stop_event.is_set()
+        age = time.time() - self.heartbeat.progress_at
+        stopping = self.heartbeat.stopping
+        ok = age <= self.live_within and not stopping
         return Report(
             ok,
             {
                 "live": ok,
                 "last_progress_age_s": round(age, 1),
                 "limit_s": self.live_within,
-                "stopping": self.worker.stop_event.is_set(),
+                "stopping": stopping,
             },
         )
 
@@ -61,25 +94,20 @@ class Health:
             return report
 
     def _probe(self) -> Report:
-        app = self.worker.app
-        probes: dict[str, Callable[[], object]] = {"state": app.store.ping}
-        for name, source in app.sources.items():
-            probes[source_dependency(name)] = source.check
-        probes["fhir"] = app.fhir.ping
         checks: dict[str, str] = {}
-        for name, probe in probes.items():
+        for name, probe in self.probes.items():
             try:
                 probe()
                 checks[name] = "ok"
-                app.metrics.dependency_up.labels(name).set(1)
+                self.metrics.dependency_up.labels(name).set(1)
             except (DicomcastError, SQLAlchemyError, OSError) as exc:
                 checks[name] = f"unavailable: {exc}"
-                app.metrics.dependency_up.labels(name).set(0)
+                self.metrics.dependency_up.labels(name).set(0)
         now = time.time()
         paused = {}
-        for name, pause in self.worker.pauses.items():
+        for name, pause in self.pauses.items():
             active = pause.active(now)
-            app.metrics.paused.labels(name).set(1 if active else 0)
+            self.metrics.paused.labels(name).set(1 if active else 0)
             if active:
                 paused[name] = {"for_s": round(pause.until - now, 1), "reason": pause.reason}
         ok = all(v == "ok" for v in checks.values())

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class Listener:
     def __init__(self, health: Health, host: str, port: int) -> None:
         self.health = health
-        registry = health.worker.metrics.registry
+        registry = health.metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dicomcast.state.store import DirtyMark
+from dicomcast.model import DirtyMark
 from dicomcast.studyview import StudyView
 
 
@@ -42,11 +42,6 @@ class FetchedStudy:
     study_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
     unread: bool = False
-
-
-def source_dependency(name: str) -> str:
-    """A source's name as a dependency: its pause, readiness check and metrics label."""
-    return f"source:{name}"
 
 
 @dataclass(frozen=True)

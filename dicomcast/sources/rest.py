@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from dicomcast.auth import source_auth
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.http import Observer, RetryPolicy, make_client, send
@@ -99,7 +100,7 @@ class RestSource:
         self.name = settings.name
         self.settings = settings
         self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
-        auth = auth or settings.auth(verify=verify, transport=transport)
+        auth = auth or source_auth(settings, verify=verify, transport=transport)
         self.http = make_client(
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
         )

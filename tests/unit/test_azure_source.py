@@ -12,9 +12,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from dicomcast.auth import AzureCredential
 from dicomcast.config import SourceSettings, load_settings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
-from dicomcast.http import AzureCredential, RetryPolicy
+from dicomcast.http import RetryPolicy
 from dicomcast.sandbox.samples import bulk_studies
 from dicomcast.sources.azure import AzureDicomSource, instant, parse_v2_cursor
 from tests.azure_fake import CLIENT_ID, CLIENT_SECRET, SERVICE, TENANT, FakeDicomService
@@ -274,8 +275,7 @@ def test_managed_identity_tokens_come_from_the_credential_and_renew_on_401() -> 
 
 
 def test_an_azure_fhir_service_gets_the_same_entra_id_login() -> None:
-    from dicomcast.fhir.client import fhir_auth
-    from dicomcast.http import ClientCredentials
+    from dicomcast.auth import ClientCredentials, fhir_auth
 
     fhir_url = "https://ws-fhir.fhir.azurehealthcareapis.com"
     loaded = load_settings(

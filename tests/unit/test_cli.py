@@ -47,7 +47,8 @@ def test_backfill_progress_line_counts_done_and_waiting(capsys: pytest.CaptureFi
     from collections import Counter
 
     from dicomcast.cli.worker import _Progress
-    from dicomcast.state.store import DirtyMark, StateStore
+    from dicomcast.model import DirtyMark
+    from dicomcast.state.store import StateStore
     from dicomcast.worker import RoundStats
 
     store = StateStore("sqlite://")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from dicomcast.config import load_settings, mask_url
-from dicomcast.errors import ConfigError, StateSchemaError
-from dicomcast.state.store import DirtyMark, StateStore, SyncOutcome
+from dicomcast.errors import ConfigError, StateSchemaError, StateUnavailable
+from dicomcast.model import DirtyMark, Written
+from dicomcast.state.store import StateStore
 
 
 def test_env_wins_over_file_and_secrets_are_masked(
@@ -40,19 +44,26 @@ def test_bad_settings_say_what_is_wrong(tmp_path: Path) -> None:
         load_settings(None, fhir_url="http://f").require_worker_settings()
 
 
-def test_record_page_is_atomic_with_the_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_record_page_is_atomic_with_the_cursor() -> None:
     store = StateStore("sqlite://")
     store.migrate()
     store.ensure_source("s", "orthanc")
 
-    def explode(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("disk full")
+    def fail_the_cursor_update(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # The marks were written a moment ago in this same transaction; now the disk fills.
+        if statement.lstrip().upper().startswith("UPDATE SOURCES"):
+            raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(store, "_mark", explode)
-    with pytest.raises(RuntimeError):
-        store.record_page("s", "50", "50", [DirtyMark("a")])
+    event.listen(store.engine, "before_cursor_execute", fail_the_cursor_update)
+    with pytest.raises(StateUnavailable, match="record_page"):
+        store.record_page("s", "50", "50", [DirtyMark("a"), DirtyMark("b")])
+    event.remove(store.engine, "before_cursor_execute", fail_the_cursor_update)
     source = store.get_source("s")
-    assert source is not None and source.cursor is None  # nothing half-recorded
+    assert source is not None and source.cursor is None  # the cursor did not move
+    assert store.counts("s") == {}  # and the marks written before it were rolled back
+    # Proof that the fault is what stopped it: without it, both are recorded together.
+    assert store.record_page("s", "50", "50", [DirtyMark("a"), DirtyMark("b")]) == 2
+    assert store.cursor("s") == "50" and store.counts("s") == {"dirty": 2}
 
 
 def test_newer_change_during_a_sync_keeps_the_study_dirty() -> None:
@@ -64,10 +75,10 @@ def test_newer_change_during_a_sync_keeps_the_study_dirty() -> None:
     assert store.claim_many([task], "w", 60) == [task]
     assert store.claim_many([task], "other-worker", 60) == []  # one holder at a time
     store.record_page("s", "2", "2", [DirtyMark("a", 200.0)])  # arrives mid-sync
-    assert store.finish_clean(task, SyncOutcome("1.2", "h", "p", "i", 3)) is False
+    assert store.finish_clean(task, Written("1.2", "h", "p", "i", 3)) is False
     (again,) = store.due("s", 10)
     assert again.generation == task.generation + 1 and again.content_hash == "h"
-    assert store.finish_clean(again, SyncOutcome("1.2", "h", "p", "i", 3)) is True
+    assert store.finish_clean(again, Written("1.2", "h", "p", "i", 3)) is True
     assert store.counts("s") == {"clean": 1}
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import generate_latest
 
+from dicomcast.model import DirtyMark, Written
 from dicomcast.ops.metrics import Metrics
-from dicomcast.state.store import DirtyMark, StateStore, SyncOutcome
+from dicomcast.state.store import StateStore
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -37,7 +38,7 @@ def exported_names() -> set[str]:
     store.ensure_source("pacs", "orthanc")
     store.record_page("pacs", "2", "2", [DirtyMark("a", 1.0), DirtyMark("b", 1.0)])
     a, b = store.due("pacs", 10)
-    store.finish_clean(a, SyncOutcome("1.2", "h", "p", "s", 1))
+    store.finish_clean(a, Written("1.2", "h", "p", "s", 1))
     store.finish_failed(b, "refused", "FhirRejected", park=True, retry_at=None)
     metrics = Metrics()
     metrics.watch_state(store, lambda: ["pacs"])

@@ -50,7 +50,7 @@ def make_worker(
         app.store = store
     worker = Worker(app)
     # The Endpoint step is the upsert tests' business.
-    worker.endpoints[FakeSource.location_.address] = "Endpoint/e"
+    worker.endpoints.known[FakeSource.location_.address] = "Endpoint/e"
     app.store.ensure_source(source.name, source.kind)
     assert worker.hold_source()
     return worker
@@ -141,7 +141,7 @@ def test_a_state_db_failure_never_moves_or_resets_the_cursor(tmp_path: Path) -> 
     store.migrate()
     worker = make_worker(tmp_path, StatusFhir(503), store=store)
     store.broken = True
-    worker._cycle()  # the scheduled job: must not raise
+    worker.cycle()  # the scheduled job: must not raise
     source = store.get_source("default")
     assert source is not None and source.cursor is None and source.resets == 0
     assert worker.pauses["state"].active() and store.counts("default") == {}
@@ -235,7 +235,7 @@ def test_one_source_down_pauses_only_its_own_studies(tmp_path: Path) -> None:
     )
     fhir = StatusFhir(500)  # every write fails as the study's own error: it backs off alone
     worker = Worker(build_app(settings, sources=[up, down], fhir_transport=fhir))
-    worker.endpoints[FakeSource.location_.address] = "Endpoint/e"
+    worker.endpoints.known[FakeSource.location_.address] = "Endpoint/e"
     for name in ("up", "down"):
         worker.store.ensure_source(name, "fake")
     assert worker.hold_source()

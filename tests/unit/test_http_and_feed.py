@@ -158,8 +158,8 @@ def test_empty_page_keeps_cursor_and_gaps_are_skipped() -> None:
 
 
 def test_oauth_client_credentials_token_is_cached_and_renewed_on_401() -> None:
+    from dicomcast.auth import fhir_auth
     from dicomcast.config import load_settings
-    from dicomcast.fhir.client import fhir_auth
 
     issued: list[str] = []
     revoked: set[str] = set()

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomcast.cli import app
-from dicomcast.state.store import DirtyMark, StateStore, StudyTask, SyncOutcome
+from dicomcast.model import DirtyMark, StudyTask, Written
+from dicomcast.state.store import StateStore
 
 runner = CliRunner()
 OUTCOME = "error invalid ImagingStudy.series[0].modality: code 'XX' unknown"
@@ -34,7 +35,7 @@ def state(tmp_path: Path) -> tuple[StateStore, dict[str, str]]:
         tasks["b"], "transaction: HTTP 503", "FhirUnavailable", park=False,
         retry_at=time.time() + 600, http_status=503,
     )  # fmt: skip
-    store.finish_clean(tasks["c"], SyncOutcome("1.2.3", "hash-c", "p1", "s1", 2))
+    store.finish_clean(tasks["c"], Written("1.2.3", "hash-c", "p1", "s1", 2))
     return store, {"DICOMCAST_STATE_URL": url}
 
 

@@ -1,0 +1,152 @@
+"""Shared data types: the leaf module every layer may import, and that imports no layer.
+
+A study's path through dicomcast, and the type it travels as:
+feed -> `DirtyMark` -> dirty set -> `StudyTask` (claimed) -> reconcile -> `Outcome` ->
+the worker records it (a `Written` on success).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+PatientPolicy = Literal["fill-missing", "never", "overwrite"]
+DeletedStudyPolicy = Literal["delete", "entered-in-error"]
+
+
+@dataclass(frozen=True)
+class DirtyMark:
+    """A study the feed says changed; `event_time` is the source event's time (for lag)."""
+
+    study_key: str
+    event_time: float | None = None
+    study_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyTask:
+    """A snapshot of a dirty study, taken when it was claimed for syncing."""
+
+    id: int
+    source: str
+    study_key: str
+    study_uid: str | None
+    generation: int
+    attempts: int
+    dirty_since: float | None
+    event_time: float | None
+    content_hash: str | None
+    fhir_patient_id: str | None
+    fhir_imagingstudy_id: str | None
+    instance_count: int | None
+    match_key: str | None = None
+
+    @property
+    def never_written(self) -> bool:
+        """No sync of this study has reached FHIR yet (as far as the state DB knows)."""
+        return self.fhir_imagingstudy_id is None and self.content_hash is None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a successful sync wrote (or found already written): kept for the next sync's
+    no-op check and for operators."""
+
+    study_uid: str | None
+    content_hash: str | None
+    fhir_patient_id: str | None
+    fhir_imagingstudy_id: str | None
+    instance_count: int | None
+    warnings: Sequence[str] = ()
+    match_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A source's mapped part of a study: what it would write if it were the only source."""
+
+    source: str
+    study_key: str
+    body: dict[str, Any]
+
+
+class Kind(StrEnum):
+    """What became of one sync attempt. The first three settle the study."""
+
+    SYNCED = "synced"  # FHIR was written
+    UNCHANGED = "unchanged"  # nothing to write
+    DELETED = "deleted"  # gone from the source, and FHIR reflects it
+    DEFERRED = "deferred"  # not tried now (still receiving instances, paused, stopping)
+    RETRY = "retry"  # failed; try again at `retry_at`, an attempt spent
+    PAUSED = "paused"  # a server is down: wait for it, no attempt spent
+    PARKED = "parked"  # failed for good until something changes: an operator's turn
+
+    @property
+    def settled(self) -> bool:
+        return self in (Kind.SYNCED, Kind.UNCHANGED, Kind.DELETED)
+
+    @property
+    def label(self) -> str:
+        """The outcome as metrics, logs and `run --once` name it (parked studies are
+        `failed`, paused ones `retry`, as operators have always seen them)."""
+        return {Kind.PARKED: "failed", Kind.PAUSED: "retry"}.get(self, self.value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of syncing one study, as a value: the worker records it, nothing else does.
+
+    `written` is set for synced/unchanged; `reason`, `error_kind` and `status` for failures;
+    `retry_at` for deferred/retry/paused (None: at once); `dependency` names the server a
+    pause belongs to; `answered` lists the servers that answered during the attempt (their
+    pauses can clear); `study_uid` is the best UID known, for log lines."""
+
+    kind: Kind
+    written: Written | None = None
+    reason: str | None = None
+    error_kind: str | None = None
+    status: int | None = None
+    retry_at: float | None = None
+    retry_after: float | None = None
+    dependency: str | None = None
+    answered: frozenset[str] = frozenset()
+    study_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceSummary:
+    """One source's state at a glance, for `status`, metrics and alerts."""
+
+    source: str
+    cursor: str | None = None
+    feed_head: str | None = None
+    holder: str | None = None
+    held_until: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    oldest_event: float | None = None  # earliest change not yet in FHIR
+    oldest_dirty: float | None = None  # when the longest-waiting study became dirty
+    last_success_at: float | None = None
+    last_poll_at: float | None = None
+    resets: int = 0
+
+    def holder_now(self, now: float | None = None) -> str | None:
+        """The worker holding the source now; None when nobody does or its lease ran out."""
+        now = time.time() if now is None else now
+        return self.holder if self.held_until and self.held_until >= now else None
+
+    @property
+    def dirty(self) -> int:
+        return self.counts.get("dirty", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+
+def source_dependency(name: str) -> str:
+    """A source's name as a dependency: its pause, readiness check and metrics label."""
+    return f"source:{name}"

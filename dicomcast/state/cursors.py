@@ -1,0 +1,112 @@
+"""Per-source feed cursors and the leases that make one worker a source's only tailer.
+
+The one rule everything rests on: `record_page` marks a page's studies dirty and moves the
+cursor in ONE transaction. A crash before it commits replays the page; after it, the studies
+are durably dirty. Either way nothing is lost, and re-syncing a study is idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from sqlalchemy import update
+
+from dicomcast.errors import OperatorError
+from dicomcast.model import DirtyMark
+from dicomcast.state import queue
+from dicomcast.state.db import Database, changed
+from dicomcast.state.models import SourceRow
+
+
+class Cursors:
+    """The `sources` table: where each feed was read up to, and who is reading it."""
+
+    db: Database
+
+    def ensure_source(self, name: str, kind: str) -> SourceRow:
+        with self.db.write("ensure_source") as session:
+            row = session.get(SourceRow, name)
+            if row is None:
+                row = SourceRow(name=name, kind=kind, resets=0)
+                session.add(row)
+            return row
+
+    def get_source(self, name: str) -> SourceRow | None:
+        with self.db.read("get_source") as session:
+            return session.get(SourceRow, name)
+
+    def cursor(self, name: str) -> str | None:
+        """Where the source's feed is to be read from next (None: its beginning)."""
+        row = self.get_source(name)
+        return row.cursor if row else None
+
+    def acquire_source(self, name: str, owner: str, lease: float, now: float | None = None) -> bool:
+        """Take (or renew) the lease to tail this source; False while another worker holds it."""
+        now = time.time() if now is None else now
+        with self.db.write("acquire_source") as session:
+            return bool(
+                changed(
+                    session,
+                    update(SourceRow)
+                    .where(
+                        SourceRow.name == name,
+                        SourceRow.holder.is_(None)
+                        | (SourceRow.holder == owner)
+                        | (SourceRow.held_until < now),
+                    )
+                    .values(holder=owner, held_until=now + lease),
+                )
+            )
+
+    def release_source(self, name: str, owner: str) -> None:
+        with self.db.write("release_source") as session:
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == name, SourceRow.holder == owner)
+                .values(holder=None, held_until=None)
+            )
+
+    def set_cursor(self, name: str, cursor: str | None, now: float | None = None) -> None:
+        """The operator's `cursor set`: refused while a worker holds the source's lease, so a
+        running tailer can never overwrite it with its own position a moment later."""
+        now = time.time() if now is None else now
+        with self.db.write("set_cursor") as session:
+            row = session.get(SourceRow, name)
+            if row is None:
+                raise OperatorError(f"source {name!r} has no state yet; run the worker once")
+            if row.holder and row.held_until and row.held_until >= now:
+                raise OperatorError(
+                    f"source {name!r} is held by worker {row.holder!r} for another "
+                    f"{row.held_until - now:.0f} s; stop it first, then set the cursor"
+                )
+            row.cursor = cursor
+
+    def record_page(
+        self,
+        source: str,
+        cursor: str,
+        feed_head: str | None,
+        marks: Iterable[DirtyMark],
+        now: float | None = None,
+    ) -> int:
+        """Mark studies dirty AND move the cursor, atomically. Returns how many were marked."""
+        now = time.time() if now is None else now
+        marks = list(marks)
+        with self.db.write("record_page") as session:
+            queue.mark(self.db, session, source, marks, now)
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == source)
+                .values(cursor=cursor, feed_head=feed_head, last_poll_at=now)
+            )
+        return len(marks)
+
+    def reset_cursor(self, source: str, cursor: str | None) -> None:
+        """Operator or archive-reset path: set the cursor, count it as a reset."""
+        with self.db.write("reset_cursor") as session:
+            session.execute(
+                update(SourceRow)
+                .where(SourceRow.name == source)
+                .values(cursor=cursor, resets=SourceRow.resets + 1)
+            )

@@ -1,0 +1,317 @@
+"""The dirty-study queue: marks, claims, and how each sync attempt ends.
+
+`generation` grows every time a study is marked dirty. A sync records its result only for
+the generation it started from: newer data that arrived meanwhile keeps the study dirty.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from dicomcast.model import DirtyMark, StudyTask, Written
+from dicomcast.state.db import Database, changed
+from dicomcast.state.models import SourceRow, StudyRow
+
+
+def task_of(row: StudyRow) -> StudyTask:
+    return StudyTask(
+        row.id,
+        row.source,
+        row.study_key,
+        row.study_uid,
+        row.generation,
+        row.attempts,
+        row.dirty_since,
+        row.event_time,
+        row.content_hash,
+        row.fhir_patient_id,
+        row.fhir_imagingstudy_id,
+        row.instance_count,
+        row.match_key,
+    )
+
+
+def _merged(marks: Iterable[DirtyMark]) -> list[DirtyMark]:
+    """One mark per study: the earliest event time is the one lag is measured from."""
+    merged: dict[str, DirtyMark] = {}
+    for mark in marks:
+        prior = merged.get(mark.study_key)
+        if prior is None:
+            merged[mark.study_key] = mark
+        else:
+            times = [t for t in (prior.event_time, mark.event_time) if t is not None]
+            merged[mark.study_key] = DirtyMark(
+                mark.study_key, min(times) if times else None, prior.study_uid or mark.study_uid
+            )
+    return list(merged.values())
+
+
+def mark(db: Database, session: Session, source: str, marks: list[DirtyMark], now: float) -> None:
+    """Mark studies dirty inside the caller's transaction (an upsert per study)."""
+    if not marks:
+        return
+    rows = [
+        {
+            "source": source,
+            "study_key": m.study_key,
+            "study_uid": m.study_uid,
+            "status": "dirty",
+            "generation": 1,
+            "dirty_since": now,
+            "event_time": m.event_time if m.event_time is not None else now,
+            "attempts": 0,
+            "next_attempt_at": now,
+        }
+        for m in _merged(marks)
+    ]
+    stmt = db.insert()(StudyRow)
+    was_dirty = StudyRow.status == "dirty"
+    # Two-argument scalar minimum: min() on SQLite, least() on PostgreSQL.
+    smaller = func.least if db.dialect == "postgresql" else func.min
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source", "study_key"],
+        set_={
+            "status": "dirty",
+            "generation": StudyRow.generation + 1,
+            "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
+            "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),
+            "event_time": case(
+                (was_dirty, smaller(StudyRow.event_time, stmt.excluded.event_time)),
+                else_=stmt.excluded.event_time,
+            ),
+            # New data deserves a fresh try, but a study already backing off keeps its
+            # schedule so that a busy feed cannot turn its retries into a hot loop.
+            "attempts": case((was_dirty, StudyRow.attempts), else_=0),
+            "next_attempt_at": case(
+                (was_dirty, StudyRow.next_attempt_at), else_=stmt.excluded.next_attempt_at
+            ),
+        },
+    )
+    for start in range(0, len(rows), 500):
+        session.execute(stmt, rows[start : start + 500])
+
+
+class Queue:
+    """The dirty set: what is due, who holds it, and how each attempt ended."""
+
+    db: Database
+
+    def mark_dirty(self, source: str, marks: Iterable[DirtyMark], now: float | None = None) -> int:
+        marks = list(marks)
+        with self.db.write("mark_dirty") as session:
+            mark(self.db, session, source, marks, time.time() if now is None else now)
+        return len(marks)
+
+    def due(self, source: str, limit: int, now: float | None = None) -> list[StudyTask]:
+        """Dirty studies whose time has come and that no live worker holds."""
+        now = time.time() if now is None else now
+        with self.db.read("due") as session:
+            rows = session.scalars(
+                select(StudyRow)
+                .where(
+                    StudyRow.source == source,
+                    StudyRow.status == "dirty",
+                    StudyRow.next_attempt_at <= now,
+                    (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
+                )
+                .order_by(StudyRow.next_attempt_at, StudyRow.id)
+                .limit(limit)
+            ).all()
+            return [task_of(r) for r in rows]
+
+    def next_due(self, source: str) -> float | None:
+        """When the earliest waiting study becomes due (None when none waits)."""
+        with self.db.read("next_due") as session:
+            return session.scalar(
+                select(func.min(StudyRow.next_attempt_at)).where(
+                    StudyRow.source == source, StudyRow.status == "dirty"
+                )
+            )
+
+    def claim_many(
+        self, tasks: Sequence[StudyTask], owner: str, lease: float, now: float | None = None
+    ) -> list[StudyTask]:
+        """Claim several studies in one transaction; returns those this owner got."""
+        if not tasks:
+            return []
+        now = time.time() if now is None else now
+        until = now + lease
+        ids = [t.id for t in tasks]
+        with self.db.write("claim_many") as session:
+            session.execute(
+                update(StudyRow)
+                .where(
+                    StudyRow.id.in_(ids),
+                    (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
+                )
+                .values(claimed_by=owner, claimed_until=until)
+            )
+            got = set(
+                session.scalars(
+                    select(StudyRow.id).where(
+                        StudyRow.id.in_(ids),
+                        StudyRow.claimed_by == owner,
+                        StudyRow.claimed_until == until,
+                    )
+                ).all()
+            )
+        return [t for t in tasks if t.id in got]
+
+    def release_claims(self, source: str, owner: str) -> int:
+        """Free the claims a previous run of this same worker left behind (it was killed)."""
+        with self.db.write("release_claims") as session:
+            return changed(
+                session,
+                update(StudyRow)
+                .where(StudyRow.source == source, StudyRow.claimed_by == owner)
+                .values(claimed_by=None, claimed_until=None),
+            )
+
+    def release(self, task: StudyTask, not_before: float | None = None) -> None:
+        """Give a study back unsynced (e.g. still receiving instances), to try at `not_before`."""
+        values: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
+        if not_before is not None:
+            values["next_attempt_at"] = not_before
+        with self.db.write("release") as session:
+            session.execute(update(StudyRow).where(StudyRow.id == task.id).values(**values))
+
+    def finish_clean(self, task: StudyTask, written: Written, now: float | None = None) -> bool:
+        """Record a successful sync. Clean only if no newer change arrived while it ran."""
+        now = time.time() if now is None else now
+        common = {
+            "study_uid": written.study_uid or task.study_uid,
+            "content_hash": written.content_hash,
+            "fhir_patient_id": written.fhir_patient_id,
+            "fhir_imagingstudy_id": written.fhir_imagingstudy_id,
+            "instance_count": written.instance_count,
+            "match_key": written.match_key or task.match_key,
+            "warnings": json.dumps(list(written.warnings)) if written.warnings else None,
+            "last_synced_at": now,
+            "claimed_by": None,
+            "claimed_until": None,
+            "last_error": None,
+            "error_kind": None,
+        }
+        with self.db.write("finish_clean") as session:
+            done = changed(
+                session,
+                update(StudyRow)
+                .where(StudyRow.id == task.id, StudyRow.generation == task.generation)
+                .values(
+                    status="clean",
+                    attempts=0,
+                    next_attempt_at=None,
+                    dirty_since=None,
+                    event_time=None,
+                    **common,
+                ),
+            )
+            if not done:  # newer data came in: keep it dirty, but remember what was written
+                session.execute(update(StudyRow).where(StudyRow.id == task.id).values(**common))
+            session.execute(
+                update(SourceRow).where(SourceRow.name == task.source).values(last_success_at=now)
+            )
+            return bool(done)
+
+    def finish_gone(self, task: StudyTask) -> bool:
+        """The study no longer exists and FHIR reflects that: forget it (unless it came back)."""
+        with self.db.write("finish_gone") as session:
+            return bool(
+                changed(
+                    session,
+                    delete(StudyRow).where(
+                        StudyRow.id == task.id, StudyRow.generation == task.generation
+                    ),
+                )
+            )
+
+    def finish_failed(
+        self,
+        task: StudyTask,
+        error: str,
+        kind: str,
+        *,
+        park: bool,
+        retry_at: float | None,
+        http_status: int | None = None,
+        count_attempt: bool = True,
+        now: float | None = None,
+    ) -> None:
+        """Record a failed attempt: back off until `retry_at`, or park it as failed.
+
+        `count_attempt=False` is for outages: the study waits, but its attempts are not
+        spent, so a server down for an hour does not park every study it touched.
+        Parking only applies to the generation that failed: newer data gets a fresh try.
+        """
+        now = time.time() if now is None else now
+        values: dict[str, Any] = {
+            "attempts": StudyRow.attempts + (1 if count_attempt else 0),
+            "last_error": error[:4000],
+            "error_kind": kind,
+            "error_status": http_status,
+            "failed_at": now,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        with self.db.write("finish_failed") as session:
+            if park:
+                parked = changed(
+                    session,
+                    update(StudyRow)
+                    .where(StudyRow.id == task.id, StudyRow.generation == task.generation)
+                    .values(status="failed", next_attempt_at=None, **values),
+                )
+                if parked:
+                    return
+                retry_at = now  # newer data arrived meanwhile: try that at once
+            session.execute(
+                update(StudyRow)
+                .where(StudyRow.id == task.id)
+                .values(status="dirty", next_attempt_at=retry_at, **values)
+            )
+
+    # --- operator actions
+
+    def retry(self, source: str, key: str | None, now: float | None = None) -> int:
+        """Make failed (or backing-off) studies due now with fresh attempts; `key` None = all.
+        Returns how many studies it touched."""
+        now = time.time() if now is None else now
+        waiting = (StudyRow.status == "failed") | (
+            (StudyRow.status == "dirty") & StudyRow.last_error.is_not(None)
+        )
+        where = [StudyRow.source == source, waiting]
+        if key is not None:
+            where.append((StudyRow.study_key == key) | (StudyRow.study_uid == key))
+        with self.db.write("retry") as session:
+            return changed(
+                session,
+                update(StudyRow)
+                .where(*where)
+                .values(
+                    status="dirty",
+                    generation=StudyRow.generation + 1,
+                    attempts=0,
+                    next_attempt_at=now,
+                    dirty_since=func.coalesce(StudyRow.dirty_since, now),
+                    event_time=func.coalesce(StudyRow.event_time, now),
+                ),
+            )
+
+    def resync(self, source: str, marks: Sequence[DirtyMark], now: float | None = None) -> int:
+        """Force studies through again: dirty now, and written to FHIR even if unchanged."""
+        now = time.time() if now is None else now
+        keys = [m.study_key for m in marks]
+        with self.db.write("resync") as session:
+            mark(self.db, session, source, list(marks), now)
+            return changed(
+                session,
+                update(StudyRow)
+                .where(StudyRow.source == source, StudyRow.study_key.in_(keys))
+                .values(content_hash=None, attempts=0, next_attempt_at=now),
+            )

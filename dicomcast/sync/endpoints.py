@@ -1,0 +1,38 @@
+"""The FHIR Endpoint of each place studies are retrieved from: found or created once per
+worker, then referenced by every ImagingStudy synced from there."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from dicomcast.fhir.upsert import FhirWriter
+from dicomcast.mapping.mapper import Mappings
+from dicomcast.mapping.settings import MappingConfigs
+from dicomcast.sources.base import StudyLocation
+
+log = logging.getLogger(__name__)
+
+
+class Endpoints:
+    """Endpoint address -> `Endpoint/{id}`, filled on first use (a few per worker)."""
+
+    def __init__(self, mappings: Mappings, writer: FhirWriter, configs: MappingConfigs) -> None:
+        self.mappings = mappings
+        self.writer = writer
+        self.configs = configs
+        self.known: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def ref(self, source: str, location: StudyLocation) -> str:
+        """The Endpoint reference of a location; one FHIR round trip the first time."""
+        ref = self.known.get(location.address)
+        if ref is None:
+            with self._lock:
+                ref = self.known.get(location.address)
+                if ref is None:
+                    endpoint = self.mappings.map_endpoint(self.configs.of(source, location))
+                    ref = self.writer.ensure_endpoint(endpoint)
+                    self.known[location.address] = ref
+                    log.info("endpoint ready", extra={"source": source, "endpoint": ref})
+        return ref

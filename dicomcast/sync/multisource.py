@@ -1,0 +1,111 @@
+"""Several sources, one ImagingStudy: each source's part is kept, their union is written.
+
+The one write to the state DB made during a sync lives here, and it is deliberate: a
+source's part must be durable *before* its FHIR write, so that a sync of the same study
+from another source (in this worker or another) that re-reads after a conflict composes
+the union with this part in it. Recorded after the write, a part could be lost between two
+workers' writes. Everything else a sync learns goes back to the worker as its `Outcome`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from dicomcast.errors import FhirConflict
+from dicomcast.mapping.mapper import MappedStudy
+from dicomcast.mapping.union import Part, union
+from dicomcast.model import Contribution
+
+Compose = Callable[[], dict[str, Any]]
+
+
+class PartStore(Protocol):
+    def put_contribution(
+        self, source: str, key: str, match_key: str, body: dict[str, Any]
+    ) -> None: ...
+
+    def contributions(self, match_key: str) -> list[Contribution]: ...
+
+    def drop_contribution(self, source: str, key: str) -> str | None: ...
+
+
+class MultiSource:
+    """The parts of studies that several configured sources may hold (`enabled` only when
+    more than one source is configured; a single source writes its own mapping as it is)."""
+
+    def __init__(self, store: PartStore, sources: Sequence[str]) -> None:
+        self.store = store
+        self.priority = {name: rank for rank, name in enumerate(sources)}
+        self.enabled = len(self.priority) > 1
+        # Two sources' copies of one study are two claims; they must not write at once (a
+        # FHIR server's conditional create may not be atomic: two creates, two resources).
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def lock(self, match: str) -> threading.Lock | contextlib.nullcontext[None]:
+        """With several sources, one study's syncs from different sources take turns."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return self._locks[zlib.crc32(match.encode()) % len(self._locks)]
+
+    def parts(self, match: str) -> list[Contribution]:
+        """The configured sources' parts of a study, highest priority first."""
+        parts = [c for c in self.store.contributions(match) if c.source in self.priority]
+        return sorted(parts, key=lambda c: (self.priority[c.source], c.study_key))
+
+    def desired(self, match: str, subject: Any) -> dict[str, Any]:
+        """The ImagingStudy holding every part stored now."""
+        return _union_of(self.parts(match), subject)
+
+    def keep(
+        self, source: str, key: str, match: str, mapped: MappedStudy, endpoint: str
+    ) -> tuple[MappedStudy, Compose, bool]:
+        """Store this source's part; returns the study to write (the union), how to compose
+        it again after a re-read, and whether another source holds the study too (it then
+        exists on the FHIR server: no blind create)."""
+        part = {
+            "patient": mapped.patient,
+            "study": mapped.imaging_study,
+            "placeholder": mapped.patient_placeholder,
+            "endpoint": endpoint,
+        }
+        self.store.put_contribution(source, key, match, part)
+        subject = mapped.imaging_study.get("subject")
+        parts = self.parts(match)
+        whole = MappedStudy(
+            mapped.study_uid,
+            mapped.patient,
+            _union_of(parts, subject),
+            mapped.patient_placeholder,
+            mapped.warnings,
+        )
+        return whole, lambda: self.desired(match, subject), len(parts) > 1
+
+    def drop(self, source: str, key: str) -> str | None:
+        """Forget a source's part; returns the study's match key, if it had one."""
+        return self.store.drop_contribution(source, key)
+
+    def remaining(self, study_uid: str | None, match: str) -> tuple[MappedStudy, Compose] | None:
+        """What the other sources still hold of a study; None when nothing is left."""
+        parts = self.parts(match)
+        if not parts:
+            return None
+        first = parts[0].body
+        subject = first["study"].get("subject")
+        study = MappedStudy(
+            study_uid or "",
+            first["patient"],
+            _union_of(parts, subject),
+            first["placeholder"],
+            (),
+        )
+        return study, lambda: self.desired(match, subject)
+
+
+def _union_of(parts: list[Contribution], subject: Any) -> dict[str, Any]:
+    if not parts:
+        raise FhirConflict("the study's parts vanished while it was written; re-reading")
+    return union([Part(c.body["study"], c.body.get("endpoint")) for c in parts], subject)

@@ -1,0 +1,102 @@
+"""The failure policy, as pure functions: whose failure is it, and when to try again.
+
+- A study's own deterministic failure (`StudyError`: a refusal, unmappable data) parks it.
+- A study's own transient failure (a 500, a conflict that repeats) retries it with
+  exponential backoff, and parks it after `max_attempts`.
+- An outage (a server unreachable, throttling, refusing our credentials; the state DB
+  failing) is nobody's study's: the server's pause decides when to try, and no attempt is
+  spent, so an hour-long outage parks nothing.
+- Anything else is a bug of ours: parked as `InternalError`, never retried in a loop.
+
+No clock, randomness or I/O of its own: `now` and `jitter` come in, so tests need no sleep.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dicomcast.errors import RetriableError, SourceUnavailable, StateUnavailable, StudyError
+from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
+
+Jitter = Callable[[float, float], float]
+JITTER = (0.8, 1.2)  # each delay is spread by +-20% so retries of many studies do not align
+
+
+def uniform(low: float, high: float) -> float:
+    """The default jitter source (not for secrets: it only spreads retries)."""
+    return random.uniform(low, high)  # noqa: S311
+
+
+def backoff(
+    step: int,
+    base: float,
+    cap: float,
+    *,
+    retry_after: float | None = None,
+    jitter: Jitter = uniform,
+) -> float:
+    """Seconds to wait before try `step + 1`: `base * 2^(step-1)` up to `cap`, jittered,
+    never shorter than a server's Retry-After."""
+    delay: float = min(cap, base * 2.0 ** max(0, step - 1))
+    return max(delay * jitter(*JITTER), retry_after or 0.0)
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How a study's own transient failures are retried before it is parked."""
+
+    max_attempts: int = 10
+    backoff_base: float = 5.0
+    backoff_max: float = 600.0
+
+
+def dependency_of(exc: RetriableError, source: str) -> str:
+    """The server an outage belongs to: the study's source, the state DB, or FHIR."""
+    if isinstance(exc, StateUnavailable):
+        return "state"
+    if isinstance(exc, SourceUnavailable):
+        return source_dependency(source)
+    return "fhir"
+
+
+def decide(
+    exc: Exception,
+    task: StudyTask,
+    policy: FailurePolicy,
+    *,
+    now: float,
+    jitter: Jitter = uniform,
+) -> Outcome:
+    """The outcome of an attempt that raised `exc`."""
+    name = type(exc).__name__
+    status = getattr(exc, "status", None)
+    if isinstance(exc, StudyError):
+        outcome = getattr(exc, "outcome", "")
+        reason = f"{exc} — {outcome}" if outcome else str(exc)
+        return Outcome(Kind.PARKED, reason=reason, error_kind=name, status=status)
+    if isinstance(exc, RetriableError):
+        if exc.outage or isinstance(exc, StateUnavailable):
+            return Outcome(
+                Kind.PAUSED,
+                reason=str(exc),
+                error_kind=name,
+                status=status,
+                retry_after=exc.retry_after,
+                dependency=dependency_of(exc, task.source),
+            )
+        attempts = task.attempts + 1
+        if attempts >= policy.max_attempts:
+            return Outcome(Kind.PARKED, reason=str(exc), error_kind=name, status=status)
+        delay = backoff(
+            attempts,
+            policy.backoff_base,
+            policy.backoff_max,
+            retry_after=exc.retry_after,
+            jitter=jitter,
+        )
+        return Outcome(
+            Kind.RETRY, reason=str(exc), error_kind=name, status=status, retry_at=now + delay
+        )
+    return Outcome(Kind.PARKED, reason=f"internal error: {name}: {exc}", error_kind="InternalError")
