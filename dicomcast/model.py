@@ -117,6 +117,17 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class StudyLocation:
+    """Where a study lives: the DICOMweb base its FHIR Endpoint publishes, and the namespace
+    its StudyInstanceUID is unique in (None: the shared one, where the same UID from several
+    sources is one study; a URI for a data partition that keeps its studies apart)."""
+
+    address: str
+    endpoint_name: str
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
 class SourceSummary:
     """One source's state at a glance, for `status`, metrics and alerts."""
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from dicomcast.model import DirtyMark
+from dicomcast.model import DirtyMark, StudyLocation
 from dicomcast.sandbox.samples import StudySpec, instances
-from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
+from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import build_study_views
 

@@ -12,68 +12,38 @@ keywords, converters, tables, config keys) and fails with `file:line: reason`.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dicomcast.errors import MappingError, MappingFileError
-from dicomcast.mapping.converters import ConversionError, ConvertContext, get_converter
-from dicomcast.studyview import (
-    DicomJson,
-    SeriesView,
-    StudyView,
-    describe_tag,
-    tag_of,
-    values,
+from dicomcast.mapping.converters import get_converter
+from dicomcast.mapping.runtime import (
+    Node,
+    Run,
+    Scope,
+    computed_value,
+    empty,
+    guarded,
+    per_item,
+    read_path,
 )
+from dicomcast.studyview import describe_tag, tag_of, values
 
 PRODUCERS = ("from", "const", "first", "config", "ref", "foreach")
 MODIFIERS = ("many", "as", "lookup", "in", "default", "when", "required", "each")
 TEMPLATE_KEYS = ("when", "required", "needs")
 COMPUTED = ("$item", "$series_count", "$instance_count", "$series_modalities")
 REFERABLE = ("Patient", "ImagingStudy", "Endpoint")
-# A converter that trips over malformed input must cost one element, never the study.
-_CONVERTER_FAULTS = (ConversionError, ValueError, TypeError, KeyError, AttributeError, IndexError)
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Where a rule is evaluated: the dataset `from` reads, plus the study/series around it."""
-
-    data: DicomJson
-    study: StudyView | None = None
-    series: SeriesView | None = None
-    item: Any = None
-
-
-@dataclass
-class Run:
-    """One evaluation of the mappings: settings, tables, references and collected warnings."""
-
-    ctx: ConvertContext
-    refs: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def warnings(self) -> list[str]:
-        return self.ctx.warnings
-
-
-Node = Callable[[Scope, Run], Any]
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
 
 
 def _where(node: yaml.Node, file: Path) -> str:
     return f"{file.name}:{node.start_mark.line + 1}"
 
 
-class _Compiler:
+class Compiler:
     """Turns one file's YAML node tree into closures; knows the file for error messages."""
 
     def __init__(
@@ -145,7 +115,7 @@ class _Compiler:
             out: dict[str, Any] = {}
             for name, fn in fields:
                 value = fn(scope, run)
-                if not _empty(value):
+                if not empty(value):
                     out[name] = value
             missing = [n for n in needs if n not in out]
             if missing:
@@ -164,10 +134,10 @@ class _Compiler:
             out: list[Any] = []
             for fn in items:
                 value = fn(scope, run)
-                if _empty(value):
+                if empty(value):
                     continue
                 if isinstance(value, list):
-                    out.extend(v for v in value if not _empty(v))
+                    out.extend(v for v in value if not empty(v))
                 else:
                     out.append(value)
             return out or None
@@ -235,12 +205,12 @@ class _Compiler:
                 return None
             value = produce(scope, run)
             for step in steps:
-                if _empty(value):
+                if empty(value):
                     break
                 value = step(value, run)
-            if _empty(value) and has_default:
+            if empty(value) and has_default:
                 value = default
-            if _empty(value) and required:
+            if empty(value) and required:
                 raise MappingError(f"{where} {path}: required, but {source} gives no usable value")
             return value
 
@@ -256,7 +226,7 @@ class _Compiler:
             if not isinstance(allowed, list):
                 raise self.fail(keys["in"], "in: expects a list of values")
             allowed_set = frozenset(str(a) for a in allowed)
-            steps.append(_per_item(lambda value, run: value if str(value) in allowed_set else None))
+            steps.append(per_item(lambda value, run: value if str(value) in allowed_set else None))
         if "as" in keys:
             names = self.plain(keys["as"])
             names = names if isinstance(names, list) else [names]
@@ -264,7 +234,7 @@ class _Compiler:
                 conv = get_converter(str(name))
                 if conv is None:
                     raise self.fail(keys["as"], f"unknown converter {name!r}")
-                steps.append(_per_item(_guarded(conv, where, path, source)))
+                steps.append(per_item(guarded(conv, where, path, source)))
         if "lookup" in keys:
             table_name = self.plain(keys["lookup"])
             if table_name not in self.tables:
@@ -279,7 +249,7 @@ class _Compiler:
                     )
                 return found
 
-            steps.append(_per_item(lookup))
+            steps.append(per_item(lookup))
         return steps
 
     def _reader(self, node: yaml.Node, spec: Any, many: bool) -> tuple[Node, str]:
@@ -294,7 +264,7 @@ class _Compiler:
         if spec.startswith("$"):
             if spec not in COMPUTED:
                 raise self.fail(node, f"unknown computed value {spec!r} (known: {COMPUTED})")
-            return _computed(spec), spec
+            return computed_value(spec), spec
         try:
             tags = [tag_of(part) for part in spec.split(".")]
         except ValueError as exc:
@@ -303,7 +273,7 @@ class _Compiler:
         label = describe_tag(tags[-1])
 
         def read(scope: Scope, run: Run) -> Any:
-            return _read_path(scope.data, tags, many)
+            return read_path(scope.data, tags, many)
 
         return read, label
 
@@ -315,7 +285,7 @@ class _Compiler:
         def first(scope: Scope, run: Run) -> Any:
             for fn in options:
                 value = fn(scope, run)
-                if not _empty(value):
+                if not empty(value):
                     return value
             return None
 
@@ -378,7 +348,7 @@ class _Compiler:
 
             def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
                 found = producer(scope, run)
-                items = found if isinstance(found, list) else ([] if _empty(found) else [found])
+                items = found if isinstance(found, list) else ([] if empty(found) else [found])
                 return [Scope(scope.data, scope.study, scope.series, item) for item in items]
 
         def foreach(scope: Scope, run: Run) -> Any:
@@ -387,161 +357,8 @@ class _Compiler:
                 value = body(inner, run)
                 if isinstance(value, list):
                     out.extend(value)
-                elif not _empty(value):
+                elif not empty(value):
                     out.append(value)
             return out or None
 
         return foreach
-
-
-def _computed(name: str) -> Node:
-    def computed(scope: Scope, run: Run) -> Any:
-        if name == "$item":
-            return scope.item
-        study = scope.study
-        if study is None:
-            return None
-        if name == "$series_count":
-            return len(study.series)
-        if name == "$instance_count":
-            return len(scope.series.instances) if scope.series else study.instance_count
-        return study.series_modalities
-
-    return computed
-
-
-def _read_path(data: DicomJson, tags: list[str], many: bool) -> Any:
-    current: list[Any] = [data]
-    last = len(tags) - 1
-    for index, tag in enumerate(tags):
-        found: list[Any] = []
-        for item in current:
-            if not isinstance(item, Mapping):
-                continue
-            item_values = values(item, tag)
-            found.extend(item_values if (many or index == last) else item_values[:1])
-        current = [_clean(v) for v in found]
-        current = [v for v in current if not _empty(v)]
-        if not current:
-            return None
-    return current if many else current[0]
-
-
-def _clean(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
-def _per_item(step: Callable[[Any, Run], Any]) -> Callable[[Any, Run], Any]:
-    """Apply a step to each item of a list (flattening list results), or to a single value."""
-
-    def apply(value: Any, run: Run) -> Any:
-        if not isinstance(value, list):
-            return step(value, run)
-        out: list[Any] = []
-        for item in value:
-            result = step(item, run)
-            if isinstance(result, list):
-                out.extend(r for r in result if not _empty(r))
-            elif not _empty(result):
-                out.append(result)
-        return out or None
-
-    return apply
-
-
-def _guarded(
-    conv: Callable[[Any, ConvertContext], Any], where: str, path: str, source: str
-) -> Callable[[Any, Run], Any]:
-    """Run a converter; a bad value costs this element and leaves a warning, not the study."""
-
-    def guarded(value: Any, run: Run) -> Any:
-        before = len(run.warnings)
-        try:
-            result = conv(value, run.ctx)
-        except _CONVERTER_FAULTS as exc:
-            run.warnings.append(f"{where} {path}: {source} dropped: {exc}")
-            return None
-        for index in range(before, len(run.warnings)):
-            run.warnings[index] = f"{where} {path}: {source}: {run.warnings[index]}"
-        return result
-
-    return guarded
-
-
-# --- files and tables ---------------------------------------------------------------------
-
-
-def load_tables(folder: Path) -> dict[str, dict[str, Any]]:
-    """`tables/NAME.csv`: first column the key; one more column gives a value, several a row."""
-    tables: dict[str, dict[str, Any]] = {}
-    if not folder.is_dir():
-        return tables
-    for path in sorted(folder.glob("*.csv")):
-        try:
-            with path.open(encoding="utf-8", newline="") as handle:
-                rows = list(csv.reader(line for line in handle if not line.startswith("#")))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise MappingFileError(f"{path.name}: cannot read table: {exc}") from None
-        if not rows or len(rows[0]) < 2:
-            raise MappingFileError(f"{path.name}:1: a table needs a header with >= 2 columns")
-        header = [h.strip() for h in rows[0]]
-        table: dict[str, Any] = {}
-        for number, row in enumerate(rows[1:], start=2):
-            if not row or not row[0].strip():
-                continue
-            if len(row) != len(header):
-                raise MappingFileError(
-                    f"{path.name}:{number}: {len(row)} columns, the header has {len(header)}"
-                )
-            key = row[0].strip()
-            cells = {h: c.strip() for h, c in zip(header[1:], row[1:], strict=True) if c.strip()}
-            table[key] = next(iter(cells.values()), None) if len(header) == 2 else cells
-        tables[path.stem] = table
-    return tables
-
-
-@dataclass(frozen=True)
-class ResourceMapping:
-    """One compiled mapping file. `owned` lists the top-level elements it writes; `tags`
-    every DICOM tag its rules read."""
-
-    resource_type: str
-    file: Path
-    owned: frozenset[str]
-    build: Node
-    tags: frozenset[str] = frozenset()
-
-
-def compile_file(
-    path: Path,
-    resource_type: str,
-    tables: Mapping[str, Mapping[str, Any]],
-    config_keys: Iterable[str],
-) -> ResourceMapping:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MappingFileError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise MappingFileError(f"{path.name}: not valid YAML: {exc}") from None
-    if not isinstance(root, yaml.MappingNode):
-        raise MappingFileError(f"{path.name}:1: expected a mapping of FHIR elements")
-    compiler = _Compiler(path, tables, config_keys)
-    keys = compiler._keys(root)
-    if "tables" in keys:
-        inline = compiler.plain(keys["tables"])
-        if not isinstance(inline, dict) or not all(isinstance(t, dict) for t in inline.values()):
-            raise compiler.fail(keys["tables"], "tables: maps a name to {key: value}")
-        compiler.tables = {
-            **tables,
-            **{k: {str(a): b for a, b in v.items()} for k, v in inline.items()},
-        }
-        root.value = [(k, v) for k, v in root.value if compiler.plain(k) != "tables"]
-    declared = compiler.plain(keys["resourceType"]) if "resourceType" in keys else None
-    if declared != resource_type:
-        raise compiler.fail(root, f"resourceType must be {resource_type!r}, found {declared!r}")
-    build = compiler.compile(root, "")
-    owned = frozenset(k for k in keys if k not in ("resourceType", "tables", *TEMPLATE_KEYS))
-    return ResourceMapping(resource_type, path, owned, build, frozenset(compiler.tags))

@@ -20,7 +20,9 @@ from pydantic import ValidationError
 
 from dicomcast.errors import MappingError, MappingFileError
 from dicomcast.mapping.converters import TAGS_READ, ConvertContext
-from dicomcast.mapping.engine import ResourceMapping, Run, Scope, compile_file, load_tables
+from dicomcast.mapping.files import ResourceMapping, compile_file
+from dicomcast.mapping.runtime import Run, Scope
+from dicomcast.mapping.tables import load_tables
 from dicomcast.studyview import VIEW_TAGS, StudyView
 
 RESOURCE_FILES = {

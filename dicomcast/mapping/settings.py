@@ -8,7 +8,7 @@ from typing import Any
 
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.mapping.mapper import Mappings
-from dicomcast.sources.base import StudyLocation
+from dicomcast.model import StudyLocation
 
 MAPPING_CONFIG_KEYS = {
     "patient_id_system",

@@ -11,16 +11,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dicomcast import __version__
+from dicomcast.model import SourceSummary
 
-if TYPE_CHECKING:
-    from dicomcast.state.store import StateStore
+
+class Summaries(Protocol):
+    """Where the state gauges come from (the state DB's reports)."""
+
+    def summary(self, source: str) -> SourceSummary: ...
+
 
 LAG_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -124,7 +129,7 @@ class Metrics:
         self.feed_cursor.labels(source).set(_number(cursor))
         self.feed_head.labels(source).set(_number(head))
 
-    def watch_state(self, store: StateStore, sources: Callable[[], Sequence[str]]) -> None:
+    def watch_state(self, store: Summaries, sources: Callable[[], Sequence[str]]) -> None:
         self.registry.register(StateCollector(store, sources))
 
 
@@ -140,7 +145,7 @@ class StateCollector(Collector):
     """Gauges read from the state DB at scrape time; a DB failure omits them (and /readyz
     says why) instead of failing the whole scrape."""
 
-    def __init__(self, store: StateStore, sources: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, store: Summaries, sources: Callable[[], Sequence[str]]) -> None:
         self.store = store
         self.sources = sources
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
-from dicomcast.model import DirtyMark
-from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
+from dicomcast.model import DirtyMark, StudyLocation
+from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, dataset_filter
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dicomcast.model import DirtyMark
+from dicomcast.model import DirtyMark, StudyLocation
 from dicomcast.studyview import StudyView
 
 
@@ -42,17 +42,6 @@ class FetchedStudy:
     study_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
     unread: bool = False
-
-
-@dataclass(frozen=True)
-class StudyLocation:
-    """Where a study lives: the DICOMweb base its FHIR Endpoint publishes, and the namespace
-    its StudyInstanceUID is unique in (None: the shared one, where the same UID from several
-    sources is one study; a URI for a data partition that keeps its studies apart)."""
-
-    address: str
-    endpoint_name: str
-    scope: str | None = None
 
 
 class Source(Protocol):

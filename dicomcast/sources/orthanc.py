@@ -25,8 +25,8 @@ from typing import Any
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.http import send
-from dicomcast.model import DirtyMark
-from dicomcast.sources.base import FeedPage, FetchedStudy, StudyLocation
+from dicomcast.model import DirtyMark, StudyLocation
+from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, dataset_filter, text_value
 

@@ -9,7 +9,7 @@ import threading
 from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import Mappings
 from dicomcast.mapping.settings import MappingConfigs
-from dicomcast.sources.base import StudyLocation
+from dicomcast.model import StudyLocation
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ from dicomcast.model import (
     Kind,
     Outcome,
     PatientPolicy,
+    StudyLocation,
     StudyTask,
     Written,
     source_dependency,
 )
-from dicomcast.sources.base import Source, StudyLocation
+from dicomcast.sources.base import Source
 from dicomcast.sync.endpoints import Endpoints
 from dicomcast.sync.multisource import Compose, MultiSource
 from dicomcast.sync.policy import FailurePolicy, decide

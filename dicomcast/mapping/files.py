@@ -1,0 +1,62 @@
+"""One mapping file, compiled: its resource type, the elements it owns, the closure that
+builds the resource, and every DICOM tag it reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dicomcast.errors import MappingFileError
+from dicomcast.mapping.engine import TEMPLATE_KEYS, Compiler
+from dicomcast.mapping.runtime import Node
+
+
+@dataclass(frozen=True)
+class ResourceMapping:
+    """One compiled mapping file. `owned` lists the top-level elements it writes; `tags`
+    every DICOM tag its rules read."""
+
+    resource_type: str
+    file: Path
+    owned: frozenset[str]
+    build: Node
+    tags: frozenset[str] = frozenset()
+
+
+def compile_file(
+    path: Path,
+    resource_type: str,
+    tables: Mapping[str, Mapping[str, Any]],
+    config_keys: Iterable[str],
+) -> ResourceMapping:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise MappingFileError(f"{path.name}: not valid YAML: {exc}") from None
+    if not isinstance(root, yaml.MappingNode):
+        raise MappingFileError(f"{path.name}:1: expected a mapping of FHIR elements")
+    compiler = Compiler(path, tables, config_keys)
+    keys = compiler._keys(root)
+    if "tables" in keys:
+        inline = compiler.plain(keys["tables"])
+        if not isinstance(inline, dict) or not all(isinstance(t, dict) for t in inline.values()):
+            raise compiler.fail(keys["tables"], "tables: maps a name to {key: value}")
+        compiler.tables = {
+            **tables,
+            **{k: {str(a): b for a, b in v.items()} for k, v in inline.items()},
+        }
+        root.value = [(k, v) for k, v in root.value if compiler.plain(k) != "tables"]
+    declared = compiler.plain(keys["resourceType"]) if "resourceType" in keys else None
+    if declared != resource_type:
+        raise compiler.fail(root, f"resourceType must be {resource_type!r}, found {declared!r}")
+    build = compiler.compile(root, "")
+    owned = frozenset(k for k in keys if k not in ("resourceType", "tables", *TEMPLATE_KEYS))
+    return ResourceMapping(resource_type, path, owned, build, frozenset(compiler.tags))

@@ -1,0 +1,117 @@
+"""What compiled mapping rules run on: the scope a rule reads, one run's context, and the
+small steps rules are made of (reading a tag path, applying a converter per item)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomcast.mapping.converters import ConversionError, ConvertContext
+from dicomcast.studyview import DicomJson, SeriesView, StudyView, values
+
+# A converter that trips over malformed input must cost one element, never the study.
+_CONVERTER_FAULTS = (ConversionError, ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a rule is evaluated: the dataset `from` reads, plus the study/series around it."""
+
+    data: DicomJson
+    study: StudyView | None = None
+    series: SeriesView | None = None
+    item: Any = None
+
+
+@dataclass
+class Run:
+    """One evaluation of the mappings: settings, tables, references and collected warnings."""
+
+    ctx: ConvertContext
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.ctx.warnings
+
+
+Node = Callable[[Scope, Run], Any]
+
+
+def empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def computed_value(name: str) -> Node:
+    def computed(scope: Scope, run: Run) -> Any:
+        if name == "$item":
+            return scope.item
+        study = scope.study
+        if study is None:
+            return None
+        if name == "$series_count":
+            return len(study.series)
+        if name == "$instance_count":
+            return len(scope.series.instances) if scope.series else study.instance_count
+        return study.series_modalities
+
+    return computed
+
+
+def read_path(data: DicomJson, tags: list[str], many: bool) -> Any:
+    current: list[Any] = [data]
+    last = len(tags) - 1
+    for index, tag in enumerate(tags):
+        found: list[Any] = []
+        for item in current:
+            if not isinstance(item, Mapping):
+                continue
+            item_values = values(item, tag)
+            found.extend(item_values if (many or index == last) else item_values[:1])
+        current = [clean(v) for v in found]
+        current = [v for v in current if not empty(v)]
+        if not current:
+            return None
+    return current if many else current[0]
+
+
+def clean(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def per_item(step: Callable[[Any, Run], Any]) -> Callable[[Any, Run], Any]:
+    """Apply a step to each item of a list (flattening list results), or to a single value."""
+
+    def apply(value: Any, run: Run) -> Any:
+        if not isinstance(value, list):
+            return step(value, run)
+        out: list[Any] = []
+        for item in value:
+            result = step(item, run)
+            if isinstance(result, list):
+                out.extend(r for r in result if not empty(r))
+            elif not empty(result):
+                out.append(result)
+        return out or None
+
+    return apply
+
+
+def guarded(
+    conv: Callable[[Any, ConvertContext], Any], where: str, path: str, source: str
+) -> Callable[[Any, Run], Any]:
+    """Run a converter; a bad value costs this element and leaves a warning, not the study."""
+
+    def guarded(value: Any, run: Run) -> Any:
+        before = len(run.warnings)
+        try:
+            result = conv(value, run.ctx)
+        except _CONVERTER_FAULTS as exc:
+            run.warnings.append(f"{where} {path}: {source} dropped: {exc}")
+            return None
+        for index in range(before, len(run.warnings)):
+            run.warnings[index] = f"{where} {path}: {source}: {run.warnings[index]}"
+        return result
+
+    return guarded
