@@ -35,7 +35,7 @@ def make_source(
     transport: httpx.BaseTransport | None = None,
 ) -> Source:
     """A client for one configured source (the only one, when not named)."""
-    source = source or settings.source
+    source = source or settings.first_source()
     kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
     return kind(
         source,

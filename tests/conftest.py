@@ -100,8 +100,13 @@ def env_for(settings: Settings) -> dict[str, str]:
     for name in ("DICOMCAST_SEKMET",):
         if name in os.environ:
             env[name] = os.environ[name]
-    for key, value in settings.model_dump(exclude_none=True).items():
-        if isinstance(value, dict):
+    values = settings.model_dump(exclude_none=True)
+    for key, value in (values.pop("source", None) or {}).items():  # the flat shorthand
+        values[f"source_{key}"] = value
+    for key, value in values.items():
+        if key == "source_partitions":
+            value = ",".join(value)
+        elif isinstance(value, dict | list):
             value = json.dumps(value)
         elif hasattr(value, "get_secret_value"):
             value = value.get_secret_value()

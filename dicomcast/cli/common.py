@@ -47,7 +47,7 @@ def source_names(settings: Settings, store: StateStore, only: str | None = None)
     try:
         return [s.name for s in settings.source_list()]
     except ConfigError:
-        return store.sources() or [settings.source_name]
+        return store.sources() or [settings.source.name if settings.source else "default"]
 
 
 def guard(fn: Callable[[], T]) -> T:

@@ -27,15 +27,16 @@ def mapping_config(
 ) -> dict[str, Any]:
     """The settings a mapping file may read with `config:`; never a secret. With a source
     and a study's location: that source's overrides and that study's Endpoint."""
-    public_url = settings.source_public_url
-    if public_url is None and settings.source_url and not settings.sources:
-        public_url = settings.source.published_url
+    flat = settings.source
+    public_url = flat.public_url if flat else None
+    if public_url is None and flat and flat.url and not settings.sources:
+        public_url = flat.published_url
     config = {
         "patient_id_system": settings.patient_id_system,
         "accession_system": settings.accession_system,
         "issuer_systems": dict(settings.issuer_systems),
         "timezone": settings.timezone,
-        "source_name": settings.source_name,
+        "source_name": flat.name if flat else "default",
         "source_public_url": public_url,
     }
     if source is not None:

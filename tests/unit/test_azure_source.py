@@ -209,7 +209,7 @@ def test_environment_shorthand_builds_an_azure_source(monkeypatch: pytest.Monkey
     monkeypatch.setenv("DICOMCAST_SOURCE_CLIENT_SECRET", CLIENT_SECRET)
     monkeypatch.setenv("DICOMCAST_SOURCE_PARTITIONS", "alpha, beta")
     loaded = load_settings()
-    source = loaded.source
+    source = loaded.first_source()
     assert (source.kind, source.api_version, source.url) == ("azure-dicom", "v2", SERVICE)
     assert source.partitions == ["alpha", "beta"]
     assert source.token_url == f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"

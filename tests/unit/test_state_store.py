@@ -1,4 +1,5 @@
-"""Settings sources and masking; the state store's atomic page and generation rules."""
+"""The state store: a feed page and its cursor are one transaction; a sync records its
+result only for the generation it started from; a newer schema is refused."""
 
 from __future__ import annotations
 
@@ -9,39 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from dicomcast.config import load_settings, mask_url
-from dicomcast.errors import ConfigError, StateSchemaError, StateUnavailable
+from dicomcast.errors import StateSchemaError, StateUnavailable
 from dicomcast.model import DirtyMark, Written
 from dicomcast.state.store import StateStore
-
-
-def test_env_wins_over_file_and_secrets_are_masked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = tmp_path / "dicomcast.toml"
-    config.write_text(
-        'fhir_url = "http://from-file/fhir"\nconcurrency = 7\n'
-        'fhir_token = "tok-123"\n[issuer_systems]\nHOSP = "urn:oid:1.2"\n'
-    )
-    monkeypatch.setenv("DICOMCAST_FHIR_URL", "http://from-env/fhir/")
-    monkeypatch.setenv("DICOMCAST_STATE_URL", "postgresql://u:pw@db:5432/dc")
-    settings = load_settings(config)
-    assert settings.fhir_url == "http://from-env/fhir"
-    assert settings.concurrency == 7 and settings.issuer_systems == {"HOSP": "urn:oid:1.2"}
-    public = settings.public_dict()
-    assert public["fhir_token"] == "**********"
-    assert public["state_url"] == "postgresql://u:***@db:5432/dc"
-    assert "tok-123" not in str(public) and "pw" not in public["state_url"]
-    assert mask_url("http://plain/x") == "http://plain/x"
-
-
-def test_bad_settings_say_what_is_wrong(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="timezone"):
-        load_settings(None, timezone="Mars/Olympus")
-    with pytest.raises(ConfigError, match="concurrency"):
-        load_settings(None, concurrency=0)
-    with pytest.raises(ConfigError, match="DICOMCAST_SOURCE_URL"):
-        load_settings(None, fhir_url="http://f").require_worker_settings()
 
 
 def test_record_page_is_atomic_with_the_cursor() -> None:

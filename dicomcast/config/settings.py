@@ -1,156 +1,27 @@
-"""Settings: `DICOMCAST_*` environment variables over an optional TOML/YAML file.
+"""Settings: everything the worker can be told, as values. Nothing here builds a client.
 
-Precedence, highest first: environment, the config file (`--config` or `DICOMCAST_CONFIG`),
-files in `DICOMCAST_SECRETS_DIR` (one file per setting, as Docker/Kubernetes secrets mount
-them), defaults. Secrets are `SecretStr` and print as `**********` everywhere.
+Precedence, highest first: command-line flags, `DICOMCAST_*` environment variables, the
+config file (`--config` or `DICOMCAST_CONFIG`), files in `DICOMCAST_SECRETS_DIR` (one file
+per setting, as Docker/Kubernetes secrets mount them), defaults. Secrets are `SecretStr`
+and print as `**********` everywhere.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
-import tomllib
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dicomcast.config.loading import config_file_values, precedence, read_config_file
+from dicomcast.config.source import SourceSettings, resolve_token_url
 from dicomcast.errors import ConfigError
 from dicomcast.model import DeletedStudyPolicy, PatientPolicy
 from dicomcast.urls import mask_url
-
-__all__ = ["DeletedStudyPolicy", "PatientPolicy", "Settings", "SourceSettings", "mask_url"]
-
-
-SourceKind = Literal["orthanc", "azure-dicom"]
-ApiVersion = Literal["v1", "v2"]
-ENTRA_LOGIN = "https://login.microsoftonline.com"
-AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
-DEFAULT_PARTITION = "Microsoft.Default"
-SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PARTITION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the service's own rule
-
-
-def resolve_token_url(explicit: str | None, tenant_id: str | None) -> str | None:
-    """The OAuth2 token URL: the one given, else Microsoft Entra ID's for the tenant."""
-    if explicit:
-        return explicit
-    return f"{ENTRA_LOGIN}/{tenant_id}/oauth2/v2.0/token" if tenant_id else None
-
-
-class SourceSettings(BaseModel):
-    """One DICOM server to follow: from the `sources` list, or the flat `source_*` settings.
-
-    Authentication is one of: a static bearer `token`; `username`/`password` (Orthanc);
-    OAuth2 client credentials (`client_id`, `client_secret`, and `tenant_id` for Microsoft
-    Entra ID or an explicit `oauth_token_url`); or `managed_identity` (needs the
-    `dicomcast[azure]` extra). Nothing at all means an open server.
-    """
-
-    model_config = {"extra": "forbid"}
-
-    name: str = "default"
-    kind: SourceKind = "orthanc"
-    url: str
-    public_url: str | None = Field(
-        None, description="Base URL published in FHIR Endpoints (default: derived from url)."
-    )
-    api_version: ApiVersion = Field("v2", description="Microsoft DICOM service API version.")
-    partitions: list[str] | None = Field(
-        None,
-        description="Microsoft DICOM service data partitions to follow; unset when the service "
-        "has no partitioning, ['*'] for all.",
-    )
-    username: str | None = None
-    password: SecretStr | None = None
-    token: SecretStr | None = None
-    oauth_token_url: str | None = None
-    tenant_id: str | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    scope: str | None = None
-    managed_identity: bool = False
-    patient_id_system: str | None = Field(
-        None, description="Overrides the global patient_id_system for this source's studies."
-    )
-    accession_system: str | None = None
-
-    @field_validator("url", "public_url", "oauth_token_url")
-    @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        if not SOURCE_NAME.fullmatch(value):
-            raise ValueError("a source name is 1-64 letters, digits, '.', '_' or '-'")
-        return value
-
-    @field_validator("partitions", mode="before")
-    @classmethod
-    def _split_partitions(cls, value: Any) -> Any:
-        if isinstance(value, str):  # the environment shorthand: "a,b" or "*"
-            return [p.strip() for p in value.split(",") if p.strip()] or None
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SourceSettings:
-        ways = [
-            name
-            for name, used in (
-                ("token", self.token is not None),
-                ("username", self.username is not None),
-                ("client_secret", self.client_secret is not None),
-                ("managed_identity", self.managed_identity),
-            )
-            if used
-        ]
-        if len(ways) > 1:
-            raise ValueError(f"source {self.name}: choose one way to log in, not {ways}")
-        if self.client_secret is not None:
-            if not self.client_id:
-                raise ValueError(f"source {self.name}: client_secret needs client_id")
-            if not (self.oauth_token_url or self.tenant_id):
-                raise ValueError(
-                    f"source {self.name}: client credentials need tenant_id (Entra ID) "
-                    "or oauth_token_url"
-                )
-        if self.kind == "orthanc" and self.partitions:
-            raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
-        bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
-        if bad:
-            raise ValueError(f"source {self.name}: not partition names: {bad}")
-        return self
-
-    @property
-    def published_url(self) -> str:
-        """The base URL FHIR Endpoints publish: DICOMweb under Orthanc's REST root, the
-        service root for the Microsoft DICOM service (version and partition are appended)."""
-        if self.public_url:
-            return self.public_url
-        return f"{self.url}/dicom-web" if self.kind == "orthanc" else self.url
-
-    @property
-    def token_url(self) -> str | None:
-        return resolve_token_url(self.oauth_token_url, self.tenant_id)
-
-    @property
-    def oauth_scope(self) -> str | None:
-        if self.scope:
-            return self.scope
-        return AZURE_DICOM_SCOPE if self.kind == "azure-dicom" else None
 
 
 class Settings(BaseSettings):
@@ -161,40 +32,16 @@ class Settings(BaseSettings):
     )
 
     # --- the DICOM sources: a `sources` list (config file, or JSON in DICOMCAST_SOURCES),
-    # or the flat `source_*` shorthand for a single one.
+    # or the flat `source_*` shorthand for a single one (see `dicomcast.config.loading`).
     sources: list[SourceSettings] | None = Field(
         None,
         description="Several DICOM servers, in priority order (the first one's study-"
         "level data wins when they hold the same study).",
     )
-    source_name: str = Field("default", description="Stable name of the source (keys state).")
-    source_kind: SourceKind = "orthanc"
-    source_url: str | None = Field(
+    source: SourceSettings | None = Field(
         None,
-        description="Base URL of the DICOM server: Orthanc's REST root, or the Microsoft DICOM "
-        "service's root without the version segment.",
-    )
-    source_public_url: str | None = Field(
-        None,
-        description="Base URL published in the FHIR Endpoint (default: URL/dicom-web for "
-        "Orthanc, URL for the Microsoft DICOM service).",
-    )
-    source_api_version: ApiVersion = "v2"
-    source_partitions: str | None = Field(
-        None, description="Partitions to follow, comma-separated, or * for all."
-    )
-    source_username: str | None = None
-    source_password: SecretStr | None = None
-    source_token: SecretStr | None = None
-    source_oauth_token_url: str | None = None
-    source_tenant_id: str | None = Field(None, description="Microsoft Entra ID tenant.")
-    source_client_id: str | None = None
-    source_client_secret: SecretStr | None = None
-    source_scope: str | None = Field(
-        None, description="OAuth2 scope (default for the Microsoft DICOM service: its .default)."
-    )
-    source_managed_identity: bool = Field(
-        False, description="Log in with an Azure managed identity (needs dicomcast[azure])."
+        description="The one source of a single-source setup: `DICOMCAST_SOURCE_<FIELD>` in "
+        "the environment, `source_<field>` keys or a [source] table in the config file.",
     )
 
     # --- the FHIR server
@@ -288,8 +135,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The config file arrives as init kwargs; the environment must win over it.
-        return env_settings, init_settings, file_secret_settings
+        # Highest first: command-line flags (init), environment, config file, secrets dir.
+        return precedence(settings_cls, init_settings, env_settings, file_secret_settings)
 
     @field_validator("timezone")
     @classmethod
@@ -300,7 +147,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
-    @field_validator("source_url", "fhir_url", "source_public_url", "fhir_oauth_token_url")
+    @field_validator("fhir_url", "fhir_oauth_token_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
@@ -311,31 +158,24 @@ class Settings(BaseSettings):
         """Every configured source in priority order; `ConfigError` when there is none or
         the settings contradict each other."""
         if self.sources:
-            if self.source_url:
+            if self.source is not None and self.source.url:
                 raise ConfigError(
                     "both a `sources` list and DICOMCAST_SOURCE_URL are set: use one of them"
                 )
             names = [s.name for s in self.sources]
             if len(set(names)) != len(names):
                 raise ConfigError(f"source names must be unique: {names}")
+            unnamed = [s.name for s in self.sources if not s.url]
+            if unnamed:
+                raise ConfigError(f"sources without a url: {unnamed}")
             return list(self.sources)
-        if not self.source_url:
+        if self.source is None or not self.source.url:
             raise ConfigError(
                 "DICOMCAST_SOURCE_URL is not set: which DICOM server should I follow?"
             )
-        # The flat `source_<field>` settings are the one source's fields.
-        flat = {
-            name: getattr(self, f"source_{name}")
-            for name in SourceSettings.model_fields
-            if f"source_{name}" in type(self).model_fields
-        }
-        try:
-            return [SourceSettings(**flat)]
-        except ValidationError as exc:
-            raise ConfigError(f"invalid source settings: {_problems(exc)}") from None
+        return [self.source]
 
-    @property
-    def source(self) -> SourceSettings:
+    def first_source(self) -> SourceSettings:
         """The one source of a single-source setup (the first in priority otherwise)."""
         return self.source_list()[0]
 
@@ -403,38 +243,28 @@ def _public(value: Any) -> Any:
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors()
-    )
+    """Each problem named as the user wrote it: `source.url` of the flat shorthand is
+    `source_url` (DICOMCAST_SOURCE_URL)."""
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        if len(loc) > 1 and loc[0] == "source" and isinstance(loc[1], str):
+            loc = (f"source_{loc[1]}", *loc[2:])
+        return ".".join(str(p) for p in loc) or "settings"
+
+    return "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a table of settings at the top level")
-    dicomcast_table = data.get("dicomcast")
-    return dict(dicomcast_table) if isinstance(dicomcast_table, dict) else dict(data)
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from env, file and overrides; raise `ConfigError` with a readable reason."""
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Build settings from flags, environment, file and secrets (in that order of
+    precedence); raise `ConfigError` with a readable reason."""
     path = config_file or (Path(p) if (p := os.environ.get("DICOMCAST_CONFIG")) else None)
-    values = _read_config_file(path) if path else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    file_values = read_config_file(path) if path else {}
+    flags = {k: v for k, v in flags.items() if v is not None}
     secrets_dir = os.environ.get("DICOMCAST_SECRETS_DIR")
     try:
-        if secrets_dir:
-            return Settings(_secrets_dir=secrets_dir, **values)
-        return Settings(**values)
+        with config_file_values(file_values):
+            if secrets_dir:
+                return Settings(_secrets_dir=secrets_dir, **flags)
+            return Settings(**flags)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {_problems(exc)}") from None

@@ -1,0 +1,132 @@
+"""One DICOM server to follow, as settings: the same definition serves the `sources` list
+and the flat `DICOMCAST_SOURCE_*` shorthand for a single source."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+
+SourceKind = Literal["orthanc", "azure-dicom"]
+ApiVersion = Literal["v1", "v2"]
+ENTRA_LOGIN = "https://login.microsoftonline.com"
+AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
+DEFAULT_PARTITION = "Microsoft.Default"
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PARTITION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the service's own rule
+
+
+def resolve_token_url(explicit: str | None, tenant_id: str | None) -> str | None:
+    """The OAuth2 token URL: the one given, else Microsoft Entra ID's for the tenant."""
+    if explicit:
+        return explicit
+    return f"{ENTRA_LOGIN}/{tenant_id}/oauth2/v2.0/token" if tenant_id else None
+
+
+class SourceSettings(BaseModel):
+    """One DICOM server to follow: from the `sources` list, or the flat `source_*` settings.
+
+    Authentication is one of: a static bearer `token`; `username`/`password` (Orthanc);
+    OAuth2 client credentials (`client_id`, `client_secret`, and `tenant_id` for Microsoft
+    Entra ID or an explicit `oauth_token_url`); or `managed_identity` (needs the
+    `dicomcast[azure]` extra). Nothing at all means an open server.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    name: str = "default"
+    kind: SourceKind = "orthanc"
+    url: str = Field(
+        "",
+        description="Base URL of the DICOM server: Orthanc's REST root, or the Microsoft DICOM "
+        "service's root without the version segment.",
+    )
+    public_url: str | None = Field(
+        None, description="Base URL published in FHIR Endpoints (default: derived from url)."
+    )
+    api_version: ApiVersion = Field("v2", description="Microsoft DICOM service API version.")
+    partitions: list[str] | None = Field(
+        None,
+        description="Microsoft DICOM service data partitions to follow; unset when the service "
+        "has no partitioning, ['*'] for all.",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    oauth_token_url: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = None
+    managed_identity: bool = False
+    patient_id_system: str | None = Field(
+        None, description="Overrides the global patient_id_system for this source's studies."
+    )
+    accession_system: str | None = None
+
+    @field_validator("url", "public_url", "oauth_token_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SOURCE_NAME.fullmatch(value):
+            raise ValueError("a source name is 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _split_partitions(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment shorthand: "a,b" or "*"
+            return [p.strip() for p in value.split(",") if p.strip()] or None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceSettings:
+        ways = [
+            name
+            for name, used in (
+                ("token", self.token is not None),
+                ("username", self.username is not None),
+                ("client_secret", self.client_secret is not None),
+                ("managed_identity", self.managed_identity),
+            )
+            if used
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"source {self.name}: choose one way to log in, not {ways}")
+        if self.client_secret is not None:
+            if not self.client_id:
+                raise ValueError(f"source {self.name}: client_secret needs client_id")
+            if not (self.oauth_token_url or self.tenant_id):
+                raise ValueError(
+                    f"source {self.name}: client credentials need tenant_id (Entra ID) "
+                    "or oauth_token_url"
+                )
+        if self.kind == "orthanc" and self.partitions:
+            raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
+        bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
+        if bad:
+            raise ValueError(f"source {self.name}: not partition names: {bad}")
+        return self
+
+    @property
+    def published_url(self) -> str:
+        """The base URL FHIR Endpoints publish: DICOMweb under Orthanc's REST root, the
+        service root for the Microsoft DICOM service (version and partition are appended)."""
+        if self.public_url:
+            return self.public_url
+        return f"{self.url}/dicom-web" if self.kind == "orthanc" else self.url
+
+    @property
+    def token_url(self) -> str | None:
+        return resolve_token_url(self.oauth_token_url, self.tenant_id)
+
+    @property
+    def oauth_scope(self) -> str | None:
+        if self.scope:
+            return self.scope
+        return AZURE_DICOM_SCOPE if self.kind == "azure-dicom" else None
