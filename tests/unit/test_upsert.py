@@ -1,13 +1,14 @@
-"""Upsert merge, no-op detection and conflict handling, against a scripted FHIR server (respx)."""
+"""Upsert merge, no-op detection and conflict handling, against scripted FHIR answers (httpx
+MockTransport): the exact requests sent matter here; `test_fhir_fake` covers whole runs."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-import respx
 
 from dicomcast.errors import FhirRejected, MappingError
 from dicomcast.fhir.client import FhirClient
@@ -36,9 +37,22 @@ def mapped() -> MappedStudy:
     return MappedStudy("1.2.3", dict(PATIENT), dict(STUDY), "urn:uuid:p", ())
 
 
-def writer(max_entries: int = 100) -> FhirWriter:
+class Counting(httpx.MockTransport):
+    """A scripted server that counts the requests it answered."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.call_count = 0
+
+        def counted(request: httpx.Request) -> httpx.Response:
+            self.call_count += 1
+            return handler(request)
+
+        super().__init__(counted)
+
+
+def writer(transport: httpx.BaseTransport, max_entries: int = 100) -> FhirWriter:
     return FhirWriter(
-        FhirClient(BASE),
+        FhirClient(BASE, transport=transport),
         patient_owned=OWNED_P,
         study_owned=OWNED_S,
         patient_policy="fill-missing",
@@ -85,7 +99,6 @@ def bundle_type(request: httpx.Request) -> str:
     return str(json.loads(request.content)["type"])
 
 
-@respx.mock
 def test_new_study_is_one_read_and_one_conditional_transaction() -> None:
     sent: list[dict[str, Any]] = []
 
@@ -98,8 +111,7 @@ def test_new_study_is_one_read_and_one_conditional_transaction() -> None:
             200, json=tx_answer(("201 Created", "Patient/p9"), ("201 Created", "ImagingStudy/s9"))
         )
 
-    respx.post(f"{BASE}/").mock(side_effect=answer)
-    result = writer().upsert_study(mapped())
+    result = writer(Counting(answer)).upsert_study(mapped())
     assert (result.patient_id, result.imaging_study_id, result.wrote) == ("p9", "s9", True)
     (tx,) = sent
     assert [e["request"]["ifNoneExist"] for e in tx["entry"]] == [
@@ -110,7 +122,6 @@ def test_new_study_is_one_read_and_one_conditional_transaction() -> None:
     assert tx["entry"][0]["fullUrl"] == "urn:uuid:p"
 
 
-@respx.mock
 def test_unchanged_study_is_not_written_and_foreign_elements_survive() -> None:
     current = stored(
         {
@@ -120,14 +131,13 @@ def test_unchanged_study_is_not_written_and_foreign_elements_survive() -> None:
         },
         "s1",
     )
-    route = respx.post(f"{BASE}/").mock(
-        return_value=httpx.Response(200, json=batch_answer([stored(PATIENT, "p1")], [current]))
+    route = Counting(
+        lambda _: httpx.Response(200, json=batch_answer([stored(PATIENT, "p1")], [current]))
     )
-    result = writer().upsert_study(mapped())
+    result = writer(route).upsert_study(mapped())
     assert result.wrote is False and route.call_count == 1
 
 
-@respx.mock
 def test_changed_study_updates_with_if_match_and_retries_after_412() -> None:
     current = stored(
         {
@@ -154,12 +164,10 @@ def test_changed_study_updates_with_if_match_and_retries_after_412() -> None:
             return httpx.Response(412, json={"resourceType": "OperationOutcome", "issue": []})
         return httpx.Response(200, json=tx_answer(("200 OK", "ImagingStudy/s1")))
 
-    respx.post(f"{BASE}/").mock(side_effect=answer)
-    assert writer().upsert_study(mapped()).wrote is True
+    assert writer(Counting(answer)).upsert_study(mapped()).wrote is True
     assert calls == ["batch", "transaction", "batch", "transaction"]
 
 
-@respx.mock
 def test_study_created_concurrently_is_re_read_and_merged() -> None:
     state = {"batches": 0}
 
@@ -175,23 +183,17 @@ def test_study_created_concurrently_is_re_read_and_merged() -> None:
         # ifNoneExist matched someone else's new resource: 200, not 201.
         return httpx.Response(200, json=tx_answer(("200 OK", "ImagingStudy/s1")))
 
-    respx.post(f"{BASE}/").mock(side_effect=answer)
-    result = writer().upsert_study(mapped())
+    result = writer(Counting(answer)).upsert_study(mapped())
     assert state["batches"] == 2 and result.imaging_study_id == "s1" and not result.wrote
 
 
-@respx.mock
 def test_two_patients_with_one_identifier_are_refused_not_guessed() -> None:
-    respx.post(f"{BASE}/").mock(
-        return_value=httpx.Response(
-            200, json=batch_answer([stored(PATIENT, "a"), stored(PATIENT, "b")], [])
-        )
-    )
+    two = batch_answer([stored(PATIENT, "a"), stored(PATIENT, "b")], [])
+    route = Counting(lambda _: httpx.Response(200, json=two))
     with pytest.raises(MappingError, match="2 Patient resources match"):
-        writer().upsert_study(mapped())
+        writer(route).upsert_study(mapped())
 
 
-@respx.mock
 def test_rejection_keeps_the_operation_outcome() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         if bundle_type(request) == "batch":
@@ -206,29 +208,23 @@ def test_rejection_keeps_the_operation_outcome() -> None:
             },
         )
 
-    respx.post(f"{BASE}/").mock(side_effect=answer)
     with pytest.raises(FhirRejected) as caught:
-        writer().upsert_study(mapped())
+        writer(Counting(answer)).upsert_study(mapped())
     assert caught.value.status == 400 and "series.uid missing" in caught.value.outcome
 
 
-@respx.mock
 def test_server_without_batch_falls_back_to_plain_searches() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # Patient?identifier=... and ImagingStudy?identifier=...
+            assert request.url.path.rsplit("/", 1)[-1] in ("Patient", "ImagingStudy")
+            return httpx.Response(200, json=searchset())
         if bundle_type(request) == "batch":
             return httpx.Response(501)
         return httpx.Response(
             200, json=tx_answer(("201 Created", "Patient/p"), ("201 Created", "ImagingStudy/s"))
         )
 
-    respx.post(f"{BASE}/").mock(side_effect=answer)
-    respx.get(url__startswith=f"{BASE}/Patient").mock(
-        return_value=httpx.Response(200, json=searchset())
-    )
-    respx.get(url__startswith=f"{BASE}/ImagingStudy").mock(
-        return_value=httpx.Response(200, json=searchset())
-    )
-    assert writer().upsert_study(mapped()).imaging_study_id == "s"
+    assert writer(Counting(answer)).upsert_study(mapped()).imaging_study_id == "s"
 
 
 def test_patient_policies() -> None:
@@ -280,11 +276,9 @@ class ScriptedFhir:
         return httpx.Response(200, json=tx_answer(*statuses))
 
 
-@respx.mock
 def test_a_study_never_written_costs_one_request() -> None:
     fhir = ScriptedFhir(("201 Created", "Patient/p9"), ("201 Created", "ImagingStudy/s9"))
-    respx.route(host="fhir.test").mock(side_effect=fhir)
-    result = writer().upsert_study(mapped(), new=True)
+    result = writer(Counting(fhir)).upsert_study(mapped(), new=True)
     assert (result.patient_id, result.imaging_study_id, result.wrote) == ("p9", "s9", True)
     assert [kind for kind, _ in fhir.sent] == ["transaction"]
     entries = fhir.sent[0][1]["entry"]
@@ -292,7 +286,6 @@ def test_a_study_never_written_costs_one_request() -> None:
     assert all("ifNoneExist" in e["request"] for e in entries)
 
 
-@respx.mock
 def test_an_ehr_patient_met_by_the_create_still_gets_the_fill_missing_policy() -> None:
     ehr = stored({**PATIENT, "name": [{"family": "EHR-Name"}]}, "p1", version="3")
     del ehr["birthDate"]
@@ -304,8 +297,7 @@ def test_an_ehr_patient_met_by_the_create_still_gets_the_fill_missing_policy() -
         ("201 Created", "ImagingStudy/s10"),
         ehr=ehr,
     )
-    respx.route(host="fhir.test").mock(side_effect=fhir)
-    w = writer()
+    w = writer(Counting(fhir))
     assert w.upsert_study(mapped(), new=True).patient_id == "p1"
     kinds = [kind for kind, _ in fhir.sent]
     assert kinds == ["transaction", "search", "transaction"]
@@ -321,7 +313,6 @@ def test_an_ehr_patient_met_by_the_create_still_gets_the_fill_missing_policy() -
     assert [kind for kind, _ in fhir.sent][3:] == ["transaction"]
 
 
-@respx.mock
 def test_a_study_that_existed_after_all_goes_through_read_merge_write() -> None:
     existing = stored({**STUDY, "subject": {"reference": "Patient/p9"}, "description": "old"}, "s1")
     fhir = ScriptedFhir(
@@ -331,8 +322,7 @@ def test_a_study_that_existed_after_all_goes_through_read_merge_write() -> None:
         ehr=stored(PATIENT, "p9"),
         studies=[existing],
     )
-    respx.route(host="fhir.test").mock(side_effect=fhir)
-    result = writer().upsert_study(mapped(), new=True)
+    result = writer(Counting(fhir)).upsert_study(mapped(), new=True)
     assert [kind for kind, _ in fhir.sent] == ["transaction", "batch", "transaction"]
     (update,) = fhir.sent[2][1]["entry"]
     assert update["request"] == {"method": "PUT", "url": "ImagingStudy/s1", "ifMatch": 'W/"1"'}

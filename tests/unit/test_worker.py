@@ -1,6 +1,7 @@
-"""Whose failure is it? Outages pause everything and cost no attempts; a study's own errors
-back it off alone and park it; the state DB failing never moves the cursor; a stop that
-cannot wait ends the process within its bound."""
+"""The worker, the controller that records every outcome. Whose failure is it? Outages
+pause everything and cost no attempts; a study's own errors back it off alone and park it;
+the state DB failing never moves the cursor; a stop that cannot wait ends the process
+within its bound."""
 
 from __future__ import annotations
 
