@@ -3,6 +3,7 @@ and the tests alike. Only this module (and the CLI) turns settings into HTTP cli
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -21,6 +22,7 @@ from dicomcast.sources.base import Source
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
 
+log = logging.getLogger(__name__)
 __all__ = ["MAPPING_CONFIG_KEYS", "App", "build_app", "load_mappings", "mapping_config"]
 
 
@@ -74,6 +76,11 @@ def build_app(
     `source`/`sources` replace the configured sources' clients (tests pass fakes); they must
     carry the configured names."""
     settings.require_worker_settings()
+    if not settings.verify_tls:
+        log.warning(
+            "TLS certificate verification is OFF (DICOMCAST_VERIFY_TLS=false): any server can "
+            "pose as the DICOM or FHIR server and read patient data and credentials"
+        )
     configured = settings.source_list()
     mappings = load_mappings(settings)
     store = StateStore(settings.state_url)

@@ -25,13 +25,21 @@ spending the studies' attempts. Without it (a 500, a conflict) the study backs o
 
 A `StudyError` is deterministic: retrying without a change (new data, new mappings, an
 operator's decision) gives the same answer, so it is recorded as failed at once.
+
+Messages carry no patient data: `str(exc)` goes to logs, metrics, `/readyz` and `failures
+list`. What may carry it (a server's OperationOutcome, an identifier value, an offending
+value) goes in `detail`, which only `failures show` and logs with LOG_PHI=true print.
 """
 
 from __future__ import annotations
 
 
 class DicomcastError(Exception):
-    """Base of every dicomcast error."""
+    """Base of every dicomcast error. `detail` may hold patient data; the message never."""
+
+    def __init__(self, message: str = "", *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class FatalError(DicomcastError):
@@ -65,8 +73,9 @@ class RetriableError(DicomcastError):
         retry_after: float | None = None,
         outage: bool = False,
         status: int | None = None,
+        detail: str = "",
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, detail=detail)
         self.retry_after = retry_after
         self.outage = outage
         self.status = status
@@ -104,15 +113,21 @@ class Rejected(StudyError):
     """A server refused a request about this study; `status` and `outcome` say how."""
 
     def __init__(self, message: str, *, status: int, outcome: str = "") -> None:
-        super().__init__(message)
+        super().__init__(message, detail=outcome)
         self.status = status
         self.outcome = outcome
 
 
 class FhirRejected(Rejected):
     """The FHIR server refused the resources (4xx other than 401/403/412/429); `outcome`
-    keeps the server's OperationOutcome text for the operator."""
+    (the `detail`) keeps the server's OperationOutcome text for the operator."""
 
 
 class SourceRejected(Rejected):
     """The DICOM server refused a request about this study (4xx other than 401/403/429)."""
+
+
+def failure_class(exc: BaseException) -> str:
+    """What kind of failure, with no words of the server's: `FhirUnavailable HTTP 503`."""
+    status = getattr(exc, "status", None)
+    return f"{type(exc).__name__} HTTP {status}" if status else type(exc).__name__

@@ -10,6 +10,7 @@ backoff in the state DB, so a worker never sleeps minutes inside one request.
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,22 +64,83 @@ def outcome_text(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
+# FHIR's IssueType codes: a fixed vocabulary, safe to log (a server's diagnostics are not).
+ISSUE_CODES = frozenset(
+    {
+        "invalid",
+        "structure",
+        "required",
+        "value",
+        "invariant",
+        "security",
+        "login",
+        "unknown",
+        "expired",
+        "forbidden",
+        "suppressed",
+        "processing",
+        "not-supported",
+        "duplicate",
+        "multiple-matches",
+        "not-found",
+        "deleted",
+        "too-long",
+        "code-invalid",
+        "extension",
+        "too-costly",
+        "business-rule",
+        "conflict",
+        "transient",
+        "lock-error",
+        "no-store",
+        "exception",
+        "timeout",
+        "incomplete",
+        "throttled",
+        "informational",
+    }
+)
+
+
+def issue_codes(response: httpx.Response) -> str:
+    """` (invalid, required)`: the OperationOutcome's issue codes, known ones only."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    issues = body.get("issue") if isinstance(body, dict) else None
+    codes = {
+        i.get("code")
+        for i in (issues if isinstance(issues, list) else [])
+        if isinstance(i, dict) and i.get("code") in ISSUE_CODES
+    }
+    return f" ({', '.join(sorted(str(c) for c in codes))})" if codes else ""
+
+
 def classify(
     response: httpx.Response,
     what: str,
     unavailable: type[RetriableError],
     rejected: type[Rejected],
 ) -> None:
-    """Raise the error class that says what to do with this response; return if it is fine."""
+    """Raise the error class that says what to do with this response; return if it is fine.
+    Messages name the status and issue codes only; the server's words go in `detail`."""
     status = response.status_code
-    if status < 400:
+    if status < 300:
         return
+    if status < 400:
+        # Redirects are never followed (a token must not travel to another host): the
+        # server is misconfigured or not the one we think, for every study alike.
+        raise unavailable(
+            f"{what}: HTTP {status} redirect, not followed", outage=True, status=status
+        )
     if status in RETRY_STATUSES:
         raise unavailable(
-            f"{what}: HTTP {status} {outcome_text(response)[:200]}".rstrip(),
+            f"{what}: HTTP {status}{issue_codes(response)}",
             retry_after=retry_after_seconds(response),
             outage=status in OUTAGE_STATUSES,
             status=status,
+            detail=outcome_text(response),
         )
     if status in (401, 403):
         # Credentials are wrong for every study alike: never park studies for it.
@@ -89,7 +151,11 @@ def classify(
         )
     if status in (409, 412):
         raise FhirConflict(f"{what}: HTTP {status} version conflict", status=status)
-    raise rejected(f"{what}: HTTP {status}", status=status, outcome=outcome_text(response))
+    raise rejected(
+        f"{what}: HTTP {status}{issue_codes(response)}",
+        status=status,
+        outcome=outcome_text(response),
+    )
 
 
 def _wait(base: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
@@ -158,6 +224,28 @@ def make_client(
     )
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """What one request may cost: `deadline` seconds for the whole answer (a server that
+    trickles it is cut off; a stalled read is cut after the client's read timeout, so at
+    most twice the deadline in all), and `max_bytes` of body (None: no bound)."""
+
+    deadline: float = 30.0
+    max_bytes: int | None = None
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """A certificate verification failure in an exception's chain, said plainly."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({seen.verify_message})"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS failed ({seen.reason or type(seen).__name__})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def send(
     client: httpx.Client,
     method: str,
@@ -167,28 +255,71 @@ def send(
     rejected: type[Rejected],
     *,
     observe: Observer | None = None,
+    bounds: Bounds | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
     """One request with transport errors mapped to `unavailable` and the status classified;
-    `observe(status or None, seconds)` is told about every attempt (for metrics)."""
+    `observe(status or None, seconds)` is told about every attempt (for metrics). The body
+    is read within `bounds`; an answer over `max_bytes` is `rejected` (413)."""
+    bounds = bounds or Bounds()
     started = time.perf_counter()
+
+    def failed(message: str, **extra: Any) -> RetriableError:
+        if observe:
+            observe(None, time.perf_counter() - started)
+        return unavailable(f"{what}: {message}", outage=True, **extra)
+
     try:
-        response = client.request(method, url, **kwargs)
-    except httpx.TimeoutException:
+        request = client.build_request(method, url, **kwargs)
+        response = client.send(request, stream=True)
+        try:
+            body = _read(response, bounds, started)
+        finally:
+            response.close()
+    except _TooLarge:
         if observe:
             observe(None, time.perf_counter() - started)
-        raise unavailable(f"{what}: timed out", outage=True) from None
+        limit = bounds.max_bytes or 0
+        raise rejected(f"{what}: answer over {limit:,} bytes", status=413) from None
+    except (httpx.TimeoutException, _TooSlow):
+        raise failed(f"no full answer within {bounds.deadline:g} s") from None
     except httpx.TransportError as exc:
-        if observe:
-            observe(None, time.perf_counter() - started)
-        raise unavailable(f"{what}: {type(exc).__name__}", outage=True) from None
+        raise failed(_tls_problem(exc) or type(exc).__name__) from None
     except RetriableError as exc:
         if isinstance(exc, unavailable):
             raise
         # The login failed (token endpoint, managed identity): an outage of this server,
         # so it pauses this server and nothing else.
-        raise unavailable(f"{what}: {exc}", outage=True, status=exc.status) from None
+        raise failed(str(exc), status=exc.status) from None
     if observe:
         observe(response.status_code, time.perf_counter() - started)
-    classify(response, what, unavailable, rejected)
-    return response
+    # The body is decoded already: the new response must not decode it again.
+    headers = [
+        (k, v)
+        for k, v in response.headers.multi_items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    answer = httpx.Response(response.status_code, headers=headers, content=body, request=request)
+    classify(answer, what, unavailable, rejected)
+    return answer
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read(response: httpx.Response, bounds: Bounds, started: float) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if bounds.max_bytes is not None and size > bounds.max_bytes:
+            raise _TooLarge
+        if time.perf_counter() - started > bounds.deadline:
+            raise _TooSlow
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -99,7 +99,8 @@ class Kind(StrEnum):
 class Outcome:
     """The result of syncing one study, as a value: the worker records it, nothing else does.
 
-    `written` is set for synced/unchanged; `reason`, `error_kind` and `status` for failures;
+    `written` is set for synced/unchanged; `reason` (never patient data), `detail` (the
+    server's words, which may hold some), `error_kind` and `status` for failures;
     `retry_at` for deferred/retry/paused (None: at once); `dependency` names the server a
     pause belongs to; `answered` lists the servers that answered during the attempt (their
     pauses can clear); `study_uid` is the best UID known, for log lines."""
@@ -107,6 +108,7 @@ class Outcome:
     kind: Kind
     written: Written | None = None
     reason: str | None = None
+    detail: str | None = None
     error_kind: str | None = None
     status: int | None = None
     retry_at: float | None = None

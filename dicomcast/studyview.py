@@ -8,6 +8,7 @@ FHIR resources, which is what makes no-op detection and replays work.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -78,6 +79,15 @@ def values(data: DicomJson, tag: str) -> list[Any]:
 def first_value(data: DicomJson, tag: str) -> Any:
     found = values(data, tag)
     return found[0] if found else None
+
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def is_uid(value: object) -> bool:
+    """A DICOM UID as PS3.5 says (digits and dots, no leading zeros, at most 64 chars):
+    the only form that may go into a URL path."""
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def text_value(data: DicomJson, tag: str) -> str | None:

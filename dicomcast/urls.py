@@ -1,16 +1,36 @@
-"""URLs that leave the process (logs, status, error messages) must not carry a password."""
+"""URLs that leave the process (FHIR resources, logs, status, error messages) must not
+carry credentials."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
+# `scheme://user:password@` (any scheme, any number of slashes, however malformed the
+# rest) and secret-looking query parameters.
+_USERINFO = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*:/*)(?P<user>[^\s:/@]*):[^\s@/]*@")
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<key>[?&;](?:password|passwd|pwd|secret|token|access_token|sslpassword)=)"
+    r"[^&;#\s]*"
+)
 
-def mask_url(url: str) -> str:
-    """Hide a password embedded in a URL (`postgresql://u:secret@h/db` -> `u:***@h`)."""
+
+def mask_url(text: str) -> str:
+    """Hide passwords in a URL, or in any text quoting one (`postgresql://u:secret@h/db` ->
+    `u:***@h`; `?password=secret` -> `?password=***`). Works on malformed URLs too: it
+    never parses the port, so a typo cannot turn masking into a crash."""
+    text = _USERINFO.sub(lambda m: f"{m['pre']}{m['user']}:***@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['key']}***", text)
+
+
+def without_userinfo(url: str) -> str:
+    """The URL with any `user:password@` taken out (`http://u:pw@h:8042/x` -> `http://h:8042/x`)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.username is None and parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def has_userinfo(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.username is not None or parts.password is not None

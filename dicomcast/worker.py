@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomcast.errors import StateUnavailable
+from dicomcast.errors import StateUnavailable, failure_class
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
 from dicomcast.ops.memory import release_free_memory
@@ -254,7 +254,7 @@ class Worker:
         except StateUnavailable as exc:
             # Nothing about this study could be recorded; its claim is released once the
             # database answers again (or expires), and the next sync starts from scratch.
-            self.pauses["state"].trip(str(exc), exc.retry_after)
+            self.pauses["state"].trip(str(exc), exc.retry_after, kind=failure_class(exc))
             self._unrecorded.append(task)
             log.warning("state database failed: %s", exc, extra=_extra(task, outcome, "retry"))
             return "retry"
@@ -262,10 +262,12 @@ class Worker:
 
     def _record_failure(self, task: StudyTask, outcome: Outcome) -> None:
         reason, error_kind = outcome.reason or "", outcome.error_kind or "Error"
-        extra = _extra(task, outcome, outcome.kind.label)
+        extra = {**_extra(task, outcome, outcome.kind.label), "detail": outcome.detail}
         if outcome.kind is Kind.PAUSED:
             assert outcome.dependency is not None
-            until = self.pauses[outcome.dependency].trip(reason, outcome.retry_after)
+            until = self.pauses[outcome.dependency].trip(
+                reason, outcome.retry_after, kind=_failure_kind(outcome)
+            )
             self.store.finish_failed(
                 task,
                 reason,
@@ -274,10 +276,17 @@ class Worker:
                 retry_at=until,
                 http_status=outcome.status,
                 count_attempt=False,
+                detail=outcome.detail,
             )
         elif outcome.kind is Kind.PARKED:
             self.store.finish_failed(
-                task, reason, error_kind, park=True, retry_at=None, http_status=outcome.status
+                task,
+                reason,
+                error_kind,
+                park=True,
+                retry_at=None,
+                http_status=outcome.status,
+                detail=outcome.detail,
             )
             log.warning("study parked (attempt %d): %s", task.attempts + 1, reason, extra=extra)
         else:
@@ -288,6 +297,7 @@ class Worker:
                 park=False,
                 retry_at=outcome.retry_at,
                 http_status=outcome.status,
+                detail=outcome.detail,
             )
             wait = (outcome.retry_at or time.time()) - time.time()
             log.info("study will be retried in %.0f s: %s", wait, reason, extra=extra)
@@ -351,7 +361,7 @@ class Worker:
             try:
                 self.tail(strict=False)
             except StateUnavailable as exc:
-                self.pauses["state"].trip(str(exc), exc.retry_after)
+                self.pauses["state"].trip(str(exc), exc.retry_after, kind=failure_class(exc))
         while not self.stop_event.is_set():
             if self.sync_round(wait_for_stable=True).attempted == 0:
                 break
@@ -367,6 +377,11 @@ class Worker:
         (see `dicomcast.runner`)."""
         self.prepare()
         run_forever(self, on_ready)
+
+
+def _failure_kind(outcome: Outcome) -> str:
+    kind = outcome.error_kind or "unavailable"
+    return f"{kind} HTTP {outcome.status}" if outcome.status else kind
 
 
 def _extra(task: StudyTask, outcome: Outcome, label: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ FHIR REST spec says a server does:
   version moved), `DELETE`; `urn:uuid:` fullUrls resolved in references; all or nothing
   (any failing entry rolls the whole transaction back);
 - `DELETE Type/id`.
-Faults: `fail_next` answers the next requests with the given statuses; `reject` is asked
+Faults: `fail_next` answers the next requests with the given statuses (or responses), and
+`echo` makes those error answers quote the request body, as some servers do; `reject` is asked
 about every resource a transaction writes and may refuse it (400 with an OperationOutcome);
 `before_transaction` runs before each transaction (another system writing meanwhile).
 """
@@ -56,7 +57,8 @@ class FakeFhir(httpx.MockTransport):
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Resource]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path or bundle type)
-        self.fail_next: list[int] = []
+        self.fail_next: list[int | httpx.Response] = []
+        self.echo = False
         self.reject: Callable[[Resource], str | None] = lambda _resource: None
         self.before_transaction: Callable[[Resource], None] = lambda _bundle: None
         self._ids = itertools.count(1)
@@ -98,7 +100,11 @@ class FakeFhir(httpx.MockTransport):
         kind = body.get("type") if isinstance(body, dict) else path.split("?")[0]
         self.requests.append((request.method, str(kind)))
         if self.fail_next:
-            return outcome(self.fail_next.pop(0), "injected fault")
+            fault = self.fail_next.pop(0)
+            if isinstance(fault, httpx.Response):
+                return fault
+            said = request.content.decode() if self.echo else "injected fault"
+            return outcome(fault, said)
         if request.method == "GET" and path == "metadata":
             return httpx.Response(
                 200, json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}

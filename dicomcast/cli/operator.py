@@ -23,6 +23,7 @@ from dicomcast.cli.common import (
 from dicomcast.config import Settings
 from dicomcast.errors import ConfigError
 from dicomcast.model import DirtyMark
+from dicomcast.ops.logging import redact
 from dicomcast.sources.azure import parse_v2_cursor
 from dicomcast.state.models import StudyRow
 from dicomcast.state.store import StateStore
@@ -39,8 +40,12 @@ def _with_store(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
     return with_store(settings, lambda store: fn(settings, store))
 
 
-def _failure(row: StudyRow) -> dict[str, Any]:
-    return {
+def _failure(row: StudyRow, *, phi: bool = False) -> dict[str, Any]:
+    """One study's failure record. Without `phi`, nothing that may hold patient data: the
+    reason (PHI-free by construction) and warnings with their quoted values masked. With
+    it, also the server's own words (`detail`) and the warnings as they are."""
+    warnings = json.loads(row.warnings) if row.warnings else []
+    record = {
         "study_uid": row.study_uid,
         "study_key": row.study_key,
         "source": row.source,
@@ -51,10 +56,13 @@ def _failure(row: StudyRow) -> dict[str, Any]:
         "failed_at": iso(row.failed_at),
         "next_attempt_at": iso(row.next_attempt_at) if row.status != "failed" else None,
         "error": row.last_error,
-        "warnings": json.loads(row.warnings) if row.warnings else [],
+        "warnings": warnings if phi else [redact(str(w)) for w in warnings],
         "last_synced_at": iso(row.last_synced_at),
         "fhir_imagingstudy_id": row.fhir_imagingstudy_id,
     }
+    if phi:
+        record["detail"] = row.error_detail
+    return record
 
 
 @failures.command("list")
@@ -90,7 +98,8 @@ def failures_list(
 def failures_show(
     study: StudyArg, config: ConfigOption = None, source: SourceOption = None
 ) -> None:
-    """The whole record of one study: error, server's OperationOutcome, warnings, attempts."""
+    """The whole record of one study: error, the server's own words (its OperationOutcome,
+    which can name the patient: for operators cleared to see patient data), warnings."""
     rows = _with_store(
         config,
         lambda s, store: [r for n in source_names(s, store, source) for r in store.find(n, study)],
@@ -99,14 +108,14 @@ def failures_show(
         typer.echo(f"dicomcast: no study {study!r} in the state database", err=True)
         raise typer.Exit(1)
     for row in rows:
-        record = _failure(row)
+        record = _failure(row, phi=True)
         record["status"] = row.status
         for key, value in record.items():
             if key == "warnings":
                 for warning in value:
                     typer.echo(f"{'warning':<22}{warning}")
-            elif key == "error" and value:
-                typer.echo(f"{'error':<22}" + str(value).replace("\n", "\n" + " " * 22))
+            elif key in ("error", "detail") and value:
+                typer.echo(f"{key:<22}" + str(value).replace("\n", "\n" + " " * 22))
             else:
                 typer.echo(f"{key:<22}{value if value is not None else '-'}")
 

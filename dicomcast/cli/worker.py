@@ -75,7 +75,7 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
     if not settings.http_port:
         return None
     try:
-        return Listener(_health(worker), settings.http_host, settings.http_port).start()
+        return Listener(_health(worker).start(), settings.http_host, settings.http_port).start()
     except OSError as exc:
         typer.echo(
             f"dicomcast: cannot listen on {settings.http_host}:{settings.http_port}: "

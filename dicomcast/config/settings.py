@@ -64,8 +64,10 @@ class Settings(BaseSettings):
     transaction_max_entries: int = Field(100, ge=1, description="Largest transaction Bundle sent.")
 
     # --- HTTP
-    verify_tls: bool = True
-    ca_bundle: Path | None = None
+    verify_tls: bool = Field(
+        True, description="Verify TLS certificates (turning it off is logged as a warning)."
+    )
+    ca_bundle: Path | None = Field(None, description="CA certificates (PEM) to verify with.")
     http_timeout: float = Field(30.0, gt=0)
     http_retries: int = Field(
         4, ge=1, le=10, description="Tries per request for transient errors (1 = no retry)."
@@ -145,6 +147,13 @@ class Settings(BaseSettings):
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"CA bundle {value} is not a readable file")
         return value
 
     @field_validator("fhir_url", "fhir_oauth_token_url")
@@ -231,7 +240,7 @@ class Settings(BaseSettings):
 def _public(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return "**********" if value.get_secret_value() else ""
-    if isinstance(value, str) and "://" in value:
+    if isinstance(value, str):
         return mask_url(value)
     if isinstance(value, Path):
         return str(value)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from dicomcast.urls import has_userinfo, without_userinfo
+
 SourceKind = Literal["orthanc", "azure-dicom"]
 ApiVersion = Literal["v1", "v2"]
 ENTRA_LOGIN = "https://login.microsoftonline.com"
@@ -106,6 +108,11 @@ class SourceSettings(BaseModel):
                     f"source {self.name}: client credentials need tenant_id (Entra ID) "
                     "or oauth_token_url"
                 )
+        if self.public_url and has_userinfo(self.public_url):
+            raise ValueError(
+                f"source {self.name}: public_url is published in FHIR Endpoints for every "
+                "client to read; it must not carry a user name or password"
+            )
         if self.kind == "orthanc" and self.partitions:
             raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
         bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
@@ -116,10 +123,12 @@ class SourceSettings(BaseModel):
     @property
     def published_url(self) -> str:
         """The base URL FHIR Endpoints publish: DICOMweb under Orthanc's REST root, the
-        service root for the Microsoft DICOM service (version and partition are appended)."""
+        service root for the Microsoft DICOM service (version and partition are appended).
+        Never with the credentials a `url` may carry: every FHIR client could read them."""
         if self.public_url:
             return self.public_url
-        return f"{self.url}/dicom-web" if self.kind == "orthanc" else self.url
+        url = without_userinfo(self.url)
+        return f"{url}/dicom-web" if self.kind == "orthanc" else url
 
     @property
     def token_url(self) -> str | None:

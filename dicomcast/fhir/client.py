@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from dicomcast.errors import FhirRejected, FhirUnavailable
-from dicomcast.http import Observer, RetryPolicy, classify, make_client, send
+from dicomcast.http import Bounds, Observer, RetryPolicy, classify, make_client, send
 
 FHIR_JSON = "application/fhir+json"
 
@@ -32,6 +32,7 @@ class FhirClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.bounds = Bounds(deadline=timeout)
         self.http = make_client(
             self.base_url,
             auth=auth,
@@ -79,10 +80,29 @@ class FhirClient:
                 FhirUnavailable,
                 FhirRejected,
                 observe=observer,
+                bounds=self.bounds,
                 **kwargs,
             )
 
         return self.retry.call(attempt)
+
+    def _json(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        """The decoded JSON answer. Anything else (an HTML page from a proxy, a login
+        form) means the server we reach is not a working FHIR server: an outage."""
+
+        def attempt() -> Any:
+            response = self._send(method, url, what, **kwargs)
+            try:
+                return response.json()
+            except (ValueError, RecursionError):
+                kind = response.headers.get("content-type", "no content type").split(";")[0]
+                raise FhirUnavailable(
+                    f"{what}: answer is not FHIR JSON ({kind})",
+                    outage=True,
+                    status=response.status_code,
+                ) from None
+
+        return attempt()
 
     def ping(self, timeout: float = 5.0) -> str:
         """One quick, unretried GET /metadata: the readiness probe."""
@@ -94,6 +114,7 @@ class FhirClient:
             FhirUnavailable,
             FhirRejected,
             timeout=timeout,
+            bounds=Bounds(deadline=timeout),
         )
         try:
             version = response.json().get("fhirVersion", "?")
@@ -102,15 +123,17 @@ class FhirClient:
         return f"FHIR {version}"
 
     def metadata(self) -> dict[str, Any]:
-        body = self._send("GET", "metadata", "FHIR capability statement").json()
+        body = self._json("GET", "metadata", "FHIR capability statement")
         if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
-            raise FhirUnavailable("FHIR /metadata did not return a CapabilityStatement")
+            raise FhirUnavailable(
+                "FHIR /metadata did not return a CapabilityStatement", outage=True
+            )
         return body
 
     def search(self, query: str) -> list[dict[str, Any]]:
         """Matches of `Type?params` (first page; identifier searches match few)."""
-        bundle = self._send("GET", query, f"search {query.split('?')[0]}").json()
-        return _matches(bundle)
+        what = f"search {query.split('?')[0]}"
+        return _matches(self._json("GET", query, what), what)
 
     def search_many(self, queries: list[str]) -> list[list[dict[str, Any]]]:
         """Several searches in one batch request; one by one on servers without batch."""
@@ -121,16 +144,23 @@ class FhirClient:
                 "entry": [{"request": {"method": "GET", "url": q}} for q in queries],
             }
             try:
-                response = self._send("POST", "", "batch search", json=bundle)
+                answer = self._json("POST", "", "batch search", json=bundle)
             except FhirRejected as exc:
                 if exc.status not in (400, 404, 405, 422, 501):
                     raise
                 self._batch_supported = False
             else:
                 results = []
-                for entry in response.json().get("entry", []):
-                    status = str(entry.get("response", {}).get("status", "200"))
-                    code = int(status.split()[0]) if status.split()[0].isdigit() else 200
+                for entry in _entries(answer, "batch search"):
+                    response = entry.get("response")
+                    status = str(
+                        response.get("status", "200") if isinstance(response, dict) else ""
+                    )
+                    code = int(status[:3]) if status[:3].isdigit() else 0
+                    if not 200 <= code < 600:
+                        raise FhirUnavailable(
+                            "batch search: an entry has no valid status", outage=True
+                        )
                     if code >= 400:
                         classify(
                             httpx.Response(code, json=entry.get("resource")),
@@ -138,7 +168,7 @@ class FhirClient:
                             FhirUnavailable,
                             FhirRejected,
                         )
-                    results.append(_matches(entry.get("resource") or {}))
+                    results.append(_matches(entry.get("resource"), "batch search"))
                 if len(results) == len(queries):
                     return results
                 raise FhirUnavailable("batch search: response has the wrong number of entries")
@@ -150,10 +180,10 @@ class FhirClient:
         `Prefer: return=minimal`: only status and location come back, not every resource
         written (a large ImagingStudy would otherwise travel twice)."""
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        body = self._send(
+        body = self._json(
             "POST", "", "transaction", json=bundle, headers={"Prefer": "return=minimal"}
-        ).json()
-        found = body.get("entry", []) if isinstance(body, dict) else []
+        )
+        found = _entries(body, "transaction")
         if len(found) != len(entries):
             raise FhirUnavailable("transaction: response has the wrong number of entries")
         return list(found)
@@ -167,13 +197,23 @@ class FhirClient:
                 raise
 
 
-def _matches(bundle: Any) -> list[dict[str, Any]]:
-    if not isinstance(bundle, dict):
-        return []
-    return [
-        entry["resource"]
-        for entry in bundle.get("entry", [])
-        if isinstance(entry, dict)
-        and isinstance(entry.get("resource"), dict)
-        and entry.get("search", {}).get("mode", "match") == "match"
-    ]
+def _entries(bundle: Any, what: str) -> list[dict[str, Any]]:
+    """The entries of a Bundle answer. Anything else is not a working FHIR server's answer
+    (an outage): guessing "no entries" could make a search look empty and create a twin."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise FhirUnavailable(f"{what}: answer is not a FHIR Bundle", outage=True)
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FhirUnavailable(f"{what}: the Bundle's entries are malformed", outage=True)
+    return entries
+
+
+def _matches(bundle: Any, what: str) -> list[dict[str, Any]]:
+    """The matches of a searchset (included resources left out)."""
+    found = []
+    for entry in _entries(bundle, what):
+        search = entry.get("search")
+        mode = search.get("mode", "match") if isinstance(search, dict) else "match"
+        if isinstance(entry.get("resource"), dict) and mode == "match":
+            found.append(entry["resource"])
+    return found

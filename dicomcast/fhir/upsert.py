@@ -15,12 +15,14 @@ then goes through read-merge-write, and a Patient not reconciled before gets its
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir.client import FhirClient
@@ -50,11 +52,20 @@ def _version(resource: Mapping[str, Any]) -> str | None:
     return f'W/"{version}"' if version else None
 
 
+def identifier_words(token: str) -> str:
+    """A match key as logs may show it: its system and a hash of its value (a Patient's
+    value is an MRN). The key itself goes in an error's `detail`."""
+    plain = unquote(token)
+    digest = hashlib.sha256(plain.encode()).hexdigest()[:12]
+    return f"identifier of system {plain.split('|', 1)[0]} (value hash {digest})"
+
+
 def _single(matches: list[dict[str, Any]], what: str, token: str) -> dict[str, Any] | None:
     if len(matches) > 1:
         raise MappingError(
-            f"{len(matches)} {what} resources match identifier {token}; refusing to guess which "
-            "one is right (merge them on the FHIR server, then retry)"
+            f"{len(matches)} {what} resources match one {identifier_words(token)}; refusing to "
+            "guess which one is right (merge them on the FHIR server, then retry)",
+            detail=f"identifier {unquote(token)}",
         )
     return matches[0] if matches else None
 
@@ -289,7 +300,9 @@ class FhirWriter:
             except FhirConflict:
                 continue
             return str(current["id"])
-        raise FhirConflict(f"Patient {token} kept changing while it was being written")
+        raise FhirConflict(
+            f"Patient with {identifier_words(token)} kept changing while it was being written"
+        )
 
     def _known(self, patient: Mapping[str, Any]) -> bool:
         """Was exactly this Patient content reconciled already (by this process)?"""

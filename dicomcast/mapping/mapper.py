@@ -84,10 +84,13 @@ def validate(resource: dict[str, Any]) -> None:
     try:
         model.model_validate(resource)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        raise MappingError(f"{resource['resourceType']} is not valid FHIR R4: {problems}") from None
+        errors = exc.errors()[:5]
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in errors)
+        # A validator's message may quote the offending value: detail, not reason.
+        said = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        raise MappingError(
+            f"{resource['resourceType']} is not valid FHIR R4: {where}", detail=said
+        ) from None
 
 
 def _shape(value: Any) -> Any:

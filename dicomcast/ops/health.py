@@ -1,11 +1,14 @@
 """Liveness and readiness, as the HTTP listener and `check-config` report them.
 
 Live: the worker's loop made progress recently (a hung loop gets the process restarted).
-Ready: the state DB, the DICOM server and the FHIR server all answer a quick probe now.
+Ready: the state DB, the DICOM servers and the FHIR server all answered a quick probe.
 Not ready is not dead: the worker keeps running and catches up once the server returns.
 
-It is told what to look at (probes, a heartbeat, the pauses) and knows nothing else of
-the worker.
+Probes run in a background thread, each bounded; `/readyz` and `/metrics` answer from the
+last results at once and never wait on a dependency (Prometheus gives a scrape 10 s). A
+report names each dependency and the class of its failure, never a server's words.
+It is told what to look at (probes, a heartbeat, the pauses) and knows nothing else of the
+worker.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from dicomcast.errors import DicomcastError
+from dicomcast.errors import failure_class
 from dicomcast.ops.metrics import Metrics
 
 
@@ -37,7 +40,7 @@ class PauseView(Protocol):
     def until(self) -> float: ...
 
     @property
-    def reason(self) -> str | None: ...
+    def kind(self) -> str | None: ...
 
     def active(self, now: float | None = None) -> bool: ...
 
@@ -49,7 +52,7 @@ class Report:
 
 
 class Health:
-    """Probes are cached for `cache_for` seconds so a busy scraper cannot load the servers."""
+    """`every` seconds, each probe is run (at most `probe_timeout` seconds of waiting)."""
 
     def __init__(
         self,
@@ -59,16 +62,60 @@ class Health:
         metrics: Metrics,
         *,
         live_within: float,
-        cache_for: float = 2.0,
+        every: float = 2.0,
+        probe_timeout: float = 5.0,
     ) -> None:
         self.probes = probes
         self.heartbeat = heartbeat
         self.pauses = pauses
         self.metrics = metrics
         self.live_within = live_within
-        self.cache_for = cache_for
+        self.every = every
+        self.probe_timeout = probe_timeout
+        self._checks: dict[str, str] = dict.fromkeys(probes, "not probed yet")
+        self._running: dict[str, Future[object]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(probes)), thread_name_prefix="probe")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._cached: tuple[float, Report] | None = None
+
+    def start(self) -> Health:
+        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.probe()
+            self._stop.wait(self.every)
+
+    def probe(self) -> None:
+        """Run every probe once (in parallel, each bounded) and keep the results. A probe
+        still hanging from an earlier round is reported as such, not run twice."""
+        started = {
+            name: self._running.get(name) or self._pool.submit(probe)
+            for name, probe in self.probes.items()
+        }
+        deadline = time.monotonic() + self.probe_timeout
+        checks: dict[str, str] = {}
+        for name, future in started.items():
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+                checks[name] = "ok"
+                self._running.pop(name, None)
+            except FutureTimeout:
+                checks[name] = f"unavailable: no answer within {self.probe_timeout:g} s"
+                self._running[name] = future
+            except Exception as exc:  # noqa: BLE001 - any failure makes it unready
+                checks[name] = f"unavailable: {failure_class(exc)}"
+                self._running.pop(name, None)
+            self.metrics.dependency_up.labels(name).set(1 if checks[name] == "ok" else 0)
+        with self._lock:
+            self._checks = checks
 
     def live(self) -> Report:
         age = time.time() - self.heartbeat.progress_at
@@ -85,30 +132,15 @@ class Health:
         )
 
     def ready(self) -> Report:
+        """The last probe results and the active pauses; never waits on a dependency."""
         with self._lock:
-            now = time.monotonic()
-            if self._cached and now - self._cached[0] < self.cache_for:
-                return self._cached[1]
-            report = self._probe()
-            self._cached = (now, report)
-            return report
-
-    def _probe(self) -> Report:
-        checks: dict[str, str] = {}
-        for name, probe in self.probes.items():
-            try:
-                probe()
-                checks[name] = "ok"
-                self.metrics.dependency_up.labels(name).set(1)
-            except (DicomcastError, SQLAlchemyError, OSError) as exc:
-                checks[name] = f"unavailable: {exc}"
-                self.metrics.dependency_up.labels(name).set(0)
+            checks = dict(self._checks)
         now = time.time()
         paused = {}
         for name, pause in self.pauses.items():
             active = pause.active(now)
             self.metrics.paused.labels(name).set(1 if active else 0)
             if active:
-                paused[name] = {"for_s": round(pause.until - now, 1), "reason": pause.reason}
+                paused[name] = {"for_s": round(pause.until - now, 1), "failure": pause.kind}
         ok = all(v == "ok" for v in checks.values())
         return Report(ok, {"ready": ok, "checks": checks, "paused": paused})

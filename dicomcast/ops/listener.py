@@ -16,6 +16,14 @@ from dicomcast.ops.health import Health, Report
 log = logging.getLogger(__name__)
 
 
+IDLE_TIMEOUT = 30.0
+
+
+class _Server(ThreadingHTTPServer):
+    # A burst of scrapers and probes queues instead of being refused (the default is 5).
+    request_queue_size = 128
+
+
 class Listener:
     def __init__(self, health: Health, host: str, port: int) -> None:
         self.health = health
@@ -45,10 +53,14 @@ class Listener:
                 self.end_headers()
                 self.wfile.write(body)
 
+            # An idle or trickling client is dropped after this many seconds, so idle
+            # sockets cannot hold threads for ever.
+            timeout = IDLE_TIMEOUT
+
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes every few seconds would drown the real log lines
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = _Server((host, port), Handler)
         self.server.daemon_threads = True
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="http-listener", daemon=True
@@ -69,3 +81,4 @@ class Listener:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.health.stop()

@@ -1,7 +1,8 @@
 """Log set-up: JSON lines off a terminal, readable lines on one, and no PHI by default.
 
-dicomcast logs UIDs, counts and codes as structured fields. Values quoted inside messages
-(a malformed birth date, a name a server echoed back) are masked unless `log_phi` is on.
+dicomcast logs UIDs, counts and codes as structured fields; messages carry no patient
+data. What may (a server's own words about a failure) travels in the `detail` field, which
+is dropped unless `log_phi` is on; values quoted inside messages are masked as well.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ def redact(text: str) -> str:
     return _QUOTED.sub("'***'", text)
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
+PHI_FIELDS = frozenset({"detail"})  # fields that may hold patient data: LOG_PHI=true only
+
+
+def _fields(record: logging.LogRecord, phi: bool) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD and v is not None and (phi or k not in PHI_FIELDS)
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": message if self.phi else redact(message),
-            **_fields(record),
+            **_fields(record, self.phi),
         }
         if record.exc_info:
             trace = self.formatException(record.exc_info)
@@ -55,7 +63,7 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         if not self.phi:
             text = redact(text)
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record, self.phi).items())
         return f"{text}  {extra}" if extra else text
 
 

@@ -9,6 +9,7 @@ by `StateCollector`, so every worker process reports the same truth and nothing 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -142,14 +143,50 @@ def _number(value: str | None) -> float:
 
 
 class StateCollector(Collector):
-    """Gauges read from the state DB at scrape time; a DB failure omits them (and /readyz
-    says why) instead of failing the whole scrape."""
+    """Gauges read from the state DB. A scrape never waits on the database: summaries are
+    refreshed in the background (at most once per `fresh_for` seconds) and a scrape gets
+    the last ones; a DB that fails leaves the gauges out (and `/readyz` says why)."""
 
-    def __init__(self, store: Summaries, sources: Callable[[], Sequence[str]]) -> None:
+    def __init__(
+        self, store: Summaries, sources: Callable[[], Sequence[str]], fresh_for: float = 2.0
+    ) -> None:
         self.store = store
         self.sources = sources
+        self.fresh_for = fresh_for
+        self._summaries: list[SourceSummary] | None = None
+        self._read_at = -math.inf
+        self._refreshing: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        try:
+            summaries: list[SourceSummary] | None = [
+                self.store.summary(source) for source in self.sources()
+            ]
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the DB did
+            summaries = None
+        with self._lock:
+            self._summaries, self._read_at = summaries, time.monotonic()
+
+    def summaries(self, wait: float = 1.0) -> list[SourceSummary] | None:
+        """The latest summaries; starts a refresh when they are stale and waits for it at
+        most `wait` seconds."""
+        with self._lock:
+            stale = time.monotonic() - self._read_at > self.fresh_for
+            running = self._refreshing is not None and self._refreshing.is_alive()
+            if stale and not running:
+                self._refreshing = threading.Thread(target=self._refresh, daemon=True)
+                self._refreshing.start()
+            thread = self._refreshing
+        if stale and thread is not None:
+            thread.join(wait)
+        with self._lock:
+            return self._summaries
 
     def collect(self) -> Iterable[Metric]:
+        summaries = self.summaries()
+        if summaries is None:
+            return
         dirty = GaugeMetricFamily(
             "dicomcast_studies_dirty", "Studies waiting to be synced.", labels=["source"]
         )
@@ -169,17 +206,14 @@ class StateCollector(Collector):
             labels=["source"],
         )
         now = time.time()
-        try:
-            for source in self.sources():
-                summary = self.store.summary(source)
-                dirty.add_metric([source], summary.dirty)
-                for kind, count in summary.failures_by_kind.items():
-                    failed.add_metric([source, kind], count)
-                oldest.add_metric(
-                    [source], max(0.0, now - summary.oldest_event) if summary.oldest_event else 0
-                )
-                if summary.last_success_at:
-                    success.add_metric([source], summary.last_success_at)
-        except Exception:  # noqa: BLE001 - a scrape must not fail because the DB did
-            return
+        for summary in summaries:
+            source = summary.source
+            dirty.add_metric([source], summary.dirty)
+            for kind, count in summary.failures_by_kind.items():
+                failed.add_metric([source, kind], count)
+            oldest.add_metric(
+                [source], max(0.0, now - summary.oldest_event) if summary.oldest_event else 0
+            )
+            if summary.last_success_at:
+                success.add_metric([source], summary.last_success_at)
         yield from (dirty, failed, oldest, success)

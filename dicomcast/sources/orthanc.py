@@ -21,14 +21,15 @@ import re
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import SourceRejected, SourceUnavailable
+from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable
 from dicomcast.http import send
 from dicomcast.model import DirtyMark, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import build_study_views, dataset_filter, text_value
+from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +147,31 @@ class OrthancSource(RestSource):
     # --- one study
 
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        if not ORTHANC_ID.fullmatch(key):
+            raise MappingError("not an Orthanc study ID", detail=f"study key {key!r}")
         try:
             study = self.rest.get(f"studies/{key}")
         except NotFound:
             return FetchedStudy(key, None)
-        study_uid = str(study.get("MainDicomTags", {}).get("StudyInstanceUID") or "").strip()
-        if not study_uid:
-            return FetchedStudy(key, None)
+        if not isinstance(study, dict):
+            raise SourceUnavailable("Orthanc study answer is not an object", outage=True)
+        tags = study.get("MainDicomTags")
+        study_uid = str((tags if isinstance(tags, dict) else {}).get("StudyInstanceUID") or "")
+        study_uid = study_uid.strip()
+        if not is_uid(study_uid):
+            # Never a request with it (it could be a path: `1.2/../../admin`), never "gone".
+            raise MappingError(
+                "the study's StudyInstanceUID is missing or not a valid DICOM UID",
+                detail=f"StudyInstanceUID {study_uid[:200]!r}",
+            )
         stable = bool(study.get("IsStable", True))
         if unless_unstable and not stable:  # still receiving: skip the big metadata read
             return FetchedStudy(key, None, stable=False, study_uid=study_uid, unread=True)
-        patient_id = study.get("PatientMainDicomTags", {}).get("PatientID")
+        patient_tags = study.get("PatientMainDicomTags")
+        patient_id = patient_tags.get("PatientID") if isinstance(patient_tags, dict) else None
         try:
             metadata = self.rest.get(
-                f"dicom-web/studies/{study_uid}/metadata",
+                f"dicom-web/studies/{quote(study_uid, safe='')}/metadata",
                 object_hook=dataset_filter(self.keep_tags) if self.keep_tags else None,
             )
         except NotFound:

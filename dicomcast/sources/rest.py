@@ -13,7 +13,7 @@ import httpx
 from dicomcast.auth import source_auth
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
-from dicomcast.http import Observer, RetryPolicy, make_client, send
+from dicomcast.http import Bounds, Observer, RetryPolicy, make_client, send
 
 
 class NotFound(Exception):
@@ -23,10 +23,13 @@ class NotFound(Exception):
 class RestReader:
     """GETs against one server's base URL; `server` names it in error messages."""
 
-    def __init__(self, http: httpx.Client, server: str, retry: RetryPolicy) -> None:
+    def __init__(
+        self, http: httpx.Client, server: str, retry: RetryPolicy, bounds: Bounds | None = None
+    ) -> None:
         self.http = http
         self.server = server
         self.retry = retry
+        self.bounds = bounds or Bounds()
         self.observe: Observer | None = None  # told of every request, for metrics
 
     def get(
@@ -51,8 +54,11 @@ class RestReader:
                 return None  # DICOMweb searches answer 204 when nothing matches
             try:
                 return json.loads(response.content, object_hook=object_hook)
-            except ValueError:
-                raise SourceUnavailable(f"{self.server} GET {path}: answer is not JSON") from None
+            except (ValueError, RecursionError):
+                # Not JSON (or nested past any real answer): not a working server's answer.
+                raise SourceUnavailable(
+                    f"{self.server} GET {path}: answer is not JSON", outage=True
+                ) from None
 
         return self.retry.call(once)
 
@@ -66,6 +72,7 @@ class RestReader:
             SourceUnavailable,
             SourceRejected,
             observe=self.observe,
+            bounds=self.bounds,
             **kwargs,
         )
 
@@ -96,6 +103,7 @@ class RestSource:
         transport: httpx.BaseTransport | None = None,
         retry: RetryPolicy | None = None,
         auth: httpx.Auth | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.name = settings.name
         self.settings = settings
@@ -104,7 +112,8 @@ class RestSource:
         self.http = make_client(
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
         )
-        self.rest = RestReader(self.http, self.server, retry or RetryPolicy())
+        bounds = Bounds(deadline=timeout, max_bytes=max_bytes)
+        self.rest = RestReader(self.http, self.server, retry or RetryPolicy(), bounds)
 
     @property
     def observe(self) -> Observer | None:

@@ -57,7 +57,9 @@ def make_engine(url: str) -> Engine:
             return engine
         return create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise ConfigError(f"state database URL {mask_url(url)!r} is not usable: {exc}") from None
+        raise ConfigError(
+            f"state database URL {mask_url(url)!r} is not usable: {mask_url(str(exc))}"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ class StudyRow(Base):
     warnings: Mapped[str | None] = mapped_column(Text)
     last_synced_at: Mapped[float | None] = mapped_column(Float)
     match_key: Mapped[str | None] = mapped_column(String(300))  # FHIR `identifier=` token
+    error_detail: Mapped[str | None] = mapped_column(Text)  # the server's words: may hold PHI
 
 
 class ContributionRow(Base):
@@ -76,3 +77,24 @@ class ContributionRow(Base):
     match_key: Mapped[str] = mapped_column(String(300), index=True)
     body: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed JSON
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class FeedSkipRow(Base):
+    """A feed entry that could not be used, skipped so the feed goes on (migration 0004)."""
+
+    __tablename__ = "feed_skips"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100), index=True)
+    position: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(500))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class IdentityRow(Base):
+    """The one row naming this state database, written when it was created."""
+
+    __tablename__ = "identity"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)

@@ -196,6 +196,7 @@ class Queue:
             "claimed_by": None,
             "claimed_until": None,
             "last_error": None,
+            "error_detail": None,
             "error_kind": None,
         }
         with self.db.write("finish_clean") as session:
@@ -241,9 +242,11 @@ class Queue:
         retry_at: float | None,
         http_status: int | None = None,
         count_attempt: bool = True,
+        detail: str | None = None,
         now: float | None = None,
     ) -> None:
         """Record a failed attempt: back off until `retry_at`, or park it as failed.
+        `error` carries no patient data; `detail` (the server's words) may.
 
         `count_attempt=False` is for outages: the study waits, but its attempts are not
         spent, so a server down for an hour does not park every study it touched.
@@ -253,6 +256,7 @@ class Queue:
         values: dict[str, Any] = {
             "attempts": StudyRow.attempts + (1 if count_attempt else 0),
             "last_error": error[:4000],
+            "error_detail": detail[:8000] if detail else None,
             "error_kind": kind,
             "error_status": http_status,
             "failed_at": now,

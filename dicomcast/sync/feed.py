@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from dicomcast.errors import RetriableError, StateUnavailable
+from dicomcast.errors import RetriableError, StateUnavailable, failure_class
 from dicomcast.model import DirtyMark, source_dependency
 from dicomcast.ops.metrics import Metrics
 from dicomcast.sources.base import Source
@@ -129,7 +129,7 @@ def per_source(
             if strict:
                 raise
             if exc.outage:
-                pause.trip(str(exc), exc.retry_after)
+                pause.trip(str(exc), exc.retry_after, kind=failure_class(exc))
             else:
                 log.warning("reading the source failed: %s", exc, extra={"source": name})
             if failed is not None:

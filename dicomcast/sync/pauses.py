@@ -37,6 +37,7 @@ class Pause:
         self.until = 0.0
         self.streak = 0
         self.reason: str | None = None
+        self.kind: str | None = None  # the class of failure, for health endpoints
         self._clock = clock
         self._jitter = jitter
         self._lock = threading.Lock()
@@ -45,9 +46,15 @@ class Pause:
         return (self._clock() if now is None else now) < self.until
 
     def trip(
-        self, reason: str, retry_after: float | None = None, now: float | None = None
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        now: float | None = None,
+        *,
+        kind: str | None = None,
     ) -> float:
-        """Pause (or extend the pause); returns when it ends."""
+        """Pause (or extend the pause); returns when it ends. `reason` is logged (it carries
+        no patient data); `kind` (e.g. `FhirUnavailable HTTP 503`) is what health shows."""
         now = self._clock() if now is None else now
         with self._lock:
             if now >= self.until:
@@ -58,6 +65,7 @@ class Pause:
             first = self.reason is None
             self.until = max(self.until, now + delay)
             self.reason = reason
+            self.kind = kind or "unavailable"
         if first:
             log.warning(
                 "%s unavailable, pausing: %s", self.name, reason, extra={"dependency": self.name}
@@ -67,7 +75,7 @@ class Pause:
     def clear(self) -> None:
         with self._lock:
             was = self.reason
-            self.until, self.streak, self.reason = 0.0, 0, None
+            self.until, self.streak, self.reason, self.kind = 0.0, 0, None, None
         if was is not None:
             log.warning("%s is back; resuming", self.name, extra={"dependency": self.name})
 

@@ -72,15 +72,15 @@ def decide(
     """The outcome of an attempt that raised `exc`."""
     name = type(exc).__name__
     status = getattr(exc, "status", None)
+    detail = getattr(exc, "detail", "") or None
     if isinstance(exc, StudyError):
-        outcome = getattr(exc, "outcome", "")
-        reason = f"{exc} — {outcome}" if outcome else str(exc)
-        return Outcome(Kind.PARKED, reason=reason, error_kind=name, status=status)
+        return Outcome(Kind.PARKED, reason=str(exc), detail=detail, error_kind=name, status=status)
     if isinstance(exc, RetriableError):
         if exc.outage or isinstance(exc, StateUnavailable):
             return Outcome(
                 Kind.PAUSED,
                 reason=str(exc),
+                detail=detail,
                 error_kind=name,
                 status=status,
                 retry_after=exc.retry_after,
@@ -88,7 +88,9 @@ def decide(
             )
         attempts = task.attempts + 1
         if attempts >= policy.max_attempts:
-            return Outcome(Kind.PARKED, reason=str(exc), error_kind=name, status=status)
+            return Outcome(
+                Kind.PARKED, reason=str(exc), detail=detail, error_kind=name, status=status
+            )
         delay = backoff(
             attempts,
             policy.backoff_base,
@@ -97,6 +99,14 @@ def decide(
             jitter=jitter,
         )
         return Outcome(
-            Kind.RETRY, reason=str(exc), error_kind=name, status=status, retry_at=now + delay
+            Kind.RETRY,
+            reason=str(exc),
+            detail=detail,
+            error_kind=name,
+            status=status,
+            retry_at=now + delay,
         )
-    return Outcome(Kind.PARKED, reason=f"internal error: {name}: {exc}", error_kind="InternalError")
+    # Our own bug: its message may quote any value, so it is detail, not reason.
+    return Outcome(
+        Kind.PARKED, reason=f"internal error: {name}", detail=str(exc), error_kind="InternalError"
+    )

@@ -100,3 +100,68 @@ def test_one_source_may_be_given_flat_and_each_field_keeps_the_precedence(
     assert "from-secrets" not in str(settings.public_dict())
     with pytest.raises(ConfigError, match="source_api_version"):
         load_settings(config, source_api_version="v9")
+
+
+def test_a_missing_ca_file_is_a_setting_error_and_verify_off_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ConfigError, match=r"ca_bundle: .*not a readable file"):
+        load_settings(None, ca_bundle=str(tmp_path / "missing.pem"))
+    from dicomcast.app import build_app
+
+    settings = load_settings(
+        None,
+        source_url="http://dicom.test",
+        fhir_url="http://fhir.test",
+        patient_id_system="urn:oid:1.2",
+        state_url="sqlite://",
+        verify_tls=False,
+    )
+    build_app(settings).close()
+    assert "TLS certificate verification is OFF" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:pw@db:5432/dc", "postgresql://u:***@db:5432/dc"),
+        ("postgresq:/u:pw@db/dc", "postgresq:/u:***@db/dc"),  # a typo'd scheme
+        ("postgresql://db/dc?user=u&password=pw", "postgresql://db/dc?user=u&password=***"),
+        ("postgresql+psycopg://u:pw@db:notaport/dc", "postgresql+psycopg://u:***@db:notaport/dc"),
+    ],
+)
+def test_a_state_db_password_is_masked_however_the_url_is_written(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+    settings = load_settings(None, state_url=url)
+    assert "pw" not in str(settings.public_dict())
+    from dicomcast.state.store import StateStore
+
+    try:
+        StateStore(url).close()
+    except ConfigError as exc:  # a bad port or scheme: one line, no traceback, no password
+        assert "pw" not in str(exc) and "***" in str(exc)
+
+
+def test_credentials_in_a_source_url_are_never_published() -> None:
+    from dicomcast.config import SourceSettings
+    from dicomcast.mapping.settings import load_mappings, mapping_config
+    from dicomcast.sources.azure import AzureDicomSource
+    from dicomcast.sources.orthanc import OrthancSource
+
+    settings = load_settings(
+        None, source_url="http://dicomcast:S3cr3t@orthanc:8042", patient_id_system="urn:oid:1"
+    )
+    orthanc = OrthancSource(settings.first_source())
+    assert orthanc.location("x").address == "http://orthanc:8042/dicom-web"
+    endpoint = load_mappings(settings).map_endpoint(mapping_config(settings))
+    assert endpoint["address"] == "http://orthanc:8042/dicom-web"
+    assert "S3cr3t" not in str(endpoint) and "dicomcast@" not in str(endpoint)
+    azure = AzureDicomSource(
+        SourceSettings(
+            name="cloud", kind="azure-dicom", url="https://u:S3cr3t@dicom.test", partitions=["*"]
+        )
+    )
+    location = azure.location("research/1.2.3")
+    assert "S3cr3t" not in f"{location.address} {location.scope}"
+    with pytest.raises(ConfigError, match="must not carry a user name or password"):
+        load_settings(None, source_url="http://o", source_public_url="https://u:pw@pacs/dicom-web")

@@ -28,8 +28,8 @@ def state(tmp_path: Path) -> tuple[StateStore, dict[str, str]]:
     store.record_page("default", "30", "42", marks)
     tasks = {t.study_key: t for t in store.due("default", 10)}
     store.finish_failed(
-        tasks["a"], f"transaction: HTTP 422 — {OUTCOME}", "FhirRejected", park=True,
-        retry_at=None, http_status=422,
+        tasks["a"], "transaction: HTTP 422 (invalid)", "FhirRejected", park=True,
+        retry_at=None, http_status=422, detail=OUTCOME,
     )  # fmt: skip
     store.finish_failed(
         tasks["b"], "transaction: HTTP 503", "FhirUnavailable", park=False,
@@ -52,7 +52,10 @@ def test_failures_are_listed_and_shown_with_status_and_outcome(
     items = {i["study_uid"]: i for i in json.loads(listed.stdout)}
     assert set(items) == {"1.2.1", "1.2.2"}
     assert (items["1.2.1"]["status"], items["1.2.1"]["http_status"]) == ("failed", 422)
-    assert OUTCOME in items["1.2.1"]["error"]
+    # The list is safe to paste anywhere: the server's words (they can name the patient) and
+    # quoted values in warnings stay out of it; `failures show` prints them.
+    assert items["1.2.1"]["error"] == "transaction: HTTP 422 (invalid)"
+    assert OUTCOME not in listed.stdout and "detail" not in items["1.2.1"]
     assert (items["1.2.2"]["status"], items["1.2.2"]["kind"]) == ("retrying", "FhirUnavailable")
     assert items["1.2.2"]["next_attempt_at"] is not None
 

@@ -158,7 +158,8 @@ def test_a_refused_transaction_leaves_nothing_half_written(run: Any) -> None:
     assert {f"Patient/{p['id']}" for p in fhir.all("Patient")} == subjects
     (row,) = worker.store.failures("default")
     assert (row.status, row.error_kind, row.error_status) == ("failed", "FhirRejected", 400)
-    assert "business rule" in (row.last_error or "")
+    assert "business rule" in (row.error_detail or "")  # the server's words, kept apart
+    assert row.last_error == "transaction: HTTP 400 (processing)"
 
 
 def test_a_version_conflict_is_re_read_and_merged(run: Any) -> None:

@@ -37,7 +37,7 @@ def test_a_refusal_parks_the_study_with_the_servers_words() -> None:
     refused = FhirRejected("transaction: HTTP 422", status=422, outcome="error invalid uid")
     outcome = decide(refused, task(), POLICY, now=100.0)
     assert (outcome.kind, outcome.status, outcome.error_kind) == (Kind.PARKED, 422, "FhirRejected")
-    assert outcome.reason == "transaction: HTTP 422 — error invalid uid"
+    assert (outcome.reason, outcome.detail) == ("transaction: HTTP 422", "error invalid uid")
     unmappable = decide(MappingError("no PatientID"), task(), POLICY, now=100.0)
     assert (unmappable.kind, unmappable.reason) == (Kind.PARKED, "no PatientID")
 
@@ -74,7 +74,7 @@ def test_an_outage_pauses_its_server_and_spends_no_attempt(
 def test_a_bug_of_ours_parks_the_study_as_an_internal_error() -> None:
     outcome = decide(KeyError("series"), task(), POLICY, now=0.0)
     assert (outcome.kind, outcome.error_kind) == (Kind.PARKED, "InternalError")
-    assert outcome.reason == "internal error: KeyError: 'series'"
+    assert (outcome.reason, outcome.detail) == ("internal error: KeyError", "'series'")
 
 
 def test_a_pause_grows_while_the_outage_lasts_and_clears_when_the_server_answers() -> None:
