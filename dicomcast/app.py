@@ -45,6 +45,7 @@ def make_source(
         timeout=settings.http_timeout,
         transport=transport,
         retry=retry_policy(settings),
+        max_bytes=settings.max_study_bytes,
     )
 
 

@@ -27,6 +27,14 @@ class DirtyMark:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A feed entry that could not be used: where it stood, and why (never patient data)."""
+
+    position: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class StudyTask:
     """A snapshot of a dirty study, taken when it was claimed for syncing."""
 
@@ -145,6 +153,7 @@ class SourceSummary:
     last_success_at: float | None = None
     last_poll_at: float | None = None
     resets: int = 0
+    feed_skips: int = 0  # feed entries skipped because they could not be used
 
     def holder_now(self, now: float | None = None) -> str | None:
         """The worker holding the source now; None when nobody does or its lease ran out."""

@@ -45,6 +45,9 @@ class FakeSource:
             changes_read=len(keys),
         )
 
+    def next_position(self, cursor: str | None) -> str:
+        return str(int(cursor or 0) + 1)
+
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         if key not in self.studies:
             return FetchedStudy(key, None)

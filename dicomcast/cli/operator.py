@@ -70,8 +70,14 @@ def failures_list(
     config: ConfigOption = None,
     source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    feed: Annotated[
+        bool, typer.Option("--feed", help="The change-feed entries skipped instead.")
+    ] = False,
 ) -> None:
-    """Every study parked as failed or backing off, with the reason."""
+    """Every study parked as failed or backing off, with the reason (no patient data)."""
+    if feed:
+        _feed_skips(config, source, as_json)
+        return
     rows = _with_store(
         config,
         lambda s, store: [r for n in source_names(s, store, source) for r in store.failures(n)],
@@ -92,6 +98,28 @@ def failures_list(
             f"{item['attempts']:>5}  {error}"
         )
     typer.echo(f"\n{len(items)} studies; `dicomcast failures show STUDY` for the whole record")
+
+
+def _feed_skips(config: Any, source: str | None, as_json: bool) -> None:
+    skips = _with_store(
+        config,
+        lambda s, store: [r for n in source_names(s, store, source) for r in store.feed_skips(n)],
+    )
+    items = [
+        {"source": r.source, "position": r.position, "reason": r.reason, "at": iso(r.at)}
+        for r in skips
+    ]
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        typer.echo("no skipped feed entries")
+        return
+    typer.echo(f"{'SOURCE':<16}  {'POSITION':<32}  {'AT':<20}  REASON")
+    for item in items:
+        typer.echo(
+            f"{item['source']:<16}  {item['position']:<32}  {item['at']:<20}  {item['reason']}"
+        )
 
 
 @failures.command("show")

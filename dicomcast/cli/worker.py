@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -92,6 +93,7 @@ def _health(worker: Worker) -> Health:
     probes: dict[str, Callable[[], object]] = {"state": app.store.ping}
     for name, source in app.sources.items():
         probes[source_dependency(name)] = source.check
+        probes[f"feed:{name}"] = functools.partial(worker.feed.check, name)
     probes["fhir"] = app.fhir.ping
     return Health(
         probes,
@@ -156,6 +158,7 @@ def _source_status(info: SourceSummary) -> dict[str, Any]:
         "last_success_at": iso(info.last_success_at),
         "last_poll_at": iso(info.last_poll_at),
         "archive_resets": info.resets,
+        "feed_entries_skipped": info.feed_skips,
     }
 
 
@@ -187,6 +190,11 @@ def _status_text(info: dict[str, Any]) -> str:
         f"last success    {info['last_success_at'] or '-'}",
         f"last poll       {info['last_poll_at'] or '-'}",
     ]
+    if info["feed_entries_skipped"]:
+        lines.append(
+            f"feed skips      {info['feed_entries_skipped']} entries could not be used "
+            "(see: dicomcast failures list --feed)"
+        )
     if info["failures_by_kind"]:
         lines.append(
             "failures        "

@@ -68,7 +68,18 @@ class Settings(BaseSettings):
         True, description="Verify TLS certificates (turning it off is logged as a warning)."
     )
     ca_bundle: Path | None = Field(None, description="CA certificates (PEM) to verify with.")
-    http_timeout: float = Field(30.0, gt=0)
+    http_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds each request may take for its whole answer (a trickling answer "
+        "is cut off); also the connect and read timeouts.",
+    )
+    max_study_bytes: int = Field(
+        256 * 2**20,
+        ge=2**16,
+        description="Largest answer read from a source (a study's metadata): a larger study "
+        "is refused with the reason, not read into memory.",
+    )
     http_retries: int = Field(
         4, ge=1, le=10, description="Tries per request for transient errors (1 = no retry)."
     )

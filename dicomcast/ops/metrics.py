@@ -101,6 +101,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.feed_skipped = Counter(
+            "dicomcast_feed_entries_skipped",
+            "Change-feed entries skipped because they could not be used (see status).",
+            ["source"],
+            registry=r,
+        )
+        self.feed_failing = Gauge(
+            "dicomcast_feed_failing",
+            "1 while reading a source's change feed keeps failing on one position.",
+            ["source"],
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "dicomcast_dependency_up",
             "1 when the last readiness probe of a dependency (state, source, fhir) succeeded.",

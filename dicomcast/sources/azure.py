@@ -27,11 +27,12 @@ from __future__ import annotations
 import calendar
 import logging
 import re
+import time
 from typing import Any
 
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
-from dicomcast.model import DirtyMark, StudyLocation
+from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, dataset_filter
@@ -66,6 +67,13 @@ def instant(timestamp: Any) -> tuple[int, int] | None:
         seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
     fraction = (match.group(7) or "").ljust(9, "0")
     return seconds, int(fraction)
+
+
+FUTURE_TOLERANCE = 24 * 3600.0  # clocks disagree; a day ahead is a broken or hostile feed
+
+
+def _now_instant(ahead: float = 0.0) -> tuple[int, int]:
+    return int(time.time() + ahead), 0
 
 
 def parse_v2_cursor(cursor: str | None) -> tuple[str | None, int]:
@@ -159,15 +167,17 @@ class AzureDicomSource(RestSource):
             raise SourceUnavailable("DICOM service change feed answer is not a JSON array")
         return [entry for entry in page if isinstance(entry, dict)]
 
-    def _mark(self, entry: dict[str, Any]) -> DirtyMark | None:
-        """The study an entry names, or None (another partition, or a malformed entry)."""
+    def _mark(self, entry: dict[str, Any], skipped: list[Skipped]) -> DirtyMark | None:
+        """The study an entry names, or None (another partition, or a malformed entry,
+        which is added to `skipped`)."""
         uid = entry.get("StudyInstanceUid")
         partition = entry.get("PartitionName") or DEFAULT_PARTITION
+        position = str(entry.get("Sequence"))[:40]
         if not isinstance(uid, str) or not UID.fullmatch(uid) or len(uid) > 64:
-            log.warning("skipping a change feed entry without a valid StudyInstanceUid")
+            skipped.append(Skipped(position, "entry without a valid StudyInstanceUid"))
             return None
         if not isinstance(partition, str) or not PARTITION_NAME.fullmatch(partition):
-            log.warning("skipping a change feed entry with an invalid PartitionName")
+            skipped.append(Skipped(position, "entry with an invalid PartitionName"))
             return None
         if not self._wants(partition):
             return None
@@ -198,16 +208,28 @@ class AzureDicomSource(RestSource):
         entries = self._entries(
             self.rest.get("v1/changefeed", offset=since, limit=window, includeMetadata="false")
         )
+        skipped: list[Skipped] = []
         numbers = (sequence_number(e.get("Sequence")) for e in entries)
         sequences = [n for n in numbers if n is not None]
+        if sequences and max(sequences) > since + window:
+            # Further than a window ahead: check it against the feed's own head, so that a
+            # bogus entry cannot move the cursor past every change to come.
+            head = self._latest()
+            beyond = {n for n in sequences if n > head}
+            if beyond:
+                skipped.append(Skipped(str(max(beyond)), f"Sequence beyond the feed's head {head}"))
+                entries = [e for e in entries if sequence_number(e.get("Sequence")) not in beyond]
+                sequences = [n for n in sequences if n not in beyond]
         if sequences:
             last = max(sequences)
             if last <= since:
                 raise SourceUnavailable(
                     f"DICOM service change feed answered offset {since} with older entries"
                 )
-            marks = [m for m in (self._mark(e) for e in entries) if m is not None]
-            return FeedPage(marks, str(last), None, done=False, changes_read=len(entries))
+            marks = [m for m in (self._mark(e, skipped) for e in entries) if m is not None]
+            return FeedPage(
+                marks, str(last), None, done=False, changes_read=len(entries), skipped=skipped
+            )
         # An empty window is either the end of the feed or a gap in the sequence.
         head = self._latest()
         if head < since:
@@ -228,6 +250,19 @@ class AzureDicomSource(RestSource):
         if start:
             params["startTime"] = start
         entries = self._entries(self.rest.get("v2/changefeed", **params))
+        skipped: list[Skipped] = []
+        horizon = _now_instant(FUTURE_TOLERANCE)
+        future = [e for e in entries if (instant(e.get("Timestamp")) or (0, 0)) > horizon]
+        if future:
+            # An entry from the future would move the cursor past every change to come:
+            # stop before it (it is read again, and skipped again, until its time comes).
+            first = future[0]
+            skipped.append(
+                Skipped(str(first.get("Timestamp"))[:40], "Timestamp in the future; not followed")
+            )
+            entries = entries[: entries.index(first)]
+            if not entries:
+                return FeedPage([], cursor or "", None, done=True, skipped=skipped)
         if not entries:
             return FeedPage([], cursor or "", None, done=True)
         last_raw = entries[-1].get("Timestamp")
@@ -240,14 +275,21 @@ class AzureDicomSource(RestSource):
         same = sum(1 for e in entries if instant(e.get("Timestamp")) == last)
         if start_at == last:
             same = skip + len(entries)  # still inside the instant we started at
-        marks = [m for m in (self._mark(e) for e in entries) if m is not None]
+        marks = [m for m in (self._mark(e, skipped) for e in entries) if m is not None]
         return FeedPage(
             marks,
             f"{str(last_raw).strip()}#{same}",
             None,
-            done=len(entries) < limit,
+            done=len(entries) < limit or bool(future),
             changes_read=len(entries),
+            skipped=skipped,
         )
+
+    def next_position(self, cursor: str | None) -> str:
+        if self.version == "v1":
+            return str(int(cursor or 0) + 1)
+        start, skip = parse_v2_cursor(cursor)
+        return f"{start}#{skip + 1}" if start else cursor or ""
 
     # --- one study
 

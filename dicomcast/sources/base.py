@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dicomcast.model import DirtyMark, StudyLocation
+from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.studyview import StudyView
 
 
@@ -29,6 +29,7 @@ class FeedPage:
     done: bool
     reset: bool = False
     changes_read: int = 0
+    skipped: list[Skipped] = field(default_factory=list)  # entries that could not be used
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class Source(Protocol):
     keep_tags: frozenset[str] | None  # the only tags worth reading (None: every tag)
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
+
+    def next_position(self, cursor: str | None) -> str:
+        """The cursor one entry past `cursor`: how an entry that cannot be read at all is
+        skipped (only once the server has shown it answers everything else)."""
+        ...
 
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         """The study's current state; with `unless_unstable`, a study still receiving

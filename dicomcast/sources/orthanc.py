@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable
+from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, failure_class
 from dicomcast.http import send
-from dicomcast.model import DirtyMark, StudyLocation
+from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
@@ -101,15 +101,22 @@ class OrthancSource(RestSource):
             )
             return FeedPage([], "0", str(last), done=False, reset=True)
         marks: list[DirtyMark] = []
+        skipped: list[Skipped] = []
         seqs = [since, last]
         for change in changes:
             seq = sequence_number(change.get("Seq"))
             if seq is None:
-                log.warning("skipping a change entry without a valid Seq")
+                skipped.append(Skipped(f"after {since}", "change entry without a valid Seq"))
+                continue
+            if seq > last:
+                # Past the feed's own head: following it would skip every change to come.
+                skipped.append(Skipped(str(seq), f"Seq beyond the feed's head {last}"))
                 continue
             seqs.append(seq)
-            key = self._study_of(change)
-            if key:
+            key, problem = self._study_of(change)
+            if problem:
+                skipped.append(Skipped(str(seq), problem))
+            elif key:
                 marks.append(DirtyMark(key, _event_time(change.get("Date"))))
         return FeedPage(
             marks,
@@ -117,28 +124,38 @@ class OrthancSource(RestSource):
             str(last),
             page.get("Done", True) is not False,
             changes_read=len(changes),
+            skipped=skipped,
         )
 
-    def _study_of(self, change: dict[str, Any]) -> str | None:
+    def next_position(self, cursor: str | None) -> str:
+        return str(int(cursor or 0) + 1)
+
+    def _study_of(self, change: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(the study a change names, or None; why it cannot be used, or None)."""
         kind, resource_id = change.get("ChangeType"), change.get("ID")
         if not isinstance(resource_id, str) or not ORTHANC_ID.fullmatch(resource_id):
-            log.warning("skipping a change without a valid ID (seq %s)", change.get("Seq"))
-            return None
+            return None, "change entry without a valid Orthanc ID"
         try:
             if change.get("ResourceType") == "Study" and kind in STUDY_CHANGES:
-                return resource_id
+                return resource_id, None
             if kind in SERIES_CHANGES:
-                return self._series_parent(resource_id)
+                return self._series_parent(resource_id), None
         except NotFound:
-            return None  # deleted since; the reconcile scan covers what it leaves behind
-        except (KeyError, TypeError):
-            log.warning("unexpected Orthanc answer for %s %s", kind, resource_id)
-        return None
+            return None, None  # deleted since; the reconcile scan covers what it leaves
+        except (SourceRejected, SourceUnavailable) as exc:
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise  # the server is failing: read the page again later
+            return None, f"its series could not be read ({failure_class(exc)})"
+        except (KeyError, TypeError, AttributeError):
+            return None, "Orthanc's answer about its series has no ParentStudy"
+        return None, None
 
     def _series_parent(self, series_id: str) -> str:
         study = self._series_study.get(series_id)
         if study is None:
             study = str(self.rest.get(f"series/{series_id}")["ParentStudy"])
+            if not ORTHANC_ID.fullmatch(study):
+                raise KeyError("ParentStudy")
             self._series_study[series_id] = study
             if len(self._series_study) > 50_000:
                 self._series_study.popitem(last=False)

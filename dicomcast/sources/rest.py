@@ -56,9 +56,7 @@ class RestReader:
                 return json.loads(response.content, object_hook=object_hook)
             except (ValueError, RecursionError):
                 # Not JSON (or nested past any real answer): not a working server's answer.
-                raise SourceUnavailable(
-                    f"{self.server} GET {path}: answer is not JSON", outage=True
-                ) from None
+                raise SourceUnavailable(f"{self.server} GET {path}: answer is not JSON") from None
 
         return self.retry.call(once)
 
@@ -77,14 +75,18 @@ class RestReader:
         )
 
 
+MAX_SEQUENCE = 10**18  # a feed position past this is no real archive's
+
+
 def sequence_number(value: Any) -> int | None:
-    """A feed sequence number, or None for anything that is not a non-negative integer."""
+    """A feed sequence number, or None for anything that is not a plausible non-negative
+    integer (`"²"` passes `str.isdigit`; a 4,300-digit number cannot even be parsed)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < MAX_SEQUENCE:
+        return value
     return None
 
 

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from sqlalchemy import update
 
 from dicomcast.errors import OperatorError
-from dicomcast.model import DirtyMark
+from dicomcast.model import DirtyMark, Skipped
 from dicomcast.state import queue
 from dicomcast.state.db import Database, changed
-from dicomcast.state.models import SourceRow
+from dicomcast.state.models import FeedSkipRow, SourceRow
 
 
 class Cursors:
@@ -89,18 +89,38 @@ class Cursors:
         feed_head: str | None,
         marks: Iterable[DirtyMark],
         now: float | None = None,
+        skipped: Iterable[Skipped] = (),
     ) -> int:
-        """Mark studies dirty AND move the cursor, atomically. Returns how many were marked."""
+        """Mark studies dirty AND move the cursor, atomically, with the entries that could
+        not be used recorded in the same transaction. Returns how many were marked."""
         now = time.time() if now is None else now
         marks = list(marks)
         with self.db.write("record_page") as session:
             queue.mark(self.db, session, source, marks, now)
+            session.add_all(
+                FeedSkipRow(source=source, position=s.position[:200], reason=s.reason[:500], at=now)
+                for s in skipped
+            )
             session.execute(
                 update(SourceRow)
                 .where(SourceRow.name == source)
                 .values(cursor=cursor, feed_head=feed_head, last_poll_at=now)
             )
         return len(marks)
+
+    def record_skip(self, source: str, cursor: str, skipped: Skipped) -> None:
+        """Step the cursor past one entry that cannot be read, and record it, atomically."""
+        now = time.time()
+        with self.db.write("record_skip") as session:
+            session.execute(update(SourceRow).where(SourceRow.name == source).values(cursor=cursor))
+            session.add(
+                FeedSkipRow(
+                    source=source,
+                    position=skipped.position[:200],
+                    reason=skipped.reason[:500],
+                    at=now,
+                )
+            )
 
     def reset_cursor(self, source: str, cursor: str | None) -> None:
         """Operator or archive-reset path: set the cursor, count it as a reset."""

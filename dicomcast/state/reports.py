@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from dicomcast.model import SourceSummary
 from dicomcast.state.db import Database
-from dicomcast.state.models import SourceRow, StudyRow
+from dicomcast.state.models import FeedSkipRow, SourceRow, StudyRow
 
 
 class Reports:
@@ -59,6 +59,18 @@ class Reports:
             ).all()
             return {str(k): int(n) for k, n in rows}
 
+    def feed_skips(self, source: str, limit: int = 100) -> list[FeedSkipRow]:
+        """The feed entries skipped most recently, newest first."""
+        with self.db.read("feed_skips") as session:
+            return list(
+                session.scalars(
+                    select(FeedSkipRow)
+                    .where(FeedSkipRow.source == source)
+                    .order_by(FeedSkipRow.id.desc())
+                    .limit(limit)
+                ).all()
+            )
+
     def sources(self) -> list[str]:
         with self.db.read("sources") as session:
             return list(session.scalars(select(SourceRow.name).order_by(SourceRow.name)).all())
@@ -71,6 +83,9 @@ class Reports:
                     StudyRow.source == source, StudyRow.status == "dirty"
                 )
             ).one()
+            skips = session.scalar(
+                select(func.count()).select_from(FeedSkipRow).where(FeedSkipRow.source == source)
+            )
         return SourceSummary(
             source,
             cursor=row.cursor if row else None,
@@ -84,4 +99,5 @@ class Reports:
             last_success_at=row.last_success_at if row else None,
             last_poll_at=row.last_poll_at if row else None,
             resets=row.resets if row else 0,
+            feed_skips=int(skips or 0),
         )

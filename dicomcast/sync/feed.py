@@ -3,6 +3,13 @@ does not log deletions for studies that vanished or changed size without an entr
 
 Each feed page is recorded with its cursor in one transaction (`record_page`), so a crash
 replays at most a page and loses nothing. The feed only says *which* studies changed.
+
+A bad entry never stops the feed: the source skips it (a malformed position, a key no URL
+may carry, a position past the feed's head) and it is recorded with its position. A page
+that fails by itself (a 4xx, an answer that cannot be parsed) three times in a row makes the
+feed "failing" (a metric, and `/readyz` through `check`); it is then read one entry at a
+time, and an entry that still cannot be read, while the server answers its health probe,
+is skipped and recorded. An outage (the server down, throttling) only ever pauses.
 """
 
 from __future__ import annotations
@@ -14,8 +21,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from dicomcast.errors import RetriableError, StateUnavailable, failure_class
-from dicomcast.model import DirtyMark, source_dependency
+from dicomcast.errors import (
+    DicomcastError,
+    RetriableError,
+    SourceRejected,
+    SourceUnavailable,
+    StateUnavailable,
+    failure_class,
+)
+from dicomcast.model import DirtyMark, Skipped, source_dependency
 from dicomcast.ops.metrics import Metrics
 from dicomcast.sources.base import Source
 from dicomcast.sync.pauses import Pauses
@@ -29,7 +43,13 @@ class FeedState(Protocol):
     def cursor(self, name: str) -> str | None: ...
 
     def record_page(
-        self, source: str, cursor: str, feed_head: str | None, marks: Iterable[DirtyMark]
+        self,
+        source: str,
+        cursor: str,
+        feed_head: str | None,
+        marks: Iterable[DirtyMark],
+        now: float | None = None,
+        skipped: Iterable[Skipped] = (),
     ) -> int: ...
 
     def reset_cursor(self, source: str, cursor: str | None) -> None: ...
@@ -39,6 +59,32 @@ class FeedState(Protocol):
     def mark_dirty(
         self, source: str, marks: Iterable[DirtyMark], now: float | None = None
     ) -> int: ...
+
+    def record_skip(self, source: str, cursor: str, skipped: Skipped) -> None: ...
+
+
+FAILING_AFTER = 3  # a page failing this many times in a row is read one entry at a time
+MAX_STEPS = 1000  # pages (or stepped-past entries) in one tail, so one poll always ends
+MAX_KEY, MAX_UID = 200, 64  # what the state DB's columns hold
+
+
+class FeedFailing(DicomcastError):
+    """A source's change feed keeps failing at one position."""
+
+
+def _usable(
+    marks: list[DirtyMark], skipped: list[Skipped]
+) -> tuple[list[DirtyMark], list[Skipped]]:
+    """The marks the state DB can hold; the others join the skipped entries."""
+    good = [
+        m
+        for m in marks
+        if 0 < len(m.study_key) <= MAX_KEY and (m.study_uid is None or len(m.study_uid) <= MAX_UID)
+    ]
+    if len(good) == len(marks):
+        return marks, skipped
+    bad = len(marks) - len(good)
+    return good, [*skipped, Skipped("page", f"{bad} entries with a key or UID too long to keep")]
 
 
 class Feed:
@@ -60,19 +106,34 @@ class Feed:
         self.stop = stop
         self.totals = totals
         self.beat = beat
+        self.failures: dict[str, int] = {}  # source -> page failures in a row
 
     def tail(self, name: str) -> int:
         """Read one source's feed to its end (or until stopped); how many studies were
         marked dirty."""
         source = self.sources[name]
         marked = 0
-        while not self.stop.is_set():
-            page = source.read_changes(self.state.cursor(name), self.page_size)
+        steps = 0
+        while not self.stop.is_set() and steps < MAX_STEPS:
+            steps += 1
+            cursor = self.state.cursor(name)
+            failing = self.failures.get(name, 0) >= FAILING_AFTER
+            try:
+                page = source.read_changes(cursor, 1 if failing else self.page_size)
+            except (SourceRejected, SourceUnavailable) as exc:
+                if isinstance(exc, SourceUnavailable) and exc.outage:
+                    raise
+                if not self._page_failed(name, source, cursor, exc):
+                    raise
+                continue  # one entry was stepped past: read on
+            self._page_read(name)
             if page.reset:
                 self.state.reset_cursor(name, page.cursor)
                 self.scan(name)
                 continue
-            marked += self.state.record_page(name, page.cursor, page.head, page.marks)
+            marks, skipped = _usable(page.marks, page.skipped)
+            marked += self.state.record_page(name, page.cursor, page.head, marks, skipped=skipped)
+            self._skipped(name, skipped)
             self.totals["changes"] += page.changes_read
             self.metrics.changes_read.labels(name).inc(page.changes_read)
             self.metrics.set_feed(name, page.cursor, page.head)
@@ -80,6 +141,47 @@ class Feed:
             if page.done:
                 break
         return marked
+
+    def check(self, name: str) -> None:
+        """For readiness: raise while this source's feed keeps failing."""
+        count = self.failures.get(name, 0)
+        if count >= FAILING_AFTER:
+            raise FeedFailing(f"the change feed failed {count} times in a row at one position")
+
+    def _page_read(self, name: str) -> None:
+        if self.failures.pop(name, 0):
+            self.metrics.feed_failing.labels(name).set(0)
+            log.warning("the change feed reads again", extra={"source": name})
+
+    def _page_failed(self, name: str, source: Source, cursor: str | None, exc: Exception) -> bool:
+        """Count a page's own failure; True when the entry at `cursor` was stepped past."""
+        count = self.failures[name] = self.failures.get(name, 0) + 1
+        self.metrics.feed_failing.labels(name).set(1 if count >= FAILING_AFTER else 0)
+        log.warning(
+            "reading the change feed failed (%d in a row): %s",
+            count,
+            exc,
+            extra={"source": name, "cursor": cursor},
+        )
+        if count <= FAILING_AFTER:
+            return False  # again next poll; then one entry at a time
+        source.check()  # the server is down after all? Then it is an outage, not the entry
+        after = source.next_position(cursor)
+        skipped = Skipped(after, f"the entry could not be read: {failure_class(exc)}")
+        self.state.record_skip(name, after, skipped)
+        self._skipped(name, [skipped])
+        return True
+
+    def _skipped(self, name: str, skipped: list[Skipped]) -> None:
+        if not skipped:
+            return
+        self.metrics.feed_skipped.labels(name).inc(len(skipped))
+        for entry in skipped:
+            log.warning(
+                "skipped a change-feed entry: %s",
+                entry.reason,
+                extra={"source": name, "position": entry.position},
+            )
 
     def scan(self, name: str) -> int:
         """Mark the studies that vanished, changed instance count, or were never seen (only
