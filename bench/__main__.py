@@ -39,13 +39,12 @@ STABLE_AGE, POLL_INTERVAL = 2, 2.0  # Orthanc's and the worker's defaults here
 
 
 def with_servers(folder: Path, use: Callable[[OrthancServer, FhirServer], T], stable: int) -> T:
-    orthanc = OrthancServer(folder / "orthanc", stable_age=stable).start()
-    fhir = FhirServer(folder / "fhir").start()
-    try:
+    # Each server stops whatever happens next, even when the other fails to start.
+    with (
+        OrthancServer(folder / "orthanc", stable_age=stable) as orthanc,
+        FhirServer(folder / "fhir") as fhir,
+    ):
         return use(orthanc, fhir)
-    finally:
-        orthanc.stop()
-        fhir.stop()
 
 
 def run_catch_up(folder: Path, load: Workload) -> CatchUp:

@@ -21,6 +21,7 @@ from dicomcast.sources.azure import AzureDicomSource
 from dicomcast.sources.base import Source
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
+from dicomcast.urls import mask_url
 
 log = logging.getLogger(__name__)
 __all__ = ["MAPPING_CONFIG_KEYS", "App", "build_app", "load_mappings", "mapping_config"]
@@ -85,7 +86,12 @@ def build_app(
     configured = settings.source_list()
     mappings = load_mappings(settings)
     store = StateStore(settings.state_url)
-    store.migrate()
+    if store.migrate():
+        log.warning(
+            "the state database %s is new: every source's change feed is read from its "
+            "beginning (if it was lost, FHIR is not harmed: syncs are idempotent)",
+            mask_url(settings.state_url),
+        )
     fhir = make_fhir(settings, transport=fhir_transport)
     writer = FhirWriter(
         fhir,

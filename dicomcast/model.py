@@ -51,6 +51,8 @@ class StudyTask:
     fhir_imagingstudy_id: str | None
     instance_count: int | None
     match_key: str | None = None
+    failed_at: float | None = None  # when its last attempt failed
+    error_status: int | None = None  # and with which HTTP status
 
     @property
     def never_written(self) -> bool:

@@ -1,5 +1,8 @@
-"""Running the worker for good: its jobs on schedules, signals, and a bounded stop.
+"""Running the worker: once (a backfill that drains and exits), or for good (jobs on
+schedules, signals, a bounded stop).
 
+For good, an outage never ends the process: start-up work (registering sources, finding
+the Endpoints) waits under the same pauses as everything else, while `/readyz` says why.
 A second signal, or in-flight studies outlasting `shutdown_timeout`, exits at once: every
 record is one DB transaction, so an abrupt exit only means re-syncing.
 """
@@ -10,35 +13,124 @@ import datetime as dt
 import logging
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicomcast.errors import DicomcastError
+from dicomcast.errors import DicomcastError, RetriableError, StateUnavailable, failure_class
+from dicomcast.sync.feed import per_source
 
 if TYPE_CHECKING:
-    from dicomcast.worker import Worker
+    from dicomcast.worker import RoundStats, Worker
 
 log = logging.getLogger(__name__)
 
 
+def run_once(worker: Worker, progress: Callable[[RoundStats], None] | None = None) -> int:
+    """Drain the feed and every due study, then return an exit code (0 = all clean).
+
+    Retries and pauses due within `once_max_wait` seconds are waited for, so a short blip
+    does not end a backfill early; longer ones are left for the next run. With several
+    sources, one whose feed cannot be read is left out and the others are synced; its
+    error is raised at the end."""
+    worker.prepare()
+    strict = len(worker.sources) == 1
+    failed: dict[str, Exception] = {}
+    try:
+        worker.tail(strict=strict, failed=failed)
+        per_source(worker.sources, worker.feed.scan, worker.pauses, strict=strict, failed=failed)
+        while not worker.stop_event.is_set():
+            stats = worker.sync_round(wait_for_stable=False, skip=failed)
+            if progress:
+                progress(stats)
+            if stats.attempted or worker.tail(strict=strict, failed=failed):
+                continue
+            wake = _next_wake(worker, skip=failed)
+            if wake is None or wake - time.time() > worker.settings.once_max_wait:
+                break
+            worker.stop_event.wait(max(0.05, wake - time.time()))
+    finally:
+        worker.leases.let_go()
+    for name, error in failed.items():
+        log.error("source %s could not be read: %s", name, error, extra={"source": name})
+    if failed:
+        raise next(iter(failed.values()))
+    counts = worker.counts()
+    return 1 if counts.get("failed", 0) + counts.get("dirty", 0) else 0
+
+
+def _next_wake(worker: Worker, skip: Collection[str] = ()) -> float | None:
+    wakes = []
+    for name in worker.sources:
+        due = None if name in skip else worker.store.next_due(name)
+        if due is not None:
+            wakes.append(max(due, worker.paused_until(name) or 0.0))
+    return min(wakes) if wakes else None
+
+
+def cycle(worker: Worker) -> None:
+    """The loop's job, every tick: when a poll is due, check the state DB is the one we
+    started with and read the feeds; then sync every due study until none is left."""
+    worker.beat()
+    now = time.monotonic()
+    feed_due = now - worker._tailed_at >= worker.settings.poll_interval - worker.tick / 2
+    if feed_due:
+        worker._tailed_at = now
+        try:
+            # A deleted, replaced or corrupted state DB pauses everything until it is back.
+            worker.store.ping()
+            if any(worker.tailing.values()):
+                worker.tail(strict=False)
+        except StateUnavailable as exc:
+            worker.pauses["state"].trip(str(exc), exc.retry_after, kind=failure_class(exc))
+    while not worker.stop_event.is_set():
+        if worker.sync_round(wait_for_stable=True).attempted == 0:
+            break
+
+
+def scan(worker: Worker) -> None:
+    """The periodic scan for deletions, of the sources this worker tails."""
+    for name in worker.sources:
+        if worker.tailing[name] and not worker.source_pause(name).active():
+            worker.feed.scan(name)
+
+
+def start(worker: Worker) -> bool:
+    """Start-up work, waited out under the pauses while a server is down (the listener is
+    up meanwhile, `/readyz` says what is awaited). False when stopped first."""
+    while not worker.stop_event.is_set():
+        try:
+            worker.prepare()
+            return True
+        except RetriableError as exc:
+            which = "state" if isinstance(exc, StateUnavailable) else "fhir"
+            until = worker.pauses[which].trip(str(exc), exc.retry_after, kind=failure_class(exc))
+            log.warning("start-up waits for %s: %s", which, exc, extra={"dependency": which})
+            worker.beat()  # waiting is not hanging: /livez stays up
+            worker.stop_event.wait(max(0.05, min(until - time.time(), 10.0)))
+    return False
+
+
 def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> None:
     """Run the worker's jobs until its stop event is set (SIGTERM/SIGINT set it)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: _on_signal(worker, signum))
+    if not start(worker):
+        return
     scheduler = BackgroundScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
     )
     jobs: list[tuple[Callable[[], object], float]] = [
-        (worker.cycle, worker.tick),
-        (worker.scan, worker.settings.reconcile_interval),
+        (lambda: cycle(worker), worker.tick),
+        (lambda: scan(worker), worker.settings.reconcile_interval),
         (worker.hold_source, worker.leases.seconds / 3),
     ]
     now = dt.datetime.now(dt.UTC)
     for job, seconds in jobs:
         scheduler.add_job(_guarded(job), "interval", seconds=seconds, next_run_time=now)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: _on_signal(worker, signum))
     scheduler.start()
     names = list(worker.sources)
     log.info("worker running", extra={"sources": names, "owner": worker.owner})
@@ -83,8 +175,8 @@ def _guarded(job: Callable[[], object]) -> Callable[[], None]:
         try:
             job()
         except DicomcastError as exc:
-            log.warning("%s failed: %s", job.__name__, exc)
+            log.warning("scheduled job failed: %s", exc)
         except Exception:
-            log.exception("%s failed unexpectedly", job.__name__)
+            log.exception("scheduled job failed unexpectedly")
 
     return run

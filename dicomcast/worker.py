@@ -24,19 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomcast import runner
 from dicomcast.errors import StateUnavailable, failure_class
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
 from dicomcast.ops.memory import release_free_memory
 from dicomcast.parts import App
-from dicomcast.runner import run_forever
 from dicomcast.sources.base import Source
 from dicomcast.sync.endpoints import Endpoints
 from dicomcast.sync.feed import Feed, per_source
 from dicomcast.sync.leases import SourceLeases
 from dicomcast.sync.multisource import MultiSource
 from dicomcast.sync.pauses import Pause, Pauses
-from dicomcast.sync.policy import FailurePolicy
+from dicomcast.sync.policy import FailurePolicy, repeated_outage
 from dicomcast.sync.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,13 @@ class Worker:
         """Write what became of one attempt into the state DB; returns the outcome's label.
         The one place a sync's result is recorded."""
         self.pauses.clear(outcome.answered)
+        if self._repeated_outage(task, outcome):
+            # Judged its own once already, or the server answered others since it failed.
+            since = self.pauses[outcome.dependency or ""].answered_at > (task.failed_at or 0)
+            answered = task.attempts > 0 or since
+            outcome = repeated_outage(
+                outcome, task, self.reconciler.policy, answered_since=answered, now=time.time()
+            )
         kind = outcome.kind
         try:
             if kind is Kind.PAUSED and outcome.dependency == "state":
@@ -260,13 +267,28 @@ class Worker:
             return "retry"
         return kind.label
 
+    @staticmethod
+    def _repeated_outage(task: StudyTask, outcome: Outcome) -> bool:
+        """The study failed last time with the same server-side 5xx (see
+        `policy.repeated_outage`)."""
+        return (
+            outcome.kind is Kind.PAUSED
+            and outcome.dependency not in (None, "state")
+            and outcome.status is not None
+            and outcome.status >= 500
+            and task.error_status == outcome.status
+            and task.failed_at is not None
+        )
+
     def _record_failure(self, task: StudyTask, outcome: Outcome) -> None:
         reason, error_kind = outcome.reason or "", outcome.error_kind or "Error"
         extra = {**_extra(task, outcome, outcome.kind.label), "detail": outcome.detail}
         if outcome.kind is Kind.PAUSED:
             assert outcome.dependency is not None
-            until = self.pauses[outcome.dependency].trip(
-                reason, outcome.retry_after, kind=_failure_kind(outcome)
+            now = time.time()
+            after = max(0.0, (outcome.retry_at or now) - now)  # a repeated one waits longer
+            until = after + self.pauses[outcome.dependency].trip(
+                reason, outcome.retry_after, now, kind=_failure_kind(outcome)
             )
             self.store.finish_failed(
                 task,
@@ -308,75 +330,20 @@ class Worker:
             self._unrecorded.pop()
         self.pauses["state"].clear()
 
-    # --- running
+    # --- running (the loops live in `dicomcast.runner`)
 
     def run_once(self, progress: Callable[[RoundStats], None] | None = None) -> int:
-        """Drain the feed and every due study, then return an exit code (0 = all clean).
-
-        Retries and pauses due within `once_max_wait` seconds are waited for, so a short
-        blip does not end a backfill early; longer ones are left for the next run. With
-        several sources, one whose feed cannot be read is left out and the others are
-        synced; its error is raised at the end."""
-        self.prepare()
-        strict = len(self.sources) == 1
-        failed: dict[str, Exception] = {}
-        try:
-            self.tail(strict=strict, failed=failed)
-            per_source(self.sources, self.feed.scan, self.pauses, strict=strict, failed=failed)
-            while not self.stop_event.is_set():
-                stats = self.sync_round(wait_for_stable=False, skip=failed)
-                if progress:
-                    progress(stats)
-                if stats.attempted or self.tail(strict=strict, failed=failed):
-                    continue
-                wake = self._next_wake(skip=failed)
-                if wake is None or wake - time.time() > self.settings.once_max_wait:
-                    break
-                self.stop_event.wait(max(0.05, wake - time.time()))
-        finally:
-            self.leases.let_go()
-        for name, error in failed.items():
-            log.error("source %s could not be read: %s", name, error, extra={"source": name})
-        if failed:
-            raise next(iter(failed.values()))
-        counts = self.counts()
-        return 1 if counts.get("failed", 0) + counts.get("dirty", 0) else 0
-
-    def _next_wake(self, skip: Collection[str] = ()) -> float | None:
-        wakes = []
-        for name in self.sources:
-            due = None if name in skip else self.store.next_due(name)
-            if due is not None:
-                wakes.append(max(due, self.paused_until(name) or 0.0))
-        return min(wakes) if wakes else None
+        """Drain the feed and every due study, then return an exit code (0 = all clean);
+        see `dicomcast.runner.run_once`."""
+        return runner.run_once(self, progress)
 
     def cycle(self) -> None:
-        """The loop's job, every tick: read the feeds when a poll is due, then sync every
-        due study until none is left."""
-        self.beat()
-        now = time.monotonic()
-        feed_due = now - self._tailed_at >= self.settings.poll_interval - self.tick / 2
-        if feed_due and any(self.tailing.values()):
-            self._tailed_at = now
-            try:
-                self.tail(strict=False)
-            except StateUnavailable as exc:
-                self.pauses["state"].trip(str(exc), exc.retry_after, kind=failure_class(exc))
-        while not self.stop_event.is_set():
-            if self.sync_round(wait_for_stable=True).attempted == 0:
-                break
-
-    def scan(self) -> None:
-        """The periodic scan for deletions, of the sources this worker tails."""
-        for name in self.sources:
-            if self.tailing[name] and not self.source_pause(name).active():
-                self.feed.scan(name)
+        """The loop's job, every tick (see `dicomcast.runner.cycle`)."""
+        runner.cycle(self)
 
     def run_forever(self, on_ready: Callable[[], None] | None = None) -> None:
-        """The long-running worker: poll, sync, and scan on schedules until SIGTERM/SIGINT
-        (see `dicomcast.runner`)."""
-        self.prepare()
-        run_forever(self, on_ready)
+        """The long-running worker, until SIGTERM/SIGINT (see `dicomcast.runner`)."""
+        runner.run_forever(self, on_ready)
 
 
 def _failure_kind(outcome: Outcome) -> str:

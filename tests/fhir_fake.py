@@ -11,7 +11,8 @@ FHIR REST spec says a server does:
 Faults: `fail_next` answers the next requests with the given statuses (or responses), and
 `echo` makes those error answers quote the request body, as some servers do; `reject` is asked
 about every resource a transaction writes and may refuse it (400 with an OperationOutcome);
-`before_transaction` runs before each transaction (another system writing meanwhile).
+`before_transaction` runs before each transaction (another system writing meanwhile);
+`status_for` may answer a transaction with an error status of its choosing.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class FakeFhir(httpx.MockTransport):
         self.echo = False
         self.reject: Callable[[Resource], str | None] = lambda _resource: None
         self.before_transaction: Callable[[Resource], None] = lambda _bundle: None
+        self.status_for: Callable[[Resource], int | None] = lambda _bundle: None
         self._ids = itertools.count(1)
         super().__init__(self._handle)
 
@@ -143,6 +145,9 @@ class FakeFhir(httpx.MockTransport):
 
     def _transaction(self, body: Resource) -> httpx.Response:
         self.before_transaction(body)
+        status = self.status_for(body)
+        if status:
+            return outcome(status, "this bundle is refused")
         saved = copy.deepcopy(self.resources)
         try:
             responses = self._apply(body.get("entry", []))

@@ -21,12 +21,13 @@ from dicomcast.cli.common import (
     with_store,
 )
 from dicomcast.config import Settings
-from dicomcast.errors import ConfigError
+from dicomcast.errors import ConfigError, DicomcastError
 from dicomcast.model import DirtyMark
 from dicomcast.ops.logging import redact
 from dicomcast.sources.azure import parse_v2_cursor
 from dicomcast.state.models import StudyRow
 from dicomcast.state.store import StateStore
+from dicomcast.studyview import is_uid
 
 T = TypeVar("T")
 failures = typer.Typer(help="Studies that failed or are backing off: list, show, retry.")
@@ -63,6 +64,31 @@ def _failure(row: StudyRow, *, phi: bool = False) -> dict[str, Any]:
     if phi:
         record["detail"] = row.error_detail
     return record
+
+
+def _keys(
+    settings: Settings, store: StateStore, name: str, study: str, *, strict: bool = False
+) -> list[str]:
+    """The study keys an operator means by `study`: a key or a UID the state DB knows, else
+    (a UID of a study never synced, whose row has no UID yet) what the archive says that
+    UID is. Without `strict`, an archive that cannot be asked just finds nothing more."""
+    keys = [row.study_key for row in store.find(name, study)]
+    if keys or not is_uid(study):
+        return keys
+    try:
+        client = make_source(settings, settings.find_source(name))
+    except ConfigError:
+        if strict:
+            raise
+        return []
+    try:
+        return client.lookup_study(study)
+    except DicomcastError:
+        if strict:
+            raise
+        return []
+    finally:
+        client.close()
 
 
 @failures.command("list")
@@ -130,7 +156,12 @@ def failures_show(
     which can name the patient: for operators cleared to see patient data), warnings."""
     rows = _with_store(
         config,
-        lambda s, store: [r for n in source_names(s, store, source) for r in store.find(n, study)],
+        lambda s, store: [
+            r
+            for n in source_names(s, store, source)
+            for key in _keys(s, store, n, study)
+            for r in store.find(n, key)
+        ],
     )
     if not rows:
         typer.echo(f"dicomcast: no study {study!r} in the state database", err=True)
@@ -159,10 +190,14 @@ def failures_retry(
     if (study is None) == (not retry_all):
         typer.echo("dicomcast: name one STUDY, or give --all", err=True)
         raise typer.Exit(2)
-    count = _with_store(
-        config,
-        lambda s, store: sum(store.retry(n, study) for n in source_names(s, store, source)),
-    )
+
+    def run(settings: Settings, store: StateStore) -> int:
+        names = source_names(settings, store, source)
+        if study is None:
+            return sum(store.retry(n, None) for n in names)
+        return sum(store.retry(n, key) for n in names for key in _keys(settings, store, n, study))
+
+    count = _with_store(config, run)
     typer.echo(f"{count} studies queued for retry; a running worker takes them on its next cycle")
     if study is not None and count == 0:
         raise typer.Exit(1)
@@ -174,13 +209,7 @@ def resync(study: StudyArg, config: ConfigOption = None, source: SourceOption = 
     def run(settings: Settings, store: StateStore) -> int:
         count = 0
         for name in source_names(settings, store, source):
-            keys = [row.study_key for row in store.find(name, study)]
-            if not keys:  # not synced yet: ask the archive which study that UID is
-                client = make_source(settings, settings.find_source(name))
-                try:
-                    keys = client.lookup_study(study)
-                finally:
-                    client.close()
+            keys = _keys(settings, store, name, study, strict=True)
             if keys:
                 count += store.resync(name, [DirtyMark(k, time.time()) for k in keys])
         return count

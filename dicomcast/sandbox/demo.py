@@ -37,75 +37,79 @@ def main() -> int:
     args.folder.mkdir(parents=True)
 
     print("starting Orthanc and the FHIR server on 127.0.0.1 ...")
-    orthanc = OrthancServer(args.folder / "orthanc").start()
-    fhir = FhirServer(args.folder / "fhir").start()
-    try:
-        specs = demo_studies()
-        total = 0
-        for spec in specs:
-            total += len(orthanc.upload([to_bytes(ds) for ds in instances(spec)]))
-        print(f"Orthanc {orthanc.url}: stored {len(specs)} studies, {total} instances")
-        print(f"FHIR    {fhir.url}")
+    # Each server stops whatever happens next, even when the other fails to start.
+    with (
+        OrthancServer(args.folder / "orthanc") as orthanc,
+        FhirServer(args.folder / "fhir") as fhir,
+    ):
+        return _show(args, orthanc, fhir)
 
-        env = {
-            **os.environ,
-            "DICOMCAST_SOURCE_URL": orthanc.url,
-            "DICOMCAST_FHIR_URL": fhir.url,
-            "DICOMCAST_STATE_URL": f"sqlite:///{args.folder / 'dicomcast.db'}",
-            "DICOMCAST_PATIENT_ID_SYSTEM": DEMO_PATIENT_SYSTEM,
-            "DICOMCAST_ISSUER_SYSTEMS": json.dumps(DEMO_ISSUERS),
-            "DICOMCAST_TIMEZONE": "Europe/Berlin",
-            "DICOMCAST_LOG_FORMAT": "text",
-            "DICOMCAST_LOG_LEVEL": "WARNING",
-        }
-        dicomcast = [sys.executable, "-m", "dicomcast"]
-        print("\n$ dicomcast run --once")
-        started = time.monotonic()
-        code = subprocess.run([*dicomcast, "run", "--once"], env=env, check=False).returncode
-        print(f"(exit {code}, {time.monotonic() - started:.1f} s)")
 
-        with fhir.client() as http:
-            patients = http.get("Patient", params={"_count": 100}).json().get("entry", [])
-            studies = http.get("ImagingStudy", params={"_count": 100}).json().get("entry", [])
-            print(f"\nFHIR now holds {len(patients)} Patients and {len(studies)} ImagingStudies:")
-            names = {}
-            for entry in patients:
-                patient = entry["resource"]
-                first = patient.get("name", [{}])[0]
-                names[f"Patient/{patient['id']}"] = (
-                    f"{' '.join(first.get('given', []))} {first.get('family', '')}".strip()
-                )
-            for entry in studies:
-                study = entry["resource"]
-                modalities = ",".join(c["code"] for c in study.get("modality", []))
-                print(
-                    f"  {study.get('started', '?'):<30} {modalities:<4} "
-                    f"{study.get('numberOfSeries', 0)} series/{study.get('numberOfInstances', 0)}"
-                    f" inst  {study.get('description', ''):<22} "
-                    f"{names.get(study['subject']['reference'], '?')}"
-                )
-            cohort = http.get(COHORT).json()
-            print(f"\nCohort query: GET {COHORT}")
-            for entry in cohort.get("entry", []):
-                study = entry["resource"]
-                print(f"  -> {study.get('description')} ({study['identifier'][0]['value']})")
-            print(f"  {cohort.get('total', len(cohort.get('entry', [])))} match(es)")
+def _show(args: argparse.Namespace, orthanc: OrthancServer, fhir: FhirServer) -> int:
+    """Load the sample studies, sync them, and show what landed."""
+    specs = demo_studies()
+    total = 0
+    for spec in specs:
+        total += len(orthanc.upload([to_bytes(ds) for ds in instances(spec)]))
+    print(f"Orthanc {orthanc.url}: stored {len(specs)} studies, {total} instances")
+    print(f"FHIR    {fhir.url}")
 
-        print("\n$ dicomcast run --once   (again: nothing changed, nothing is written)")
-        subprocess.run([*dicomcast, "run", "--once"], env=env, check=False)
-        print("\n$ dicomcast status")
-        subprocess.run([*dicomcast, "status"], env=env, check=False)
-        if args.keep:
-            print("\nservers keep running; Ctrl-C to stop")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-        return code
-    finally:
-        orthanc.stop()
-        fhir.stop()
+    env = {
+        **os.environ,
+        "DICOMCAST_SOURCE_URL": orthanc.url,
+        "DICOMCAST_FHIR_URL": fhir.url,
+        "DICOMCAST_STATE_URL": f"sqlite:///{args.folder / 'dicomcast.db'}",
+        "DICOMCAST_PATIENT_ID_SYSTEM": DEMO_PATIENT_SYSTEM,
+        "DICOMCAST_ISSUER_SYSTEMS": json.dumps(DEMO_ISSUERS),
+        "DICOMCAST_TIMEZONE": "Europe/Berlin",
+        "DICOMCAST_LOG_FORMAT": "text",
+        "DICOMCAST_LOG_LEVEL": "WARNING",
+    }
+    dicomcast = [sys.executable, "-m", "dicomcast"]
+    print("\n$ dicomcast run --once")
+    started = time.monotonic()
+    code = subprocess.run([*dicomcast, "run", "--once"], env=env, check=False).returncode
+    print(f"(exit {code}, {time.monotonic() - started:.1f} s)")
+
+    with fhir.client() as http:
+        patients = http.get("Patient", params={"_count": 100}).json().get("entry", [])
+        studies = http.get("ImagingStudy", params={"_count": 100}).json().get("entry", [])
+        print(f"\nFHIR now holds {len(patients)} Patients and {len(studies)} ImagingStudies:")
+        names = {}
+        for entry in patients:
+            patient = entry["resource"]
+            first = patient.get("name", [{}])[0]
+            names[f"Patient/{patient['id']}"] = (
+                f"{' '.join(first.get('given', []))} {first.get('family', '')}".strip()
+            )
+        for entry in studies:
+            study = entry["resource"]
+            modalities = ",".join(c["code"] for c in study.get("modality", []))
+            print(
+                f"  {study.get('started', '?'):<30} {modalities:<4} "
+                f"{study.get('numberOfSeries', 0)} series/{study.get('numberOfInstances', 0)}"
+                f" inst  {study.get('description', ''):<22} "
+                f"{names.get(study['subject']['reference'], '?')}"
+            )
+        cohort = http.get(COHORT).json()
+        print(f"\nCohort query: GET {COHORT}")
+        for entry in cohort.get("entry", []):
+            study = entry["resource"]
+            print(f"  -> {study.get('description')} ({study['identifier'][0]['value']})")
+        print(f"  {cohort.get('total', len(cohort.get('entry', [])))} match(es)")
+
+    print("\n$ dicomcast run --once   (again: nothing changed, nothing is written)")
+    subprocess.run([*dicomcast, "run", "--once"], env=env, check=False)
+    print("\n$ dicomcast status")
+    subprocess.run([*dicomcast, "status"], env=env, check=False)
+    if args.keep:
+        print("\nservers keep running; Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return code
 
 
 if __name__ == "__main__":

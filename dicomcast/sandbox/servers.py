@@ -95,20 +95,34 @@ class OrthancServer:
             stderr=subprocess.DEVNULL,
             env={**os.environ, "TCP_NODELAY": "1"},
         )
-        _wait_auth = httpx.BasicAuth(*self.user) if self.user else None
+        try:
+            self._wait_until_up(log)
+        except BaseException:
+            _stop(self.proc)  # what was started is stopped, on every path
+            raise
+        return self
+
+    def _wait_until_up(self, log: Path) -> None:
+        assert self.proc is not None
+        auth = httpx.BasicAuth(*self.user) if self.user else None
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see {log}")
             try:
-                if httpx.get(f"{self.url}/system", auth=_wait_auth, timeout=1).status_code == 200:
-                    break
+                if httpx.get(f"{self.url}/system", auth=auth, timeout=1).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Orthanc did not start; see {log}")
             time.sleep(0.1)
-        return self
+
+    def __enter__(self) -> OrthancServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -175,8 +189,18 @@ class FhirServer:
                 env=env,
                 cwd=self.folder,
             )
-        _wait(f"{self.url}/metadata", self.proc, "sekmet-fhir", log, timeout=60)
+        try:
+            _wait(f"{self.url}/metadata", self.proc, "sekmet-fhir", log, timeout=60)
+        except BaseException:
+            _stop(self.proc)  # what was started is stopped, on every path
+            raise
         return self
+
+    def __enter__(self) -> FhirServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         _stop(self.proc)

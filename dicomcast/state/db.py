@@ -18,11 +18,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from dicomcast.errors import ConfigError, StateSchemaError, StateUnavailable
 from dicomcast.urls import mask_url
@@ -30,14 +30,16 @@ from dicomcast.urls import mask_url
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
+    """The engine; `pooled=False` gives one that opens a fresh connection each time (what
+    a probe of a SQLite file needs: a pooled connection may answer from its cache)."""
     try:
         if url.startswith("sqlite"):
             memory = url in ("sqlite://", "sqlite:///:memory:")
             engine = create_engine(
                 url,
                 connect_args={"check_same_thread": False, "timeout": 30},
-                poolclass=StaticPool if memory else None,
+                poolclass=StaticPool if memory else (None if pooled else NullPool),
             )
 
             @event.listens_for(engine, "connect")
@@ -80,13 +82,26 @@ def changed(session: Session, statement: Executable) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an on-disk SQLite database (None: in memory, or another database)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return Path(database).resolve() if database and database != ":memory:" else None
+
+
 class Database:
-    """One state database: short transactions, errors translated once, schema migrations."""
+    """One state database: short transactions, errors translated once, schema migrations,
+    and a probe that notices the database being deleted, replaced or corrupted."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.file = _sqlite_file(url)
+        self._probe = make_engine(url, pooled=False) if self.file is not None else self.engine
+        self.identity: str | None = None  # the `identity` row seen at start-up
+        self._file_id: tuple[int, int] | None = None
 
     @property
     def dialect(self) -> str:
@@ -110,19 +125,47 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        self._probe.dispose()
 
     def ping(self) -> None:
-        """Raise StateUnavailable unless the database answers a trivial query."""
-        with translated("ping"), self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        """Raise StateUnavailable unless this is still the database the worker started
+        with and it answers a query on the tables it uses. A SQLite file that was deleted
+        or replaced is noticed (an open connection would go on writing to the deleted
+        one); a file restored from a backup is picked up again by reconnecting."""
+        try:
+            if self.file is not None:
+                self._check_file(self.file)
+            with translated("ping"), self._probe.connect() as connection:
+                found = connection.execute(text("SELECT id FROM identity")).scalar()
+                connection.execute(text("SELECT count(*) FROM sources"))
+        except StateUnavailable:
+            self.engine.dispose()  # the next connection opens whatever is there then
+            raise
+        if self.identity is not None and found != self.identity:
+            self.engine.dispose()
+            raise StateUnavailable(
+                f"state database {mask_url(self.url)} was replaced by another one; restore "
+                "the original, or restart the worker to start from the new one"
+            )
+
+    def _check_file(self, path: Path) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise StateUnavailable(f"state database file {path} is missing") from None
+        file_id = (stat.st_dev, stat.st_ino)
+        if self._file_id is not None and file_id != self._file_id:
+            self.engine.dispose()  # a new file at that path: connect to it, then check it
+        self._file_id = file_id
 
     def _alembic(self) -> Config:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         return cfg
 
-    def migrate(self) -> None:
-        """Bring the schema to this version's head; refuse a DB written by a newer version."""
+    def migrate(self) -> bool:
+        """Bring the schema to this version's head; refuse a DB written by a newer version.
+        Returns True when the database was new (empty)."""
         cfg = self._alembic()
         scripts = ScriptDirectory.from_config(cfg)
         heads = set(scripts.get_heads())
@@ -138,6 +181,11 @@ class Database:
             if current != heads:
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
+            self.identity = connection.execute(text("SELECT id FROM identity")).scalar()
+        if self.file is not None:
+            stat = self.file.stat()
+            self._file_id = (stat.st_dev, stat.st_ino)
+        return not current
 
     def schema_revision(self) -> set[str]:
         with translated("schema_revision"), self.engine.connect() as connection:

@@ -34,6 +34,8 @@ def task_of(row: StudyRow) -> StudyTask:
         row.fhir_imagingstudy_id,
         row.instance_count,
         row.match_key,
+        row.failed_at,
+        row.error_status,
     )
 
 

@@ -31,8 +31,9 @@ class StateStore(Cursors, Queue, Contributions, Reports):
     def engine(self) -> Engine:
         return self.db.engine
 
-    def migrate(self) -> None:
-        self.db.migrate()
+    def migrate(self) -> bool:
+        """Bring the schema up to date; True when the database was new."""
+        return self.db.migrate()
 
     def schema_revision(self) -> set[str]:
         return self.db.schema_revision()

@@ -38,6 +38,7 @@ class Pause:
         self.streak = 0
         self.reason: str | None = None
         self.kind: str | None = None  # the class of failure, for health endpoints
+        self.answered_at = 0.0  # when the server last answered (a pause cleared)
         self._clock = clock
         self._jitter = jitter
         self._lock = threading.Lock()
@@ -73,7 +74,9 @@ class Pause:
         return self.until
 
     def clear(self) -> None:
+        """The server answered: end the pause."""
         with self._lock:
+            self.answered_at = self._clock()
             was = self.reason
             self.until, self.streak, self.reason, self.kind = 0.0, 0, None, None
         if was is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dicomcast.errors import RetriableError, SourceUnavailable, StateUnavailable, StudyError
 from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
@@ -110,3 +110,41 @@ def decide(
     return Outcome(
         Kind.PARKED, reason=f"internal error: {name}", detail=str(exc), error_kind="InternalError"
     )
+
+
+def repeated_outage(
+    outcome: Outcome,
+    task: StudyTask,
+    policy: FailurePolicy,
+    *,
+    answered_since: bool,
+    now: float,
+    jitter: Jitter = uniform,
+) -> Outcome:
+    """A study meets the same 5xx it failed with last time. If its server has answered
+    others since, the failure is this study's own: retried with backoff and parked after
+    `max_attempts` like any other. If not, it is not yet clear whose it is: the server is
+    paused as for any outage, but this study comes back only a backoff *after* the pause,
+    so that others are tried first; if they fail too, the outage is real, and if they
+    succeed, its next failure is its own. So one study that always gets a 503 cannot keep
+    every other study waiting. (For a pause, `retry_at` is that extra wait after it.)"""
+    if not answered_since:
+        delay = backoff(
+            1,
+            policy.backoff_base,
+            policy.backoff_max,
+            retry_after=outcome.retry_after,
+            jitter=jitter,
+        )
+        return replace(outcome, retry_at=now + delay)
+    attempts = task.attempts + 1
+    if attempts >= policy.max_attempts:
+        return replace(outcome, kind=Kind.PARKED, dependency=None, retry_at=None)
+    delay = backoff(
+        attempts,
+        policy.backoff_base,
+        policy.backoff_max,
+        retry_after=outcome.retry_after,
+        jitter=jitter,
+    )
+    return replace(outcome, kind=Kind.RETRY, dependency=None, retry_at=now + delay)

@@ -323,3 +323,45 @@ def test_resync_repairs_a_hand_edited_study_and_finds_studies_the_state_never_sa
     assert found.exit_code == 0 and found.stdout.startswith("1 studies"), found.output
     missing = runner.invoke(app, ["resync", "1.2.3.4.5.6.7"], env=fresh)
     assert missing.exit_code == 1
+
+
+def test_failures_show_and_retry_take_the_uid_of_a_study_that_never_synced(
+    orthanc: OrthancServer, make_settings: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from dicomcast.cli import app
+    from dicomcast.model import DirtyMark
+    from dicomcast.state.store import StateStore
+    from tests.conftest import env_for
+
+    spec = demo_studies()[0]
+    upload(orthanc, spec)
+    settings = make_settings()
+    (orthanc_id,) = OrthancLookup(orthanc).ids(spec.study_uid)
+    store = StateStore(settings.state_url)
+    store.migrate()
+    store.ensure_source("default", "orthanc")
+    # The feed names Orthanc IDs, not UIDs: a study that failed before it ever synced has
+    # no UID in the state DB. An operator still types the UID.
+    store.record_page("default", "1", "1", [DirtyMark(orthanc_id, 1000.0)])
+    (task,) = store.due("default", 10)
+    store.finish_failed(task, "transaction: HTTP 422 (invalid)", "FhirRejected", park=True,
+                        retry_at=None, http_status=422)  # fmt: skip
+    store.close()
+    env, runner = env_for(settings), CliRunner()
+    shown = runner.invoke(app, ["failures", "show", spec.study_uid], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert orthanc_id in shown.stdout and "HTTP 422" in shown.stdout
+    retried = runner.invoke(app, ["failures", "retry", spec.study_uid], env=env)
+    assert retried.exit_code == 0 and retried.stdout.startswith("1 studies"), retried.output
+
+
+class OrthancLookup:
+    def __init__(self, orthanc: OrthancServer) -> None:
+        self.orthanc = orthanc
+
+    def ids(self, study_uid: str) -> list[str]:
+        with self.orthanc.client() as http:
+            found = http.post("tools/lookup", content=study_uid).json()
+        return [str(item["ID"]) for item in found if item.get("Type") == "Study"]

@@ -17,6 +17,7 @@ import pytest
 
 from dicomcast.app import build_app
 from dicomcast.config import SourceSettings, load_settings
+from dicomcast.errors import SourceRejected
 from dicomcast.http import RetryPolicy
 from dicomcast.ops import listener as listener_module
 from dicomcast.ops.health import Health
@@ -219,7 +220,39 @@ def test_the_listener_queues_bursts_and_drops_idle_connections(
         idle.close()
         with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as live:
             live.sendall(b"GET /livez HTTP/1.0\r\n\r\n")
-            answer = live.recv(4096).decode()
+            answer = b"".join(iter(lambda: live.recv(4096), b"")).decode()  # to its close
         assert answer.startswith("HTTP/1.0 200") and json.loads(answer.split("\r\n\r\n")[1])
     finally:
         listener.stop()
+
+
+def test_an_oversized_study_or_element_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from dicomcast.mapping.settings import load_mappings, mapping_config
+    from dicomcast.sandbox.samples import demo_studies
+    from dicomcast.studyview import build_study_views
+    from tests.fakes import dicom_json
+
+    instances = dicom_json(demo_studies()[4])
+    instances[0]["00081030"] = {"vr": "LO", "Value": ["x" * 200_000]}  # StudyDescription
+    settings = load_settings(None, patient_id_system="urn:oid:1.2.3")
+    (view,), _ = build_study_views(instances)
+    mapped = load_mappings(settings).map_study(view, mapping_config(settings), "Endpoint/e")
+    assert "description" not in mapped.imaging_study
+    assert any("description: dropped: 200,000 characters" in w for w in mapped.warnings)
+
+    body = json.dumps(instances * 40)  # well over the bound set below
+    orthanc = FakeOrthanc(
+        {
+            "/studies/s1": {"MainDicomTags": {"StudyInstanceUID": view.uid}},
+            f"/dicom-web/studies/{view.uid}/metadata": lambda _r: httpx.Response(
+                200, content=body.encode()
+            ),
+        }
+    )
+    source = OrthancSource(
+        load_settings(None, source_url="http://o.test").first_source(),
+        transport=orthanc,
+        max_bytes=100_000,
+    )
+    with pytest.raises(SourceRejected, match="answer over 100,000 bytes"):
+        source.fetch_study("s1")

@@ -15,7 +15,7 @@ from dicomcast.errors import (
 )
 from dicomcast.model import Kind, StudyTask
 from dicomcast.sync.pauses import Pause, Pauses
-from dicomcast.sync.policy import FailurePolicy, backoff, decide
+from dicomcast.sync.policy import FailurePolicy, backoff, decide, repeated_outage
 
 POLICY = FailurePolicy(max_attempts=3, backoff_base=5.0, backoff_max=60.0)
 NO_JITTER = lambda low, high: 1.0  # noqa: E731
@@ -100,3 +100,15 @@ def test_pauses_say_when_the_longest_active_one_ends() -> None:
     assert pauses.until(["state"]) is None and pauses.any_active(["fhir"])
     pauses.clear(["fhir", "source:a"])
     assert not pauses.any_active(pauses)
+
+
+def test_a_repeated_5xx_is_the_studys_own_once_the_server_answered_others() -> None:
+    paused = decide(FhirUnavailable("HTTP 503", outage=True, status=503), task(), POLICY, now=0)
+    waits = repeated_outage(paused, task(0), POLICY, answered_since=False, now=100.0,
+                            jitter=NO_JITTER)  # fmt: skip
+    assert (waits.kind, waits.dependency, waits.retry_at) == (Kind.PAUSED, "fhir", 105.0)
+    own = repeated_outage(paused, task(1), POLICY, answered_since=True, now=100.0,
+                          jitter=NO_JITTER)  # fmt: skip
+    assert (own.kind, own.retry_at, own.status) == (Kind.RETRY, 110.0, 503)
+    last = repeated_outage(paused, task(2), POLICY, answered_since=True, now=100.0)
+    assert (last.kind, last.dependency) == (Kind.PARKED, None)
