@@ -24,6 +24,7 @@ from dicomcast.mapping.runtime import (
     Node,
     Run,
     Scope,
+    bounded,
     computed_value,
     empty,
     guarded,
@@ -271,9 +272,10 @@ class Compiler:
             raise self.fail(node, str(exc)) from None
         self.tags.update(tags)
         label = describe_tag(tags[-1])
+        where = f"{_where(node, self.file)} {label}"
 
         def read(scope: Scope, run: Run) -> Any:
-            return read_path(scope.data, tags, many)
+            return bounded(read_path(scope.data, tags, many), where, run)
 
         return read, label
 

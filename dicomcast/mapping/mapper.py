@@ -142,30 +142,6 @@ class MappedStudy:
     warnings: tuple[str, ...]
 
 
-MAX_TEXT = 65_536  # characters of one FHIR string: no DICOM text element needs more
-
-
-def _bounded(value: Any, limit: int, warnings: list[str], path: str = "") -> Any:
-    """`value` without the strings longer than `limit` (each dropped with a warning naming
-    where and how long; never cut short, which would change what it says)."""
-    if isinstance(value, str):
-        if len(value) > limit:
-            warnings.append(f"{path}: dropped: {len(value):,} characters, over {limit:,}")
-            return None
-        return value
-    if isinstance(value, dict):
-        kept = {}
-        for key, item in value.items():
-            bounded = _bounded(item, limit, warnings, f"{path}.{key}" if path else key)
-            if bounded is not None:
-                kept[key] = bounded
-        return kept
-    if isinstance(value, list):
-        items = [_bounded(item, limit, warnings, f"{path}[{n}]") for n, item in enumerate(value)]
-        return [item for item in items if item is not None]
-    return value
-
-
 class Mappings:
     """The compiled mapping folder. Build it once at start-up; it is read-only afterwards."""
 
@@ -178,7 +154,6 @@ class Mappings:
         self.folder = folder
         self.resources = dict(resources)
         self.tables = tables
-        self.max_text = MAX_TEXT
 
     @classmethod
     def load(cls, folder: Path | None, config_keys: set[str]) -> Mappings:
@@ -234,8 +209,6 @@ class Mappings:
         patient_ref = placeholder("Patient", search_token(patient))
         run.refs = {"Patient": patient_ref, **({"Endpoint": endpoint_ref} if endpoint_ref else {})}
         imaging_study = self._build("ImagingStudy", view_scope, run)
-        patient = _bounded(patient, self.max_text, run.warnings)
-        imaging_study = _bounded(imaging_study, self.max_text, run.warnings)
         if scope:
             # Not also `urn:dicom:uid|urn:oid:<uid>`: FHIR matches an identifier at any
             # position, so that one would make this study match the unscoped study's key.

@@ -10,6 +10,7 @@ from typing import Any
 from dicomcast.mapping.converters import ConversionError, ConvertContext
 from dicomcast.studyview import DicomJson, SeriesView, StudyView, values
 
+MAX_TEXT = 65_536  # characters of one DICOM text value: no real element needs more
 # A converter that trips over malformed input must cost one element, never the study.
 _CONVERTER_FAULTS = (ConversionError, ValueError, TypeError, KeyError, AttributeError, IndexError)
 
@@ -115,3 +116,26 @@ def guarded(
         return result
 
     return guarded
+
+
+def _too_long(value: Any) -> int:
+    """The length of the longest text in a value read from DICOM, if it is over MAX_TEXT
+    (a string, a list of them, or a person name's groups); else 0."""
+    items = value if isinstance(value, list) else [value]
+    longest = 0
+    for item in items:
+        texts = item.values() if isinstance(item, dict) else (item,)
+        for text in texts:
+            if isinstance(text, str) and len(text) > MAX_TEXT:
+                longest = max(longest, len(text))
+    return longest
+
+
+def bounded(value: Any, where: str, run: Run) -> Any:
+    """A value read from DICOM, or None (with a warning naming it) when a text in it is
+    longer than any real one: refused, never cut short (which would change what it says)."""
+    longest = _too_long(value) if value is not None else 0
+    if longest:
+        run.warnings.append(f"{where}: dropped: {longest:,} characters, over {MAX_TEXT:,}")
+        return None
+    return value
