@@ -227,7 +227,10 @@ class OrthancSource(RestSource):
         counts: dict[str, int] = {}
         since, limit = 0, 1000
         while True:
-            page = self.rest.get("series", expand="", since=since, limit=limit)
+            try:
+                page = self.rest.get("series", expand="", since=since, limit=limit)
+            except NotFound:
+                raise SourceUnavailable("Orthanc has no /series: not an Orthanc?") from None
             if not isinstance(page, list):
                 raise SourceUnavailable("Orthanc /series did not return a list")
             for series in page:

@@ -6,10 +6,11 @@ replays at most a page and loses nothing. The feed only says *which* studies cha
 
 A bad entry never stops the feed: the source skips it (a malformed position, a key no URL
 may carry, a position past the feed's head) and it is recorded with its position. A page
-that fails by itself (a 4xx, an answer that cannot be parsed) three times in a row makes the
-feed "failing" (a metric, and `/readyz` through `check`); it is then read one entry at a
-time, and an entry that still cannot be read, while the server answers its health probe,
-is skipped and recorded. An outage (the server down, throttling) only ever pauses.
+that fails by itself (a 4xx, an answer that cannot be parsed) is read again at once; after
+three failures in a row the feed is "failing" (a metric, and `/readyz` through `check`) and
+is read one entry at a time, and an entry that still cannot be read, while the server
+answers its health probe, is skipped and recorded, so a backfill (`run --once`) goes on
+too. If the health probe fails, it is an outage: the source pauses and nothing is skipped.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class FeedState(Protocol):
 
 
 FAILING_AFTER = 3  # a page failing this many times in a row is read one entry at a time
+RETRY_WAIT = 0.2  # seconds (times the failures so far) before a failed page is read again
 MAX_STEPS = 1000  # pages (or stepped-past entries) in one tail, so one poll always ends
 MAX_KEY, MAX_UID = 200, 64  # what the state DB's columns hold
 
@@ -123,9 +125,11 @@ class Feed:
             except (SourceRejected, SourceUnavailable) as exc:
                 if isinstance(exc, SourceUnavailable) and exc.outage:
                     raise
-                if not self._page_failed(name, source, cursor, exc):
-                    raise
-                continue  # one entry was stepped past: read on
+                if not self._page_failed(name, source, cursor, exc) and self.stop.wait(
+                    RETRY_WAIT * self.failures[name]
+                ):
+                    break
+                continue  # again (one entry at a time once failing), or past the bad entry
             self._page_read(name)
             if page.reset:
                 self.state.reset_cursor(name, page.cursor)

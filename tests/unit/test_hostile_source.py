@@ -141,21 +141,42 @@ def test_a_page_that_keeps_failing_is_shown_then_stepped_past(
             return httpx.Response(200, content=nested.encode())
         return httpx.Response(200, json={"Changes": [change(7, rid="s7")], "Last": 7, "Done": True})
 
-    orthanc = FakeOrthanc({"/changes": changes, "/system": {"Version": "1.12"}})
+    system: dict[str, Any] = {"answer": httpx.Response(503)}
+    orthanc = FakeOrthanc({"/changes": changes, "/system": lambda _r: system["answer"]})
     worker = worker_on(orthanc)
-    for _ in range(3):  # three polls: the page fails each time, the feed does not move
-        worker.tail(strict=False)
-        assert worker.store.cursor("default") == "5"
-    with pytest.raises(FeedFailing):  # /readyz shows it now
+    # The page fails, again, and again; one entry at a time it still fails, and the
+    # archive fails its health probe too: an outage. Nothing is skipped; /readyz shows it.
+    worker.tail(strict=False)
+    assert worker.store.cursor("default") == "5" and worker.store.feed_skips("default") == []
+    assert worker.pauses["source:default"].active()
+    with pytest.raises(FeedFailing):
         worker.feed.check("default")
     assert worker.metrics.feed_failing.labels("default")._value.get() == 1
-    worker.tail(strict=False)  # one entry at a time; the server is fine; step past it
+    # The archive answers again: the entry that cannot be read is stepped past, recorded.
+    system["answer"] = httpx.Response(200, json={"Version": "1.12"})
+    worker.pauses["source:default"].clear()
+    worker.tail(strict=False)
     assert worker.store.cursor("default") == "7"
     assert worker.store.counts("default") == {"dirty": 2}  # s5 and s7
     (skip,) = worker.store.feed_skips("default")
     assert skip.position == "6" and "could not be read" in skip.reason
     worker.feed.check("default")  # reading again
     assert worker.metrics.feed_failing.labels("default")._value.get() == 0
+
+
+def test_run_once_goes_past_a_poison_page(worker_on: Callable[[FakeOrthanc], Worker]) -> None:
+    def changes(request: httpx.Request) -> httpx.Response:
+        since = int(request.url.params["since"])
+        if since == 0:
+            return httpx.Response(200, content=b"{" * 50_000)  # not JSON
+        later = [change(2, rid="s2")] if since < 2 else []
+        return httpx.Response(200, json={"Changes": later, "Last": 2, "Done": True})
+
+    orthanc = FakeOrthanc({"/changes": changes, "/system": {"Version": "1.12"}, "/series": []})
+    worker = worker_on(orthanc)
+    worker.run_once()  # a backfill is not stopped by one bad page
+    assert worker.store.cursor("default") == "2"
+    assert [s.position for s in worker.store.feed_skips("default")] == ["1"]
 
 
 def test_an_outage_is_never_stepped_past(worker_on: Callable[[FakeOrthanc], Worker]) -> None:
