@@ -1,18 +1,22 @@
-"""Fakes for the unit tests: an in-memory DICOM source with a scripted change feed, and a
-FHIR server stand-in that answers every request with one status."""
+"""Fakes for the unit tests: an in-memory DICOM source with a scripted change feed, a FHIR
+server stand-in that answers every request with one status, and a worker built on them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from dicomcast.app import build_app
+from dicomcast.config import load_settings
 from dicomcast.model import DirtyMark, StudyLocation
 from dicomcast.sandbox.samples import StudySpec, instances
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import build_study_views
+from dicomcast.worker import Worker
 
 
 def dicom_json(spec: StudySpec) -> list[dict[str, Any]]:
@@ -90,3 +94,23 @@ class StatusFhir(httpx.MockTransport):
             "issue": [{"severity": "error", "code": "exception", "diagnostics": "boom"}],
         }
         return httpx.Response(self.status, json=body, headers=self.headers)
+
+
+def fake_worker(
+    folder: Path, fhir: httpx.BaseTransport, source: FakeSource, **overrides: Any
+) -> Worker:
+    """A worker on a fake source and FHIR transport, with its state DB in `folder` and
+    short retries and pauses (unit tests wait for them)."""
+    values: dict[str, Any] = {
+        "source_url": "http://dicom.test",
+        "fhir_url": "http://fhir.test/fhir",
+        "state_url": f"sqlite:///{folder / 'state.db'}",
+        "patient_id_system": "urn:oid:1.2.3",
+        "http_retries": 1,
+        "backoff_base": 0.05,
+        "backoff_max": 0.2,
+        "max_attempts": 3,
+        "http_port": 0,
+        **overrides,
+    }
+    return Worker(build_app(load_settings(None, **values), source=source, fhir_transport=fhir))

@@ -76,40 +76,39 @@ def decide(
     if isinstance(exc, StudyError):
         return Outcome(Kind.PARKED, reason=str(exc), detail=detail, error_kind=name, status=status)
     if isinstance(exc, RetriableError):
-        if exc.outage or isinstance(exc, StateUnavailable):
-            return Outcome(
-                Kind.PAUSED,
-                reason=str(exc),
-                detail=detail,
-                error_kind=name,
-                status=status,
-                retry_after=exc.retry_after,
-                dependency=dependency_of(exc, task.source),
-            )
-        attempts = task.attempts + 1
-        if attempts >= policy.max_attempts:
-            return Outcome(
-                Kind.PARKED, reason=str(exc), detail=detail, error_kind=name, status=status
-            )
-        delay = backoff(
-            attempts,
-            policy.backoff_base,
-            policy.backoff_max,
-            retry_after=exc.retry_after,
-            jitter=jitter,
-        )
-        return Outcome(
-            Kind.RETRY,
+        failed = Outcome(
+            Kind.PAUSED,
             reason=str(exc),
             detail=detail,
             error_kind=name,
             status=status,
-            retry_at=now + delay,
+            retry_after=exc.retry_after,
+            dependency=dependency_of(exc, task.source),
         )
+        if exc.outage or isinstance(exc, StateUnavailable):
+            return failed
+        return _spend_attempt(failed, task, policy, now=now, jitter=jitter)
     # Our own bug: its message may quote any value, so it is detail, not reason.
     return Outcome(
         Kind.PARKED, reason=f"internal error: {name}", detail=str(exc), error_kind="InternalError"
     )
+
+
+def _spend_attempt(
+    failed: Outcome, task: StudyTask, policy: FailurePolicy, *, now: float, jitter: Jitter
+) -> Outcome:
+    """The study's own transient failure: retried with backoff, parked at `max_attempts`."""
+    attempts = task.attempts + 1
+    if attempts >= policy.max_attempts:
+        return replace(failed, kind=Kind.PARKED, dependency=None, retry_at=None, retry_after=None)
+    delay = backoff(
+        attempts,
+        policy.backoff_base,
+        policy.backoff_max,
+        retry_after=failed.retry_after,
+        jitter=jitter,
+    )
+    return replace(failed, kind=Kind.RETRY, dependency=None, retry_at=now + delay, retry_after=None)
 
 
 def repeated_outage(
@@ -128,23 +127,9 @@ def repeated_outage(
     so that others are tried first; if they fail too, the outage is real, and if they
     succeed, its next failure is its own. So one study that always gets a 503 cannot keep
     every other study waiting. (For a pause, `retry_at` is that extra wait after it.)"""
-    if not answered_since:
-        delay = backoff(
-            1,
-            policy.backoff_base,
-            policy.backoff_max,
-            retry_after=outcome.retry_after,
-            jitter=jitter,
-        )
-        return replace(outcome, retry_at=now + delay)
-    attempts = task.attempts + 1
-    if attempts >= policy.max_attempts:
-        return replace(outcome, kind=Kind.PARKED, dependency=None, retry_at=None)
+    if answered_since:
+        return _spend_attempt(outcome, task, policy, now=now, jitter=jitter)
     delay = backoff(
-        attempts,
-        policy.backoff_base,
-        policy.backoff_max,
-        retry_after=outcome.retry_after,
-        jitter=jitter,
+        1, policy.backoff_base, policy.backoff_max, retry_after=outcome.retry_after, jitter=jitter
     )
-    return replace(outcome, kind=Kind.RETRY, dependency=None, retry_at=now + delay)
+    return replace(outcome, retry_at=now + delay)

@@ -15,9 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from dicomcast.app import build_app
 from dicomcast.cli import app as cli
-from dicomcast.config import load_settings
 from dicomcast.errors import FhirUnavailable, SourceRejected, SourceUnavailable
 from dicomcast.http import Bounds, send
 from dicomcast.ops.health import Health
@@ -25,7 +23,7 @@ from dicomcast.ops.logging import setup_logging
 from dicomcast.ops.metrics import Metrics, StateCollector
 from dicomcast.sandbox.samples import bulk_studies
 from dicomcast.worker import Worker
-from tests.fakes import FakeSource, dicom_json
+from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir
 
 MRN, NAME = "ZQXJ0", "Zqxj"  # what bulk_studies(prefix="zqxj") gives the first patient
@@ -33,21 +31,9 @@ MRN, NAME = "ZQXJ0", "Zqxj"  # what bulk_studies(prefix="zqxj") gives the first 
 
 def worker_for(tmp_path: Path, fhir: FakeFhir, **overrides: Any) -> Worker:
     specs = bulk_studies(2, 2, patients=1, prefix="zqxj")
-    values: dict[str, Any] = {
-        "source_url": "http://dicom.test",
-        "fhir_url": "http://fhir.test/fhir",
-        "state_url": f"sqlite:///{tmp_path / 'state.db'}",
-        "patient_id_system": "urn:oid:1.2.3",
-        "http_retries": 1,
-        "backoff_base": 0.05,
-        "backoff_max": 0.1,
-        "max_attempts": 2,
-        "once_max_wait": 0,
-        "http_port": 0,
-        **overrides,
-    }
     source = FakeSource({s.study_uid: dicom_json(s) for s in specs})
-    return Worker(build_app(load_settings(None, **values), source=source, fhir_transport=fhir))
+    settings = {"backoff_max": 0.1, "max_attempts": 2, "once_max_wait": 0, **overrides}
+    return fake_worker(tmp_path, fhir, source, **settings)
 
 
 @pytest.fixture

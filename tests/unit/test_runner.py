@@ -13,32 +13,17 @@ from typing import Any
 
 import pytest
 
-from dicomcast.app import build_app
-from dicomcast.config import load_settings
 from dicomcast.errors import StateUnavailable
 from dicomcast.sandbox.samples import bulk_studies
 from dicomcast.worker import Worker
-from tests.fakes import FakeSource, dicom_json
+from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir
 
 
 def make_worker(tmp_path: Path, fhir: FakeFhir, studies: int = 3, **overrides: Any) -> Worker:
     specs = bulk_studies(studies, 2, patients=2, prefix="run")
-    values: dict[str, Any] = {
-        "source_url": "http://dicom.test",
-        "fhir_url": "http://fhir.test/fhir",
-        "state_url": f"sqlite:///{tmp_path / 'state.db'}",
-        "patient_id_system": "urn:oid:1.2.3",
-        "http_retries": 1,
-        "backoff_base": 0.05,
-        "backoff_max": 0.2,
-        "max_attempts": 3,
-        "poll_interval": 0.1,
-        "http_port": 0,
-        **overrides,
-    }
     source = FakeSource({s.study_uid: dicom_json(s) for s in specs})
-    return Worker(build_app(load_settings(None, **values), source=source, fhir_transport=fhir))
+    return fake_worker(tmp_path, fhir, source, poll_interval=0.1, **overrides)
 
 
 def wait_for(what: str, check: Any, timeout: float = 10.0) -> None:
