@@ -32,6 +32,7 @@ from typing import Any
 
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
+from dicomcast.http import Bounds
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
@@ -147,6 +148,7 @@ class AzureDicomSource(RestSource):
             f"{self.version}/changefeed/latest",
             params={"includeMetadata": "false"},
             timeout=timeout,
+            bounds=Bounds(deadline=timeout),
         )
         try:
             latest = response.json()

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, failure_class
-from dicomcast.http import send
+from dicomcast.http import Bounds, send
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
@@ -74,6 +74,7 @@ class OrthancSource(RestSource):
             SourceUnavailable,
             SourceRejected,
             timeout=timeout,
+            bounds=Bounds(deadline=timeout),
         )
         try:
             system = response.json()

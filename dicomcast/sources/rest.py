@@ -60,8 +60,11 @@ class RestReader:
 
         return self.retry.call(once)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One classified request, not retried (the caller decides)."""
+    def request(
+        self, method: str, path: str, *, bounds: Bounds | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One classified request, not retried (the caller decides); within `bounds`, else
+        the source's own."""
         return send(
             self.http,
             method,
@@ -70,7 +73,7 @@ class RestReader:
             SourceUnavailable,
             SourceRejected,
             observe=self.observe,
-            bounds=self.bounds,
+            bounds=bounds or self.bounds,
             **kwargs,
         )
 
