@@ -127,7 +127,12 @@ class SourceRejected(Rejected):
     """The DICOM server refused a request about this study (4xx other than 401/403/429)."""
 
 
+def failure_label(kind: str, status: int | None) -> str:
+    """A kind of failure and its HTTP status, with no words of the server's:
+    `FhirUnavailable HTTP 503`."""
+    return f"{kind} HTTP {status}" if status else kind
+
+
 def failure_class(exc: BaseException) -> str:
-    """What kind of failure, with no words of the server's: `FhirUnavailable HTTP 503`."""
-    status = getattr(exc, "status", None)
-    return f"{type(exc).__name__} HTTP {status}" if status else type(exc).__name__
+    """The failure class of an exception, as `failure_label` says it."""
+    return failure_label(type(exc).__name__, getattr(exc, "status", None))

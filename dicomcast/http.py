@@ -264,9 +264,12 @@ def send(
     bounds = bounds or Bounds()
     started = time.perf_counter()
 
-    def failed(message: str, **extra: Any) -> RetriableError:
+    def no_answer() -> None:
         if observe:
             observe(None, time.perf_counter() - started)
+
+    def failed(message: str, **extra: Any) -> RetriableError:
+        no_answer()
         return unavailable(f"{what}: {message}", outage=True, **extra)
 
     try:
@@ -277,8 +280,7 @@ def send(
         finally:
             response.close()
     except _TooLarge:
-        if observe:
-            observe(None, time.perf_counter() - started)
+        no_answer()
         limit = bounds.max_bytes or 0
         raise rejected(f"{what}: answer over {limit:,} bytes", status=413) from None
     except (httpx.TimeoutException, _TooSlow):

@@ -123,14 +123,14 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
     scheduler = BackgroundScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
     )
-    jobs: list[tuple[Callable[[], object], float]] = [
-        (lambda: cycle(worker), worker.tick),
-        (lambda: scan(worker), worker.settings.reconcile_interval),
-        (worker.hold_source, worker.leases.seconds / 3),
+    jobs: list[tuple[str, Callable[[], object], float]] = [
+        ("cycle", lambda: cycle(worker), worker.tick),
+        ("scan", lambda: scan(worker), worker.settings.reconcile_interval),
+        ("hold_source", worker.hold_source, worker.leases.seconds / 3),
     ]
     now = dt.datetime.now(dt.UTC)
-    for job, seconds in jobs:
-        scheduler.add_job(_guarded(job), "interval", seconds=seconds, next_run_time=now)
+    for name, job, seconds in jobs:
+        scheduler.add_job(_guarded(name, job), "interval", seconds=seconds, next_run_time=now)
     scheduler.start()
     names = list(worker.sources)
     log.info("worker running", extra={"sources": names, "owner": worker.owner})
@@ -168,15 +168,15 @@ def _exit_now(worker: Worker, reason: str) -> None:
         worker.hard_exit(1)
 
 
-def _guarded(job: Callable[[], object]) -> Callable[[], None]:
+def _guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
     """A scheduled job logs its failure and lets the next run try again."""
 
     def run() -> None:
         try:
             job()
         except DicomcastError as exc:
-            log.warning("scheduled job failed: %s", exc)
+            log.warning("%s failed: %s", name, exc)
         except Exception:
-            log.exception("scheduled job failed unexpectedly")
+            log.exception("%s failed unexpectedly", name)
 
     return run

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicomcast import runner
-from dicomcast.errors import StateUnavailable, failure_class
+from dicomcast.errors import StateUnavailable, failure_class, failure_label
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
 from dicomcast.ops.memory import release_free_memory
@@ -288,7 +288,10 @@ class Worker:
             now = time.time()
             after = max(0.0, (outcome.retry_at or now) - now)  # a repeated one waits longer
             until = after + self.pauses[outcome.dependency].trip(
-                reason, outcome.retry_after, now, kind=_failure_kind(outcome)
+                reason,
+                outcome.retry_after,
+                now,
+                kind=failure_label(outcome.error_kind or "unavailable", outcome.status),
             )
             self.store.finish_failed(
                 task,
@@ -344,11 +347,6 @@ class Worker:
     def run_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """The long-running worker, until SIGTERM/SIGINT (see `dicomcast.runner`)."""
         runner.run_forever(self, on_ready)
-
-
-def _failure_kind(outcome: Outcome) -> str:
-    kind = outcome.error_kind or "unavailable"
-    return f"{kind} HTTP {outcome.status}" if outcome.status else kind
 
 
 def _extra(task: StudyTask, outcome: Outcome, label: str) -> dict[str, Any]:

@@ -90,19 +90,16 @@ class FhirClient:
         """The decoded JSON answer. Anything else (an HTML page from a proxy, a login
         form) means the server we reach is not a working FHIR server: an outage."""
 
-        def attempt() -> Any:
-            response = self._send(method, url, what, **kwargs)
-            try:
-                return response.json()
-            except (ValueError, RecursionError):
-                kind = response.headers.get("content-type", "no content type").split(";")[0]
-                raise FhirUnavailable(
-                    f"{what}: answer is not FHIR JSON ({kind})",
-                    outage=True,
-                    status=response.status_code,
-                ) from None
-
-        return attempt()
+        response = self._send(method, url, what, **kwargs)
+        try:
+            return response.json()
+        except (ValueError, RecursionError):
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            raise FhirUnavailable(
+                f"{what}: answer is not FHIR JSON ({kind})",
+                outage=True,
+                status=response.status_code,
+            ) from None
 
     def ping(self, timeout: float = 5.0) -> str:
         """One quick, unretried GET /metadata: the readiness probe."""

@@ -97,10 +97,7 @@ class Cursors:
         marks = list(marks)
         with self.db.write("record_page") as session:
             queue.mark(self.db, session, source, marks, now)
-            session.add_all(
-                FeedSkipRow(source=source, position=s.position[:200], reason=s.reason[:500], at=now)
-                for s in skipped
-            )
+            session.add_all(_skip_row(source, s, now) for s in skipped)
             session.execute(
                 update(SourceRow)
                 .where(SourceRow.name == source)
@@ -113,14 +110,7 @@ class Cursors:
         now = time.time()
         with self.db.write("record_skip") as session:
             session.execute(update(SourceRow).where(SourceRow.name == source).values(cursor=cursor))
-            session.add(
-                FeedSkipRow(
-                    source=source,
-                    position=skipped.position[:200],
-                    reason=skipped.reason[:500],
-                    at=now,
-                )
-            )
+            session.add(_skip_row(source, skipped, now))
 
     def reset_cursor(self, source: str, cursor: str | None) -> None:
         """Operator or archive-reset path: set the cursor, count it as a reset."""
@@ -130,3 +120,10 @@ class Cursors:
                 .where(SourceRow.name == source)
                 .values(cursor=cursor, resets=SourceRow.resets + 1)
             )
+
+
+def _skip_row(source: str, skipped: Skipped, at: float) -> FeedSkipRow:
+    """A skipped feed entry as the `feed_skips` table holds it (its columns' lengths)."""
+    return FeedSkipRow(
+        source=source, position=skipped.position[:200], reason=skipped.reason[:500], at=at
+    )
