@@ -15,6 +15,10 @@ from typing import Any, Literal
 
 PatientPolicy = Literal["fill-missing", "never", "overwrite"]
 DeletedStudyPolicy = Literal["delete", "entered-in-error"]
+# What a patient ID whose issuer no setting places is written under: nothing (the study
+# is parked), the default system (two issuers' patients may then merge), or a system
+# derived from the issuer's name.
+UnknownIssuerPolicy = Literal["park", "default-system", "derive"]
 
 
 @dataclass(frozen=True)

@@ -146,11 +146,12 @@ class StudyView:
 
     @property
     def series_modalities(self) -> list[str]:
-        """Distinct series modalities in series order (for a missing ModalitiesInStudy)."""
+        """Distinct series modalities in series order: what the study holds, whatever its
+        instances' ModalitiesInStudy says."""
         seen: dict[str, None] = {}
         for series in self.series:
             if series.modality:
-                seen.setdefault(series.modality, None)
+                seen.setdefault(series.modality.strip().upper(), None)
         return list(seen)
 
 

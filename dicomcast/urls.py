@@ -34,3 +34,11 @@ def without_userinfo(url: str) -> str:
 def has_userinfo(url: str) -> bool:
     parts = urlsplit(url)
     return parts.username is not None or parts.password is not None
+
+
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
+
+
+def is_absolute_uri(text: str) -> bool:
+    """`scheme:rest` with no whitespace: what FHIR accepts as an identifier system."""
+    return bool(_ABSOLUTE_URI.match(text))

@@ -106,6 +106,7 @@ def fake_worker(
         "fhir_url": "http://fhir.test/fhir",
         "state_url": f"sqlite:///{folder / 'state.db'}",
         "patient_id_system": "urn:oid:1.2.3",
+        "issuer_systems": {"HOSP-A": "urn:oid:1.2.826.0.1.3680043.8.498.1"},
         "http_retries": 1,
         "backoff_base": 0.05,
         "backoff_max": 0.2,

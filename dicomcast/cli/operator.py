@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -22,6 +23,7 @@ from dicomcast.cli.common import (
 )
 from dicomcast.config import Settings
 from dicomcast.errors import ConfigError, DicomcastError
+from dicomcast.mapping.codes import UnknownIssuer
 from dicomcast.model import DirtyMark
 from dicomcast.ops.logging import redact
 from dicomcast.sources.azure import parse_v2_cursor
@@ -124,6 +126,29 @@ def failures_list(
             f"{item['attempts']:>5}  {error}"
         )
     typer.echo(f"\n{len(items)} studies; `dicomcast failures show STUDY` for the whole record")
+    _issuer_hint(items)
+
+
+def _issuer_hint(items: list[dict[str, Any]]) -> None:
+    """Studies parked for an unknown issuer of patient IDs have one fix: say it once."""
+    issuers = Counter(
+        issuer
+        for item in items
+        if item["kind"] == UnknownIssuer.__name__
+        and (issuer := UnknownIssuer.issuer_in(item["error"] or ""))
+    )
+    if not issuers:
+        return
+    named = ", ".join(f"{issuer!r} ({count})" for issuer, count in issuers.most_common())
+    example = json.dumps({issuer: "urn:oid:<its OID>" for issuer in issuers})
+    typer.echo(
+        f"\n{sum(issuers.values())} studies wait because their patient IDs come from issuers "
+        f"no setting places: {named}.\n"
+        f"Fix: give each its identifier system, e.g. DICOMCAST_ISSUER_SYSTEMS='{example}' "
+        "(keep the ones you have), restart the worker, then `dicomcast failures retry --all`.\n"
+        "Or set DICOMCAST_UNKNOWN_ISSUER=derive (a system per issuer) or default-system "
+        "(one namespace: patients of different issuers with equal IDs become one Patient)."
+    )
 
 
 def _feed_skips(config: Any, source: str | None, as_json: bool) -> None:

@@ -14,14 +14,14 @@ import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomcast.config.loading import config_file_values, precedence, read_config_file
 from dicomcast.config.source import SourceSettings, resolve_token_url
 from dicomcast.errors import ConfigError
-from dicomcast.model import DeletedStudyPolicy, PatientPolicy
-from dicomcast.urls import mask_url
+from dicomcast.model import DeletedStudyPolicy, PatientPolicy, UnknownIssuerPolicy
+from dicomcast.urls import is_absolute_uri, mask_url
 
 
 class Settings(BaseSettings):
@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     issuer_systems: dict[str, str] = Field(
         default_factory=dict, description="IssuerOfPatientID / local issuer name -> system URI."
     )
+    unknown_issuer: UnknownIssuerPolicy = Field(
+        "park",
+        description="A patient ID whose IssuerOfPatientID is not in issuer_systems: park "
+        "the study (default), use patient_id_system (`default-system`: patient 123 of two "
+        "hospitals becomes one Patient), or `derive` issuer_system_base + the issuer's name.",
+    )
+    issuer_system_base: str | None = Field(
+        None, description="With unknown_issuer=derive: the system of issuer X is this + X."
+    )
     timezone: str = Field("UTC", description="IANA zone of DICOM times that carry no offset.")
     patient_policy: PatientPolicy = "fill-missing"
     deleted_study_policy: DeletedStudyPolicy = "delete"
@@ -159,6 +168,22 @@ class Settings(BaseSettings):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
+
+    @field_validator("issuer_systems")
+    @classmethod
+    def _issuer_uris(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k, v in value.items() if not is_absolute_uri(v))
+        if bad:
+            raise ValueError(
+                f"issuers {bad} need an absolute URI as system (urn:oid:..., https://...)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _derive_needs_base(self) -> Settings:
+        if self.unknown_issuer == "derive" and not is_absolute_uri(self.issuer_system_base or ""):
+            raise ValueError("unknown_issuer=derive needs issuer_system_base, an absolute URI")
+        return self
 
     @field_validator("ca_bundle")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,3 +26,17 @@ class ConvertContext:
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(str(self.config.get("timezone") or "UTC"))
+
+
+Converter = Callable[[Any, ConvertContext], Any]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(name: str) -> Callable[[Converter], Converter]:
+    """Register a function under the name mapping files call it by (`as: name`)."""
+
+    def register(fn: Converter) -> Converter:
+        CONVERTERS[name] = fn
+        return fn
+
+    return register

@@ -8,37 +8,41 @@ and records a warning naming the file, rule and tag.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from dicomcast.mapping import dates
-from dicomcast.mapping.context import ConversionError, ConvertContext
-from dicomcast.studyview import text_value
+from dicomcast.mapping import codes, dates
+from dicomcast.mapping.codes import (
+    TAGS_READ,
+    code_item_to_coding,
+    code_item_to_concept,
+    issuer_system,
+    patient_issuer_system,
+)
+from dicomcast.mapping.context import (
+    CONVERTERS,
+    ConversionError,
+    ConvertContext,
+    Converter,
+    converter,
+)
 
 __all__ = [
+    "TAGS_READ",
     "ConversionError",
     "ConvertContext",
+    "code_item_to_coding",
+    "code_item_to_concept",
+    "codes",
     "da_to_date",
     "date_time_to_datetime",
     "dt_to_datetime",
     "get_converter",
+    "issuer_system",
+    "patient_issuer_system",
 ]
 
-IDENTIFIER_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
-DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
-
-
-Converter = Callable[[Any, ConvertContext], Any]
-CONVERTERS: dict[str, Converter] = {}
-
-
-def converter(name: str) -> Callable[[Converter], Converter]:
-    def register(fn: Converter) -> Converter:
-        CONVERTERS[name] = fn
-        return fn
-
-    return register
 
 
 # --- text, numbers, UIDs ------------------------------------------------------------------
@@ -118,24 +122,37 @@ def _pn_groups(value: Any) -> dict[str, str]:
     raise ConversionError(f"a {type(value).__name__} is not a person name")
 
 
-def _human_name(group: str, representation: str | None) -> dict[str, Any] | None:
+def _components(group: str) -> tuple[str, str, str, str, str]:
     components = [c.strip() for c in group.split("^")]
     if len(components) > 5:
         raise ConversionError("person name group has more than five components")
     family, given, middle, prefix, suffix = (components + [""] * 5)[:5]
+    return family, given, middle, prefix, suffix
+
+
+def _display(group: str) -> str:
+    """`Rev. John Robert Quincy Adams B.A. M.Div.`: the name as it is read out."""
+    family, given, middle, prefix, suffix = _components(group)
+    return " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+
+
+def _human_name(group: str, representation: str | None) -> dict[str, Any] | None:
+    """One PN group -> HumanName (PS3.5 6.2): given and middle names, prefixes and suffixes
+    are space-separated lists, so each becomes its own item (`Patient?given=Robert`)."""
+    family, given, middle, prefix, suffix = _components(group)
     name: dict[str, Any] = {}
     if representation:
         name["extension"] = [{"url": EN_REPRESENTATION, "valueCode": representation}]
+    name["use"] = "official"
+    text = _display(group)
+    if text:
+        name["text"] = text
     if family:
         name["family"] = family
-    givens = [g for g in (given, *middle.split(" ")) if g]
-    if givens:
-        name["given"] = givens
-    if prefix:
-        name["prefix"] = [prefix]
-    if suffix:
-        name["suffix"] = [suffix]
-    return name if len(name) > (1 if representation else 0) else None
+    for key, parts in (("given", f"{given} {middle}"), ("prefix", prefix), ("suffix", suffix)):
+        if parts.split():
+            name[key] = parts.split()
+    return name if text else None
 
 
 @converter("pn_to_humannames")
@@ -153,124 +170,10 @@ def pn_to_humannames(value: Any, ctx: ConvertContext) -> list[dict[str, Any]]:
 def pn_to_text(value: Any, ctx: ConvertContext) -> str | None:
     """A display form (`Dr. Jane Q Smith`) of the first non-empty PN group."""
     for group in _pn_groups(value).values():
-        components = [c.strip() for c in group.split("^")]
-        family, given, middle, prefix, suffix = (components + [""] * 5)[:5]
-        text = " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+        text = _display(group)
         if text:
             return text
     return None
-
-
-# --- issuers, codes, modalities ------------------------------------------------------------
-
-_ISSUER_LOCAL = "00400031"  # LocalNamespaceEntityID
-_ISSUER_UNIVERSAL = "00400032"  # UniversalEntityID
-_ISSUER_TYPE = "00400033"  # UniversalEntityIDType
-_CODE_TAGS = ("00080100", "00080119", "00080120", "00080102", "00080104")
-# Tags converters read inside the items they are given; a source may drop every other tag
-# the mappings do not name (see Mappings.tags_read). Keep this in step with the code below.
-TAGS_READ = frozenset({_ISSUER_LOCAL, _ISSUER_UNIVERSAL, _ISSUER_TYPE, *_CODE_TAGS})
-
-
-def _universal_to_system(uid: str, kind: str | None) -> str:
-    kind = (kind or "").upper()
-    if kind == "ISO":
-        return f"urn:oid:{_uid(uid)}"
-    if kind == "UUID":
-        return f"urn:uuid:{uid.lower()}"
-    if kind in ("URI", "URL") or "://" in uid or uid.startswith("urn:"):
-        return uid
-    if _UID.match(uid):
-        return f"urn:oid:{uid}"
-    raise ConversionError(f"cannot turn issuer {uid!r} of type {kind or 'unknown'} into a URI")
-
-
-@converter("issuer_system")
-def issuer_system(value: Any, ctx: ConvertContext) -> str | None:
-    """An issuer (a HL7 v2 HD item of a DICOM sequence, or a local name) -> system URI.
-
-    Universal IDs become `urn:oid:` / `urn:uuid:` URIs; local names go through the
-    `issuer_systems` setting. An issuer we cannot place gives None, never an empty system.
-    """
-    local: str | None
-    if isinstance(value, Mapping):
-        universal = text_value(value, _ISSUER_UNIVERSAL)
-        if universal:
-            return _universal_to_system(universal, text_value(value, _ISSUER_TYPE))
-        local = text_value(value, _ISSUER_LOCAL)
-    else:
-        local = str(value).strip() if value is not None else None
-    if not local:
-        return None
-    systems = ctx.config.get("issuer_systems") or {}
-    if local in systems:
-        return str(systems[local])
-    ctx.warnings.append(f"issuer {local!r} is not in the issuer_systems setting")
-    return None
-
-
-@converter("code_item_to_coding")
-def code_item_to_coding(value: Any, ctx: ConvertContext) -> dict[str, Any]:
-    """A DICOM code sequence item -> Coding, the designator turned into a URI by table."""
-    if not isinstance(value, Mapping):
-        raise ConversionError("expected a code sequence item")
-    code = (
-        text_value(value, "00080100")  # CodeValue
-        or text_value(value, "00080119")  # LongCodeValue
-        or text_value(value, "00080120")  # URNCodeValue
-    )
-    designator = text_value(value, "00080102")  # CodingSchemeDesignator
-    meaning = text_value(value, "00080104")  # CodeMeaning
-    if not code:
-        raise ConversionError("code sequence item has no CodeValue")
-    system = None
-    if designator:
-        row = ctx.table("coding_schemes").get(designator)
-        system = row.get("system") if isinstance(row, Mapping) else row
-        if not system:
-            raise ConversionError(
-                f"coding scheme designator {designator!r} is not in tables/coding_schemes.csv"
-            )
-    coding: dict[str, Any] = {"system": system, "code": code, "display": meaning}
-    return {k: v for k, v in coding.items() if v}
-
-
-@converter("code_item_to_concept")
-def code_item_to_concept(value: Any, ctx: ConvertContext) -> dict[str, Any]:
-    coding = code_item_to_coding(value, ctx)
-    concept: dict[str, Any] = {"coding": [coding]}
-    if coding.get("display"):
-        concept["text"] = coding["display"]
-    return concept
-
-
-def _modality_coding(code: str, ctx: ConvertContext) -> dict[str, Any]:
-    code = str(code).strip().upper()
-    if not re.fullmatch(r"[A-Z0-9_]{1,16}", code):
-        raise ConversionError(f"{code!r} is not a modality code")
-    row = ctx.table("modalities").get(code)
-    coding = {"system": DCM_SYSTEM, "code": code}
-    if isinstance(row, Mapping) and row.get("display"):
-        coding["display"] = str(row["display"])
-    return coding
-
-
-@converter("modality_coding")
-def modality_coding(value: Any, ctx: ConvertContext) -> dict[str, Any]:
-    return _modality_coding(value, ctx)
-
-
-@converter("acquisition_modality_coding")
-def acquisition_modality_coding(value: Any, ctx: ConvertContext) -> dict[str, Any] | None:
-    """Like modality_coding, but None for non-acquisition modalities (SR, KO, PR, ...).
-
-    ImagingStudy.modality is bound to DICOM CID 29, acquisition modalities only.
-    """
-    coding = _modality_coding(value, ctx)
-    row = ctx.table("modalities").get(coding["code"])
-    if not isinstance(row, Mapping) or str(row.get("acquisition", "")).lower() != "yes":
-        return None
-    return coding
 
 
 # Dates and times live in their own module; they are called by the same names.

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
-
 from dicomcast.errors import MappingError, MappingFileError
+from dicomcast.mapping.checks import checked, scrub
 from dicomcast.mapping.converters import TAGS_READ, ConvertContext
 from dicomcast.mapping.files import ResourceMapping, compile_file
 from dicomcast.mapping.runtime import Run, Scope
@@ -76,21 +74,6 @@ def study_token(study_uid: str, scope: str | None = None) -> str:
     as the bundled mappings and `map_study` write it."""
     key = {"system": scope or "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}
     return search_token({"identifier": [key]})
-
-
-def validate(resource: dict[str, Any]) -> None:
-    """Check a resource against the R4B model; `MappingError` naming the bad elements."""
-    model = get_fhir_model_class(resource["resourceType"])
-    try:
-        model.model_validate(resource)
-    except ValidationError as exc:
-        errors = exc.errors()[:5]
-        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in errors)
-        # A validator's message may quote the offending value: detail, not reason.
-        said = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        raise MappingError(
-            f"{resource['resourceType']} is not valid FHIR R4: {where}", detail=said
-        ) from None
 
 
 def _shape(value: Any) -> Any:
@@ -205,10 +188,10 @@ class Mappings:
         run = self._run(config)
         run.warnings.extend(study.warnings)
         view_scope = Scope(study.data, study)
-        patient = self._build("Patient", view_scope, run)
+        patient = scrub(self._build("Patient", view_scope, run), run.warnings)
         patient_ref = placeholder("Patient", search_token(patient))
         run.refs = {"Patient": patient_ref, **({"Endpoint": endpoint_ref} if endpoint_ref else {})}
-        imaging_study = self._build("ImagingStudy", view_scope, run)
+        imaging_study = scrub(self._build("ImagingStudy", view_scope, run), run.warnings)
         if scope:
             # Not also `urn:dicom:uid|urn:oid:<uid>`: FHIR matches an identifier at any
             # position, so that one would make this study match the unscoped study's key.
@@ -218,15 +201,14 @@ class Mappings:
                 i for i in rest if i.get("system") != "urn:dicom:uid"
             ]
         match_key(imaging_study)
-        validate(patient)
-        validate(validation_sample(imaging_study))
+        patient = checked(patient, run.warnings)
+        imaging_study = checked(imaging_study, run.warnings, validation_sample)
         return MappedStudy(
             study.uid, patient, imaging_study, patient_ref, tuple(dict.fromkeys(run.warnings))
         )
 
     def map_endpoint(self, config: Mapping[str, Any]) -> dict[str, Any]:
         run = self._run(config)
-        endpoint = self._build("Endpoint", Scope({}), run)
+        endpoint = scrub(self._build("Endpoint", Scope({}), run), run.warnings)
         match_key(endpoint)
-        validate(endpoint)
-        return endpoint
+        return checked(endpoint, run.warnings)

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from pydicom.sr import _snomed_dict as snomed
+from pydicom.sr._concepts_dict import concepts
 
 from dicomcast.errors import MappingFileError
 
 
+@functools.cache
+def standard_tables() -> dict[str, dict[str, Any]]:
+    """Tables every mapping folder has, from DICOM PS3.16 as pydicom ships it: `dcm` (DCM
+    code -> meaning) and `srt_to_sct` (retired SNOMED RT code -> SNOMED CT identifier).
+    A CSV of the same name in a folder adds rows to them (or replaces rows)."""
+    dcm: dict[str, Any] = {}
+    by_keyword = cast(dict[str, dict[str, tuple[str, list[int]]]], concepts.get("DCM", {}))
+    for codes in by_keyword.values():
+        for code, (meaning, _cids) in codes.items():
+            dcm[str(code)] = str(meaning)
+    srt = {str(k): str(v) for k, v in snomed.mapping.get("SRT", {}).items()}
+    return {"dcm": dcm, "srt_to_sct": srt}
+
+
 def load_tables(folder: Path) -> dict[str, dict[str, Any]]:
     """`tables/NAME.csv`: first column the key; one more column gives a value, several a row."""
-    tables: dict[str, dict[str, Any]] = {}
+    tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in standard_tables().items()}
     if not folder.is_dir():
         return tables
     for path in sorted(folder.glob("*.csv")):
@@ -34,5 +52,5 @@ def load_tables(folder: Path) -> dict[str, dict[str, Any]]:
             key = row[0].strip()
             cells = {h: c.strip() for h, c in zip(header[1:], row[1:], strict=True) if c.strip()}
             table[key] = next(iter(cells.values()), None) if len(header) == 2 else cells
-        tables[path.stem] = table
+        tables[path.stem] = {**tables.get(path.stem, {}), **table}
     return tables

@@ -97,7 +97,14 @@ def test_demo_studies_land_with_expected_values(
     assert len(doe) == 1
     assert ct["subject"] == {"reference": f"Patient/{doe[0]['id']}"}
     assert doe[0]["name"] == [
-        {"family": "Doe", "given": ["John", "Q"], "prefix": ["Mr."], "suffix": ["Jr."]}
+        {
+            "use": "official",
+            "text": "Mr. John Q Doe Jr.",
+            "family": "Doe",
+            "given": ["John", "Q"],
+            "prefix": ["Mr."],
+            "suffix": ["Jr."],
+        }
     ]
     assert doe[0]["birthDate"] == "1960-04-12" and doe[0]["gender"] == "male"
 

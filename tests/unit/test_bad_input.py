@@ -15,13 +15,17 @@ from dicomcast.app import load_mappings, mapping_config
 from dicomcast.config import SourceSettings, load_settings
 from dicomcast.errors import SourceUnavailable, StudyError
 from dicomcast.mapping.mapper import Mappings
-from dicomcast.sandbox.samples import demo_studies
+from dicomcast.sandbox.samples import DEMO_ISSUERS, demo_studies
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.studyview import build_study_views
 from tests.fakes import dicom_json
 
 SETTINGS = load_settings(
-    None, patient_id_system="urn:oid:1.2.3", source_url="http://dicom.test", http_retries=1
+    None,
+    patient_id_system="urn:oid:1.2.3",
+    issuer_systems=DEMO_ISSUERS,
+    source_url="http://dicom.test",
+    http_retries=1,
 )
 MAPPINGS: Mappings = load_mappings(SETTINGS)
 CONFIG = mapping_config(SETTINGS)

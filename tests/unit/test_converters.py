@@ -9,11 +9,9 @@ import pytest
 from dicomcast.mapping.converters import (
     ConversionError,
     ConvertContext,
-    code_item_to_concept,
     da_to_date,
     date_time_to_datetime,
     dt_to_datetime,
-    issuer_system,
     pn_to_humannames,
     pn_to_text,
     to_unsigned_int,
@@ -22,7 +20,7 @@ from dicomcast.mapping.converters import (
 
 CTX = ConvertContext(
     config={"timezone": "Europe/Berlin", "issuer_systems": {"HOSP": "urn:oid:1.2.3"}},
-    tables={"coding_schemes": {"SCT": "http://snomed.info/sct"}},
+    tables={},
 )
 
 
@@ -89,10 +87,7 @@ def test_person_name_groups_and_components() -> None:
     assert "extension" not in names[0]
     assert names[1]["extension"][0]["valueCode"] == "IDE"
     assert names[2]["extension"][0]["valueCode"] == "SYL"
-    full = pn_to_humannames("Doe^John^Quincy Adam^Dr.^PhD", CTX)
-    assert full == [
-        {"family": "Doe", "given": ["John", "Quincy", "Adam"], "prefix": ["Dr."], "suffix": ["PhD"]}
-    ]
+    assert all(n["use"] == "official" for n in names)
     assert pn_to_humannames("=山田^太郎", CTX)[0]["family"] == "山田"
     assert pn_to_text("House^Gregory^^Dr.", CTX) == "Dr. Gregory House"
     assert pn_to_humannames({"Alphabetic": "^^^^"}, CTX) == []
@@ -116,30 +111,18 @@ def test_uids_and_integers() -> None:
             to_unsigned_int(wrong, CTX)
 
 
-def test_issuers_become_uris_or_nothing() -> None:
-    iso = {"00400032": {"Value": ["1.2.3.4"]}, "00400033": {"Value": ["ISO"]}}
-    assert issuer_system(iso, CTX) == "urn:oid:1.2.3.4"
-    uuid_issuer = {
-        "00400032": {"Value": ["A1B2C3D4-0000-0000-0000-000000000000"]},
-        "00400033": {"Value": ["UUID"]},
+def test_person_names_split_into_their_parts() -> None:
+    """PS3.5 6.2: given/middle names, prefixes and suffixes are lists separated by spaces,
+    so `Patient?given=Robert` finds John Robert Quincy Adams."""
+    [name] = pn_to_humannames("Adams^John Robert^Quincy^Rev.^B.A. M.Div.", CTX)
+    assert name == {
+        "use": "official",
+        "text": "Rev. John Robert Quincy Adams B.A. M.Div.",
+        "family": "Adams",
+        "given": ["John", "Robert", "Quincy"],
+        "prefix": ["Rev."],
+        "suffix": ["B.A.", "M.Div."],
     }
-    assert issuer_system(uuid_issuer, CTX) == "urn:uuid:a1b2c3d4-0000-0000-0000-000000000000"
-    assert issuer_system("HOSP", CTX) == "urn:oid:1.2.3"
-    ctx = ConvertContext(config={}, tables={})
-    assert issuer_system("UNKNOWN", ctx) is None
-    assert ctx.warnings == ["issuer 'UNKNOWN' is not in the issuer_systems setting"]
-
-
-def test_code_items_use_uri_systems_never_designators() -> None:
-    item = {
-        "00080100": {"Value": ["51185008"]},
-        "00080102": {"Value": ["SCT"]},
-        "00080104": {"Value": ["Thorax"]},
-    }
-    assert code_item_to_concept(item, CTX) == {
-        "coding": [{"system": "http://snomed.info/sct", "code": "51185008", "display": "Thorax"}],
-        "text": "Thorax",
-    }
-    unknown = {**item, "00080102": {"Value": ["99LOCAL"]}}
-    with pytest.raises(ConversionError, match="coding_schemes"):
-        code_item_to_concept(unknown, CTX)
+    assert pn_to_text("Adams^John Robert^Quincy^Rev.^B.A. M.Div.", CTX) == (
+        "Rev. John Robert Quincy Adams B.A. M.Div."
+    )

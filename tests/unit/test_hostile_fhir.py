@@ -21,7 +21,7 @@ from dicomcast.http import Bounds, send
 from dicomcast.ops.health import Health
 from dicomcast.ops.logging import setup_logging
 from dicomcast.ops.metrics import Metrics, StateCollector
-from dicomcast.sandbox.samples import bulk_studies
+from dicomcast.sandbox.samples import DEMO_ISSUERS, bulk_studies
 from dicomcast.worker import Worker
 from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir
@@ -51,7 +51,8 @@ def test_patient_data_a_server_echoes_stays_out_of_logs_health_and_failures_list
     # A 500 and a 503 quoting our request (the Patient in it), then, for the second study,
     # two Patients that share the identifier.
     fhir.fail_next = [500, 503]
-    twin = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": MRN}]}
+    key = {"system": DEMO_ISSUERS["HOSP-A"], "value": MRN}
+    twin = {"resourceType": "Patient", "identifier": [key]}
     fhir.resources["Patient"] = {"a": {**twin, "id": "a", "meta": {"versionId": "1"}}}
     fhir.resources["Patient"]["b"] = {**twin, "id": "b", "meta": {"versionId": "1"}}
     worker = worker_for(tmp_path, fhir, once_max_wait=5)  # through the retries

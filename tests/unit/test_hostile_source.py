@@ -22,6 +22,7 @@ from dicomcast.http import RetryPolicy
 from dicomcast.ops import listener as listener_module
 from dicomcast.ops.health import Health
 from dicomcast.ops.metrics import Metrics
+from dicomcast.sandbox.samples import DEMO_ISSUERS
 from dicomcast.sources.azure import AzureDicomSource
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.sync.feed import FeedFailing
@@ -65,6 +66,7 @@ def worker_on(tmp_path: Path) -> Iterator[Callable[[FakeOrthanc], Worker]]:
             fhir_url="http://fhir.test/fhir",
             state_url=f"sqlite:///{tmp_path / 'state.db'}",
             patient_id_system="urn:oid:1.2.3",
+            issuer_systems=DEMO_ISSUERS,
             http_retries=1,
             once_max_wait=0,
             http_port=0,
@@ -255,7 +257,7 @@ def test_an_oversized_study_or_element_is_refused_with_the_reason(tmp_path: Path
 
     instances = dicom_json(demo_studies()[4])
     instances[0]["00081030"] = {"vr": "LO", "Value": ["x" * 200_000]}  # StudyDescription
-    settings = load_settings(None, patient_id_system="urn:oid:1.2.3")
+    settings = load_settings(None, patient_id_system="urn:oid:1.2.3", issuer_systems=DEMO_ISSUERS)
     (view,), _ = build_study_views(instances)
     mapped = load_mappings(settings).map_study(view, mapping_config(settings), "Endpoint/e")
     assert "description" not in mapped.imaging_study

@@ -11,12 +11,13 @@ import pytest
 from dicomcast.app import MAPPING_CONFIG_KEYS
 from dicomcast.errors import MappingError, MappingFileError
 from dicomcast.mapping.mapper import Mappings, default_mapping_dir
+from dicomcast.sandbox.samples import DEMO_ISSUERS
 from dicomcast.studyview import build_study_views
 
 CONFIG: dict[str, Any] = {
     "patient_id_system": "urn:oid:9.9",
     "accession_system": None,
-    "issuer_systems": {},
+    "issuer_systems": DEMO_ISSUERS,
     "timezone": "UTC",
     "source_name": "s",
     "source_public_url": "http://pacs/dicom-web",
@@ -82,7 +83,7 @@ def test_missing_patient_id_refuses_the_study_with_a_reason(bundled: Mappings) -
         mapped(bundled, instance(**{"00100020": None}))
 
 
-def test_modality_falls_back_to_series_and_skips_non_acquisition(bundled: Mappings) -> None:
+def test_study_modality_covers_every_series_and_skips_non_acquisition(bundled: Mappings) -> None:
     sr = instance(
         **{
             "0020000E": element("UI", "1.2.3.2"),
@@ -94,8 +95,19 @@ def test_modality_falls_back_to_series_and_skips_non_acquisition(bundled: Mappin
     study = mapped(bundled, instance(), sr).imaging_study
     assert [c["code"] for c in study["modality"]] == ["CT"]
     assert [s["modality"]["code"] for s in study["series"]] == ["CT", "SR"]
-    with_mis = instance(**{"00080061": element("CS", "MR", "KO")})
-    assert [c["code"] for c in mapped(bundled, with_mis).imaging_study["modality"]] == ["MR"]
+    # A stale ModalitiesInStudy (first instance: CT) must not hide the MR series.
+    stale = instance(**{"00080061": element("CS", "CT")})
+    mr = instance(
+        **{
+            "0020000E": element("UI", "1.2.3.3"),
+            "00080018": element("UI", "1.2.3.3.1"),
+            "00080060": element("CS", "MR"),
+            "00080061": element("CS", "CT"),
+        }
+    )
+    modalities = mapped(bundled, stale, mr).imaging_study["modality"]
+    assert [c["code"] for c in modalities] == ["CT", "MR"]
+    assert modalities[1]["display"] == "Magnetic Resonance"
 
 
 def test_duplicate_instances_are_kept_once(bundled: Mappings) -> None:
@@ -172,7 +184,8 @@ def test_output_is_deterministic(bundled: Mappings) -> None:
 
 def test_validation_checks_each_instance_shape_once_and_still_catches_an_odd_one() -> None:
     from dicomcast.errors import MappingError
-    from dicomcast.mapping.mapper import validate, validation_sample
+    from dicomcast.mapping.checks import checked
+    from dicomcast.mapping.mapper import validation_sample
 
     instances = [
         {"uid": f"1.2.3.{n}", "sopClass": {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2"},
@@ -187,12 +200,12 @@ def test_validation_checks_each_instance_shape_once_and_still_catches_an_odd_one
     }
     sample = validation_sample(study)
     assert len(sample["series"][0]["instance"]) == 1 and len(instances) == 40
-    validate(sample)
+    checked(study, [], validation_sample)
     instances[36] = {**instances[36], "number": "thirty-seven"}  # a different shape
     sample = validation_sample(study)
     assert len(sample["series"][0]["instance"]) == 2
     with pytest.raises(MappingError, match="number"):
-        validate(sample)
+        checked(study, [], validation_sample)
 
 
 def test_the_tags_the_mappings_read_are_all_a_source_needs_to_keep() -> None:
@@ -206,7 +219,7 @@ def test_the_tags_the_mappings_read_are_all_a_source_needs_to_keep() -> None:
     keep = mappings.tags_read()
     config: dict[str, Any] = {
         "patient_id_system": "urn:oid:1.2.3",
-        "issuer_systems": {},
+        "issuer_systems": DEMO_ISSUERS,
         "timezone": "UTC",
         "source_name": "s",
         "source_public_url": "http://s",

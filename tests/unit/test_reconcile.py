@@ -12,7 +12,7 @@ import pytest
 
 from dicomcast.app import build_app
 from dicomcast.config import load_settings
-from dicomcast.sandbox.samples import bulk_studies
+from dicomcast.sandbox.samples import DEMO_ISSUERS, bulk_studies
 from dicomcast.worker import Worker
 from tests.fakes import FakeSource, dicom_json
 from tests.fhir_fake import FakeFhir
@@ -20,6 +20,7 @@ from tests.fhir_fake import FakeFhir
 SETTINGS: dict[str, Any] = {
     "fhir_url": "http://fhir.test/fhir",
     "patient_id_system": "urn:oid:1.2.3",
+    "issuer_systems": DEMO_ISSUERS,
     "http_retries": 1,
     "backoff_base": 0.05,
     "backoff_max": 0.2,

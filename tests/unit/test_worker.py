@@ -15,7 +15,7 @@ import pytest
 from dicomcast.app import build_app
 from dicomcast.config import load_settings
 from dicomcast.errors import SourceUnavailable, StateUnavailable
-from dicomcast.sandbox.samples import bulk_studies
+from dicomcast.sandbox.samples import DEMO_ISSUERS, bulk_studies
 from dicomcast.sources.base import FetchedStudy
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
@@ -35,6 +35,7 @@ def make_worker(
         "fhir_url": "http://fhir.test",
         "state_url": f"sqlite:///{tmp_path / 'state.db'}",
         "patient_id_system": "urn:oid:1.2.3",
+        "issuer_systems": DEMO_ISSUERS,
         "http_retries": 2,
         "http_retry_base": 0.01,
         "backoff_base": 0.05,
@@ -230,6 +231,7 @@ def test_one_source_down_pauses_only_its_own_studies(tmp_path: Path) -> None:
         fhir_url="http://fhir.test",
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
         patient_id_system="urn:oid:1.2.3",
+        issuer_systems=DEMO_ISSUERS,
         http_retries=1,
         backoff_base=0.05,
         backoff_max=0.2,
