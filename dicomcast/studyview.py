@@ -25,8 +25,9 @@ SERIES_NUMBER = "00200011"
 INSTANCE_NUMBER = "00200013"
 MODALITY = "00080060"
 PATIENT_ID = "00100020"
-# What building a study view (and telling two patients' studies apart) reads.
-VIEW_TAGS = frozenset(
+# What building a study view (and telling two patients' studies apart) reads; the IOCM
+# tags (rejection notes) are added below.
+_VIEW_TAGS = frozenset(
     {STUDY_UID, SERIES_UID, SOP_UID, SERIES_NUMBER, INSTANCE_NUMBER, MODALITY, PATIENT_ID}
 )
 
@@ -134,6 +135,9 @@ class StudyView:
     uid: str
     series: tuple[SeriesView, ...]
     warnings: tuple[str, ...] = field(default=())
+    # Instances the source holds but the study does not list (IOCM rejection notes and
+    # what they reject): the source's own count of the study is instance_count + hidden.
+    hidden: int = 0
 
     @property
     def data(self) -> DicomJson:
@@ -153,6 +157,94 @@ class StudyView:
             if series.modality:
                 seen.setdefault(series.modality.strip().upper(), None)
         return list(seen)
+
+
+# --- IOCM rejection notes (IHE RAD IOCM) --------------------------------------------------
+
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+SOP_CLASS = "00080016"
+CONCEPT_NAME = "0040A043"  # ConceptNameCodeSequence: the document title
+EVIDENCE = "0040A375"  # CurrentRequestedProcedureEvidenceSequence
+REFERENCED_SERIES = "00081115"
+REFERENCED_SOPS = "00081199"
+REFERENCED_SOP_UID = "00081155"
+CODE_VALUE, CODE_SCHEME = "00080100", "00080102"
+# The KOS titles that withdraw what they reference (PS3.16 CID 7011); other titles
+# (113000 Of Interest, ...) hide nothing.
+REJECTION_TITLES = {
+    "113001": "Rejected for Quality Reasons",
+    "113037": "Rejected for Patient Safety Reasons",
+    "113038": "Incorrect Modality Worklist Entry",
+    "113039": "Data Retention Policy Expired",
+}
+VIEW_TAGS = _VIEW_TAGS | {
+    SOP_CLASS,
+    CONCEPT_NAME,
+    EVIDENCE,
+    REFERENCED_SERIES,
+    REFERENCED_SOPS,
+    REFERENCED_SOP_UID,
+    CODE_VALUE,
+    CODE_SCHEME,
+}
+
+
+def rejection_title(data: DicomJson) -> str | None:
+    """The rejection code of a rejection note (a KOS titled by CID 7011), else None."""
+    if text_value(data, SOP_CLASS) != KOS_SOP_CLASS:
+        return None
+    title = first_value(data, CONCEPT_NAME)
+    if not isinstance(title, Mapping) or text_value(title, CODE_SCHEME) != "DCM":
+        return None
+    code = text_value(title, CODE_VALUE)
+    return code if code in REJECTION_TITLES else None
+
+
+def _rejected_by(note: DicomJson, study_uid: str) -> set[tuple[str, str]]:
+    """(series UID, SOP instance UID) of every instance of this study the note references."""
+    found: set[tuple[str, str]] = set()
+    for study in values(note, EVIDENCE):
+        if not isinstance(study, Mapping) or text_value(study, STUDY_UID) not in (study_uid, None):
+            continue
+        for series in values(study, REFERENCED_SERIES):
+            series_uid = text_value(series, SERIES_UID) if isinstance(series, Mapping) else None
+            if not series_uid:
+                continue
+            for sop in values(series, REFERENCED_SOPS):
+                sop_uid = text_value(sop, REFERENCED_SOP_UID) if isinstance(sop, Mapping) else None
+                if sop_uid:
+                    found.add((series_uid, sop_uid))
+    return found
+
+
+def _apply_rejections(
+    study_uid: str, series_map: dict[str, dict[str, DicomJson]], notes: list[str]
+) -> int:
+    """Remove, in place, the rejection notes of a study and the instances they reject;
+    return how many instances were hidden (the source still counts them)."""
+    rejecting = [
+        (series_uid, sop_uid, code)
+        for series_uid, instances in series_map.items()
+        for sop_uid, data in instances.items()
+        if (code := rejection_title(data))
+    ]
+    if not rejecting:
+        return 0
+    hidden: set[tuple[str, str]] = {(s, i) for s, i, _ in rejecting}
+    for series_uid, sop_uid, _ in rejecting:
+        hidden |= _rejected_by(series_map[series_uid][sop_uid], study_uid)
+    count = 0
+    for series_uid, sop_uid in hidden:
+        if series_map.get(series_uid, {}).pop(sop_uid, None) is not None:
+            count += 1
+    for series_uid in [s for s, instances in series_map.items() if not instances]:
+        del series_map[series_uid]
+    reasons = ", ".join(sorted({REJECTION_TITLES[c] for _, _, c in rejecting}))
+    notes.append(
+        f"IOCM: {count - len(rejecting)} instances withdrawn by {len(rejecting)} rejection "
+        f"note(s) ({reasons}) are not listed"
+    )
+    return count
 
 
 def build_study_views(instances: Iterable[DicomJson]) -> tuple[list[StudyView], list[str]]:
@@ -185,6 +277,9 @@ def build_study_views(instances: Iterable[DicomJson]) -> tuple[list[StudyView], 
         series[sop_uid] = data
     studies = []
     for study_uid, series_map in by_study.items():
+        hidden = _apply_rejections(study_uid, series_map, study_warnings[study_uid])
+        if not series_map:
+            continue  # every instance withdrawn: the study is gone
         series_views = []
         for series_uid, inst_map in series_map.items():
             ordered = sorted(
@@ -194,11 +289,10 @@ def build_study_views(instances: Iterable[DicomJson]) -> tuple[list[StudyView], 
                 SeriesView(series_uid, tuple(InstanceView(uid, d) for uid, d in ordered))
             )
         series_views.sort(key=lambda s: (_number(s.data, SERIES_NUMBER), s.uid))
-        studies.append(
-            StudyView(study_uid, tuple(series_views), tuple(study_warnings.get(study_uid, ())))
-        )
+        warnings = tuple(study_warnings.get(study_uid, ()))
+        studies.append(StudyView(study_uid, tuple(series_views), warnings, hidden))
     # Studies whose every instance was refused never reach a series; report them too.
     for study_uid, notes in study_warnings.items():
-        if study_uid not in by_study:
+        if not by_study.get(study_uid):
             orphans.extend(f"study {study_uid}: {n}" for n in notes)
     return studies, orphans

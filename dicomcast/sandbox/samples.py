@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",
@@ -139,6 +139,46 @@ def instances(spec: StudySpec) -> Iterator[Dataset]:
     for series_index, series in enumerate(spec.series):
         for number in range(1, series.instances + 1):
             yield _instance(spec, series_index, series, number)
+
+
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+def rejection_note(spec: StudySpec, rejected: list[Dataset], code: str = "113001") -> Dataset:
+    """An IOCM rejection note: a Key Object Selection document in its own series of the
+    study, titled by a CID 7011 code, referencing the rejected instances."""
+    meanings = {"113001": "Rejected for Quality Reasons", "113039": "Data Retention Policy Expired"}
+    note = _instance(spec, 90, SeriesSpec("KO", 1, "rejection", number=90), 1)
+    for name in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation"):
+        delattr(note, name)
+    for name in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelData"):
+        delattr(note, name)
+    note.SOPClassUID = note.file_meta.MediaStorageSOPClassUID = UID(KOS_SOP_CLASS)
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = code, "DCM"
+    title.CodeMeaning = meanings.get(code, "Rejected")
+    note.ConceptNameCodeSequence = Sequence([title])
+    note.ValueType = "CONTAINER"
+    by_series: dict[str, list[Dataset]] = {}
+    for ds in rejected:
+        by_series.setdefault(ds.SeriesInstanceUID, []).append(ds)
+    referenced = []
+    for series_uid, members in by_series.items():
+        series_item = Dataset()
+        series_item.SeriesInstanceUID = series_uid
+        sops = []
+        for ds in members:
+            sop = Dataset()
+            sop.ReferencedSOPClassUID = ds.SOPClassUID
+            sop.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+            sops.append(sop)
+        series_item.ReferencedSOPSequence = Sequence(sops)
+        referenced.append(series_item)
+    evidence = Dataset()
+    evidence.StudyInstanceUID = spec.study_uid
+    evidence.ReferencedSeriesSequence = Sequence(referenced)
+    note.CurrentRequestedProcedureEvidenceSequence = Sequence([evidence])
+    return note
 
 
 def to_bytes(ds: Dataset) -> bytes:

@@ -80,13 +80,19 @@ class Reconciler:
             return Outcome(Kind.DEFERRED, retry_at=self.clock() + self.recheck)
         location = source.location(task.study_key)
         if fetched.view is None:
+            uid = attempt.study_uid
+            if not self.multi.enabled and uid and self._moved(source, task, uid):
+                # The archive holds the study under another key now (e.g. its PatientID was
+                # corrected): that key writes it, to its new Patient. Removing it here
+                # would delete what that key just wrote.
+                return Outcome(Kind.DELETED, reason="moved: held under another key")
             self._remove(task, attempt, location)
             return Outcome(Kind.DELETED)
         endpoint = self.endpoints.ref(task.source, location)
         mapped = self.mappings.map_study(
             fetched.view, self.configs.of(task.source, location), endpoint, scope=location.scope
         )
-        count = fetched.view.instance_count
+        count = fetched.view.instance_count + fetched.view.hidden  # as the source counts
         attempt.study_uid = fetched.view.uid
         warnings = tuple(fetched.warnings) + mapped.warnings
         del fetched  # a large study's metadata need not live through the write
@@ -136,6 +142,11 @@ class Reconciler:
             match,
         )
         return Outcome(Kind.SYNCED if result.wrote else Kind.UNCHANGED, written=written)
+
+    @staticmethod
+    def _moved(source: Source, task: StudyTask, study_uid: str) -> bool:
+        """Whether the source still holds this StudyInstanceUID under another study key."""
+        return any(key != task.study_key for key in source.lookup_study(study_uid))
 
     def _remove(self, task: StudyTask, attempt: _Attempt, location: StudyLocation) -> None:
         """Reflect a study gone from one source: with several sources, write what the
