@@ -100,6 +100,7 @@ def build_app(
         patient_policy=settings.patient_policy,
         deleted_policy=settings.deleted_study_policy,
         max_entries=settings.transaction_max_entries,
+        based_on=settings.based_on,
     )
     metrics = metrics or Metrics()
     fhir.observe = metrics.observe_fhir

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         None, description="With unknown_issuer=derive: the system of issuer X is this + X."
     )
     timezone: str = Field("UTC", description="IANA zone of DICOM times that carry no offset.")
+    based_on: Literal["resolve", "identifier", "off"] = Field(
+        "resolve",
+        description="ImagingStudy.basedOn for the accession's order: a literal reference to "
+        "the ServiceRequest when the server has it (`resolve`), always the logical one by "
+        "identifier (`identifier`), or none (`off`); an order system's own are kept.",
+    )
     patient_policy: PatientPolicy = "fill-missing"
     deleted_study_policy: DeletedStudyPolicy = "delete"
 

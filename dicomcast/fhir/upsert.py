@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir.client import FhirClient
+from dicomcast.fhir.orders import BasedOn, Orders
 from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
 from dicomcast.model import DeletedStudyPolicy, PatientPolicy
 
@@ -148,10 +149,13 @@ class FhirWriter:
         patient_policy: PatientPolicy,
         deleted_policy: DeletedStudyPolicy,
         max_entries: int,
+        based_on: BasedOn = "resolve",
     ) -> None:
         self.client = client
         self.patient_owned = patient_owned
-        self.study_owned = study_owned
+        # basedOn is shared with order systems: ours is added to theirs (see orders.py).
+        self.study_owned = study_owned - {"basedOn"}
+        self.orders = Orders(based_on, lambda query: client.search_many([query])[0])
         self.patient_policy = patient_policy
         self.deleted_policy = deleted_policy
         self.max_entries = max_entries
@@ -232,6 +236,7 @@ class FhirWriter:
                 patient_entry = self._update(merged, current_patient)
 
         wanted = compose() if compose else mapped.imaging_study
+        wanted = self.orders.apply(wanted, current_study)
         desired = _replace_refs(wanted, mapped.patient_placeholder, patient_ref)
         study_entry: dict[str, Any] | None = None
         if current_study is None:
@@ -273,7 +278,7 @@ class FhirWriter:
         patient_response, study_response = self.client.transaction(
             [
                 create_entry(mapped.patient, mapped.patient_placeholder),
-                create_entry(mapped.imaging_study),
+                create_entry(self.orders.apply(mapped.imaging_study, None)),
             ]
         )
         patient_id, patient_created = _created_id(patient_response)

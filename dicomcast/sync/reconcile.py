@@ -145,8 +145,13 @@ class Reconciler:
 
     @staticmethod
     def _moved(source: Source, task: StudyTask, study_uid: str) -> bool:
-        """Whether the source still holds this StudyInstanceUID under another study key."""
-        return any(key != task.study_key for key in source.lookup_study(study_uid))
+        """Whether the source still holds this StudyInstanceUID under another study key of
+        the same scope (a study in another data partition is another ImagingStudy)."""
+        scope = source.location(task.study_key).scope
+        return any(
+            key != task.study_key and source.location(key).scope == scope
+            for key in source.lookup_study(study_uid)
+        )
 
     def _remove(self, task: StudyTask, attempt: _Attempt, location: StudyLocation) -> None:
         """Reflect a study gone from one source: with several sources, write what the

@@ -91,3 +91,38 @@ def test_a_study_moved_to_another_patient_keeps_one_imagingstudy(
     assert old.json()["meta"]["versionId"] == "1"
     code, _ = sync_once()  # and it stays that way
     assert code == 0 and search(fhir, query)[0]["subject"]["reference"] == new_subject
+
+
+def test_based_on_links_the_order_of_the_accession(
+    orthanc: OrthancServer, fhir: FhirServer, sync_once: Sync
+) -> None:
+    ordered, unordered = demo_studies()[0], demo_studies()[1]
+    assert ordered.accession_issuer_oid and ordered.accession
+    system = f"urn:oid:{ordered.accession_issuer_oid}"
+    order = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "identifier": [{"system": system, "value": ordered.accession}],
+        "subject": {"display": "the EHR's own"},
+        "code": {"text": "CT chest"},
+    }
+    with fhir.client() as http:
+        created = http.post("ServiceRequest", json=order)
+        assert created.status_code == 201, created.text
+        order_id = created.json()["id"]
+    for spec in (ordered, unordered):
+        orthanc.upload([to_bytes(ds) for ds in instances(spec)])
+    assert sync_once(accession_system="urn:oid:1.2.826.0.1.3680043.8.498.77")[0] == 0
+    [study] = search(fhir, f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{ordered.study_uid}")
+    [link] = study["basedOn"]
+    assert link["reference"] == f"ServiceRequest/{order_id}" and link["type"] == "ServiceRequest"
+    assert link["identifier"]["value"] == ordered.accession
+    [other] = search(fhir, f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{unordered.study_uid}")
+    [logical] = other["basedOn"]  # no order on the server: a logical reference
+    assert "reference" not in logical
+    assert logical["identifier"] == {
+        "type": logical["identifier"]["type"],
+        "system": "urn:oid:1.2.826.0.1.3680043.8.498.77",
+        "value": unordered.accession,
+    }
