@@ -19,6 +19,8 @@ DeletedStudyPolicy = Literal["delete", "entered-in-error"]
 # is parked), the default system (two issuers' patients may then merge), or a system
 # derived from the issuer's name.
 UnknownIssuerPolicy = Literal["park", "default-system", "derive"]
+# ImagingStudy.basedOn: resolved to the ServiceRequest, by identifier only, or none.
+BasedOnPolicy = Literal["resolve", "identifier", "off"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dicomcast.config.loading import config_file_values, precedence, read_config_file
 from dicomcast.config.source import SourceSettings, resolve_token_url
 from dicomcast.errors import ConfigError
-from dicomcast.model import DeletedStudyPolicy, PatientPolicy, UnknownIssuerPolicy
+from dicomcast.model import (
+    BasedOnPolicy,
+    DeletedStudyPolicy,
+    PatientPolicy,
+    UnknownIssuerPolicy,
+)
 from dicomcast.urls import is_absolute_uri, mask_url
 
 
@@ -111,7 +116,7 @@ class Settings(BaseSettings):
         None, description="With unknown_issuer=derive: the system of issuer X is this + X."
     )
     timezone: str = Field("UTC", description="IANA zone of DICOM times that carry no offset.")
-    based_on: Literal["resolve", "identifier", "off"] = Field(
+    based_on: BasedOnPolicy = Field(
         "resolve",
         description="ImagingStudy.basedOn for the accession's order: a literal reference to "
         "the ServiceRequest when the server has it (`resolve`), always the logical one by "

@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from dicomcast.errors import MappingError
 from dicomcast.mapping.mapper import search_token
+from dicomcast.model import BasedOnPolicy
 
-BasedOn = Literal["resolve", "identifier", "off"]
 _CACHE = 10_000  # accession token -> ServiceRequest id
 
 
@@ -51,7 +51,7 @@ def combined(ours: list[dict[str, Any]], existing: list[Any]) -> list[Any]:
 class Orders:
     """Turns the mapping's logical order references into what is written."""
 
-    def __init__(self, mode: BasedOn, search: Callable[[str], list[dict[str, Any]]]) -> None:
+    def __init__(self, mode: BasedOnPolicy, search: Callable[[str], list[dict[str, Any]]]) -> None:
         self.mode = mode
         self._search = search
         self._found: OrderedDict[str, str] = OrderedDict()

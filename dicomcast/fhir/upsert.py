@@ -26,9 +26,9 @@ from urllib.parse import unquote
 
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir.client import FhirClient
-from dicomcast.fhir.orders import BasedOn, Orders
+from dicomcast.fhir.orders import Orders
 from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
-from dicomcast.model import DeletedStudyPolicy, PatientPolicy
+from dicomcast.model import BasedOnPolicy, DeletedStudyPolicy, PatientPolicy
 
 log = logging.getLogger(__name__)
 SERVER_OWNED = ("id", "meta")
@@ -149,7 +149,7 @@ class FhirWriter:
         patient_policy: PatientPolicy,
         deleted_policy: DeletedStudyPolicy,
         max_entries: int,
-        based_on: BasedOn = "resolve",
+        based_on: BasedOnPolicy = "resolve",
     ) -> None:
         self.client = client
         self.patient_owned = patient_owned

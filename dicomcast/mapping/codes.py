@@ -114,9 +114,8 @@ def _place(value: Any, ctx: ConvertContext) -> _Placed:
     systems = ctx.config.get("issuer_systems") or {}
     if local in systems:
         return _Placed(str(systems[local]))
-    if ctx.config.get("unknown_issuer") == "derive":
-        return _Placed(_derived(local, ctx))
-    return _Placed(unplaced=local)
+    derived = _derived(local, ctx) if ctx.config.get("unknown_issuer") == "derive" else None
+    return _Placed(derived) if derived else _Placed(unplaced=local)
 
 
 @converter("issuer_system")

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dicomcast.mapping import codes, dates
+from dicomcast.mapping import dates
 from dicomcast.mapping.codes import (
     TAGS_READ,
     code_item_to_coding,
@@ -33,7 +33,6 @@ __all__ = [
     "ConvertContext",
     "code_item_to_coding",
     "code_item_to_concept",
-    "codes",
     "da_to_date",
     "date_time_to_datetime",
     "dt_to_datetime",

@@ -14,6 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from dicomcast.studyview import KOS_SOP_CLASS, REJECTION_TITLES
+
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",
     "MR": "1.2.840.10008.5.1.4.1.1.4",
@@ -141,13 +143,9 @@ def instances(spec: StudySpec) -> Iterator[Dataset]:
             yield _instance(spec, series_index, series, number)
 
 
-KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
-
-
 def rejection_note(spec: StudySpec, rejected: list[Dataset], code: str = "113001") -> Dataset:
     """An IOCM rejection note: a Key Object Selection document in its own series of the
     study, titled by a CID 7011 code, referencing the rejected instances."""
-    meanings = {"113001": "Rejected for Quality Reasons", "113039": "Data Retention Policy Expired"}
     note = _instance(spec, 90, SeriesSpec("KO", 1, "rejection", number=90), 1)
     for name in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation"):
         delattr(note, name)
@@ -156,7 +154,7 @@ def rejection_note(spec: StudySpec, rejected: list[Dataset], code: str = "113001
     note.SOPClassUID = note.file_meta.MediaStorageSOPClassUID = UID(KOS_SOP_CLASS)
     title = Dataset()
     title.CodeValue, title.CodingSchemeDesignator = code, "DCM"
-    title.CodeMeaning = meanings.get(code, "Rejected")
+    title.CodeMeaning = REJECTION_TITLES.get(code, "Of Interest" if code == "113000" else code)
     note.ConceptNameCodeSequence = Sequence([title])
     note.ValueType = "CONTAINER"
     by_series: dict[str, list[Dataset]] = {}
