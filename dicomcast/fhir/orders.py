@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dicomcast.errors import MappingError
@@ -57,27 +57,52 @@ class Orders:
         self._found: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def ours(self, study: dict[str, Any]) -> list[dict[str, Any]]:
+    def queries(self, study: dict[str, Any]) -> list[str]:
+        """The searches `apply` would make for this study: the writer sends them in the
+        same batch as its Patient and ImagingStudy searches."""
+        if self.mode != "resolve":
+            return []
+        queries = []
+        for reference in study.get("basedOn") or []:
+            token = self._token(reference) if isinstance(reference, dict) else None
+            with self._lock:
+                known = token in self._found
+            if token and not known:
+                queries.append(f"ServiceRequest?identifier={token}")
+        return queries
+
+    def ours(
+        self, study: dict[str, Any], answers: Mapping[str, list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
         """The basedOn entries this study should carry (resolved when asked to)."""
         wanted = [r for r in study.get("basedOn") or [] if isinstance(r, dict)]
         if self.mode == "off" or not wanted:
             return []
         if self.mode == "resolve":
-            wanted = [self._resolved(r) for r in wanted]
+            wanted = [self._resolved(r, answers) for r in wanted]
         return wanted
 
-    def _resolved(self, reference: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _token(reference: dict[str, Any]) -> str | None:
         identifier = reference.get("identifier")
         if reference.get("reference") or not isinstance(identifier, dict):
-            return reference
+            return None
         try:
-            token = search_token({"identifier": [identifier]})
+            return search_token({"identifier": [identifier]})
         except MappingError:  # no system or value: stays logical
+            return None
+
+    def _resolved(
+        self, reference: dict[str, Any], answers: Mapping[str, list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        token = self._token(reference)
+        if token is None:
             return reference
         with self._lock:
             found = self._found.get(token)
         if found is None:
-            matches = self._search(f"ServiceRequest?identifier={token}")
+            query = f"ServiceRequest?identifier={token}"
+            matches = answers[query] if query in answers else self._search(query)
             if len(matches) != 1 or not matches[0].get("id"):
                 return reference  # none yet, or ambiguous: the logical form says enough
             found = str(matches[0]["id"])
@@ -87,10 +112,16 @@ class Orders:
                     self._found.popitem(last=False)
         return {**reference, "reference": f"ServiceRequest/{found}"}
 
-    def apply(self, study: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
-        """`study` with basedOn = the server's entries plus ours."""
+    def apply(
+        self,
+        study: dict[str, Any],
+        current: dict[str, Any] | None,
+        answers: Mapping[str, list[dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """`study` with basedOn = the server's entries plus ours; `answers` are the
+        searches of `queries` already made (others are made here)."""
         existing = (current or {}).get("basedOn") or []
-        merged = combined(self.ours(study), existing)
+        merged = combined(self.ours(study, answers or {}), existing)
         out = {k: v for k, v in study.items() if k != "basedOn"}
         if merged:
             out["basedOn"] = merged

@@ -217,8 +217,13 @@ class FhirWriter:
     def _upsert_once(self, mapped: MappedStudy, compose: Compose | None) -> UpsertResult:
         patient_token = search_token(mapped.patient)
         study_token = search_token(mapped.imaging_study)
-        patients, studies = self.client.search_many(
-            [f"Patient?identifier={patient_token}", f"ImagingStudy?identifier={study_token}"]
+        order_queries = self.orders.queries(mapped.imaging_study)
+        patients, studies, *orders = self.client.search_many(
+            [
+                f"Patient?identifier={patient_token}",
+                f"ImagingStudy?identifier={study_token}",
+                *order_queries,
+            ]
         )
         current_patient = _single(patients, "Patient", patient_token)
         current_study = _single(studies, "ImagingStudy", study_token)
@@ -236,7 +241,8 @@ class FhirWriter:
                 patient_entry = self._update(merged, current_patient)
 
         wanted = compose() if compose else mapped.imaging_study
-        wanted = self.orders.apply(wanted, current_study)
+        answers = dict(zip(order_queries, orders, strict=True))
+        wanted = self.orders.apply(wanted, current_study, answers)
         desired = _replace_refs(wanted, mapped.patient_placeholder, patient_ref)
         study_entry: dict[str, Any] | None = None
         if current_study is None:

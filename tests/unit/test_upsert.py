@@ -328,3 +328,33 @@ def test_a_study_that_existed_after_all_goes_through_read_merge_write() -> None:
     assert update["request"] == {"method": "PUT", "url": "ImagingStudy/s1", "ifMatch": 'W/"1"'}
     assert update["resource"]["description"] == "CT"
     assert (result.imaging_study_id, result.wrote) == ("s1", True)
+
+
+def test_the_order_search_rides_in_the_batch_of_the_patient_and_study_searches() -> None:
+    order = {"type": "ServiceRequest", "identifier": {"system": "urn:acc", "value": "A1"}}
+    batches: list[list[str]] = []
+    sent: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body["type"] == "batch":
+            batches.append([e["request"]["url"] for e in body["entry"]])
+            found = batch_answer([stored(PATIENT, "p1")], [])
+            found["entry"].append(
+                {"response": {"status": "200 OK"}, "resource": searchset({"id": "sr7"})}
+            )
+            return httpx.Response(200, json=found)
+        sent.append(body)
+        return httpx.Response(200, json=tx_answer(("201 Created", "ImagingStudy/s1")))
+
+    study = {**STUDY, "basedOn": [order]}
+    writer(Counting(answer)).upsert_study(MappedStudy("1.2.3", PATIENT, study, "urn:uuid:p", ()))
+    assert batches == [
+        [
+            "Patient?identifier=urn:s|P1",
+            "ImagingStudy?identifier=urn:dicom:uid|urn:oid:1.2.3",
+            "ServiceRequest?identifier=urn:acc|A1",
+        ]
+    ]  # one request for all three searches
+    (tx,) = sent
+    assert tx["entry"][0]["resource"]["basedOn"] == [{**order, "reference": "ServiceRequest/sr7"}]
