@@ -37,5 +37,6 @@ def test_the_wheel_holds_only_dicomcast_and_its_mappings(tmp_path: Path) -> None
     assert tops == {"dicomcast", wheel.name.split("-py")[0] + ".dist-info"}
     assert "dicomcast/default_mappings/imagingstudy.yaml" in names
     assert "dicomcast/default_mappings/tables/modalities.csv" in names
+    assert "dicomcast/mapping/standard/dcm.csv" in names  # PS3.16 codes, read at start-up
     assert "dicomcast/state/migrations/versions/0001_initial.py" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "dicomcast/tests"))]
