@@ -25,6 +25,7 @@ from typing import TypeVar
 from bench.measure import (
     CatchUp,
     catch_up,
+    dose_cost,
     limit_replay,
     mapping_alone,
     mappings,
@@ -112,6 +113,7 @@ def main() -> int:
             STABLE_AGE,
         )
     mapping_rate = mapping_alone(maps)
+    dose = dose_cost()
 
     per_instance = small.requests / small.instances
     limit_rate = everything.instances / limit
@@ -138,6 +140,12 @@ def main() -> int:
         ("5. peak RSS", f"{small.peak_rss_mb:.0f} MB (1k backlog), {backlog.peak_rss_mb:.0f} MB "
                         f"(10k backlog), {run.peak_rss_mb:.0f} MB (10k + large studies)"),
         ("6. mapping alone", f"{mapping_rate:,.0f} instances/s (1,000-instance study, one core)"),
+        ("7. dose reports: 1,000 images", f"metadata read {dose.read_on * 1000:.0f} ms on / "
+                                          f"{dose.read_off * 1000:.0f} ms off, kept "
+                                          f"{dose.kept_on:,} / {dose.kept_off:,} bytes; mapped "
+                                          f"{dose.map_on:,.0f} / {dose.map_off:,.0f} inst/s"),
+        ("   one CT dose report", f"read {dose.report_read * 1000:.1f} ms, Observation mapped "
+                                  f"in {dose.report_map * 1000:.1f} ms"),
     ]  # fmt: skip
     targets = [
         (run.rate / limit_rate >= 0.8, f"ratio to the limit {run.rate / limit_rate:.2f} >= 0.8"),
@@ -158,6 +166,15 @@ def main() -> int:
             f"({small.peak_rss_mb:.0f} MB)",
         ),
         (mapping_rate >= 20_000, f"mapping {mapping_rate:,.0f} instances/s >= 20,000"),
+        (
+            dose.kept_on == dose.kept_off and dose.read_on <= 1.15 * dose.read_off,
+            f"images do not pay for dose reports: same bytes kept, read "
+            f"{dose.read_on / dose.read_off:.2f}x <= 1.15x",
+        ),
+        (
+            dose.map_on >= 0.9 * dose.map_off,
+            f"mapping images with dose on {dose.map_on / dose.map_off:.2f}x of off >= 0.90x",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -19,7 +19,7 @@ import httpx
 
 from bench.workloads import Workload
 from dicomcast.app import MAPPING_CONFIG_KEYS
-from dicomcast.fhir.upsert import create_entry
+from dicomcast.fhir.entries import create_entry
 from dicomcast.mapping.mapper import Mappings, search_token
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
@@ -300,3 +300,66 @@ def mapping_alone(maps: Mappings) -> float:
     for _ in range(rounds):
         maps.map_study(view, CONFIG, "Endpoint/1")
     return rounds * view.instance_count / (time.process_time() - started)
+
+
+@dataclass(frozen=True)
+class DoseCost:
+    """What dose Observations cost a study with no dose report (images must not pay) and
+    what one report adds, dose mapping on vs off, measured in one run."""
+
+    read_on: float  # seconds to parse + filter 1,000 images' metadata, dose on
+    read_off: float
+    kept_on: int  # bytes of what the filter kept of those images
+    kept_off: int
+    map_on: float  # instances/s mapping the 1,000 images, dose on
+    map_off: float
+    report_read: float  # seconds to parse + filter one CT dose report's metadata
+    report_map: float  # seconds to map one report into its Observation
+
+
+def _best(fn: Any, rounds: int = 7) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def dose_cost() -> DoseCost:
+    """Parse, filter and map a 1,000-image CT study's metadata with dose Observations on
+    and off, and one dose report alone."""
+    from dicomcast.studyview import dataset_filter
+
+    on = Mappings.load(None, MAPPING_CONFIG_KEYS)
+    off = Mappings.load(None, MAPPING_CONFIG_KEYS, per_instance=False)
+    images = StudySpec(
+        key="dose-bench",
+        patient_id="D1",
+        patient_name="Dose^Bench",
+        series=[SeriesSpec("CT", 1000, number=1)],
+    )
+    report = StudySpec(
+        key="dose-bench",
+        patient_id="D1",
+        patient_name="Dose^Bench",
+        series=[SeriesSpec("SR", 1, number=99, dose="ct")],
+    )
+    text = json.dumps([dataset_to_json(ds)[0] for ds in instances(images)])
+    report_text = json.dumps([dataset_to_json(ds)[0] for ds in instances(report)])
+    hook_on = dataset_filter(on.tags_read(), on.content_classes())
+    hook_off = dataset_filter(off.tags_read(), off.content_classes())
+    read_on = _best(lambda: json.loads(text, object_hook=hook_on))
+    read_off = _best(lambda: json.loads(text, object_hook=hook_off))
+    kept_on = len(json.dumps(json.loads(text, object_hook=hook_on)))
+    kept_off = len(json.dumps(json.loads(text, object_hook=hook_off)))
+    (view,), _ = build_study_views(json.loads(text, object_hook=hook_on))
+    map_on = view.instance_count / _best(lambda: on.map_study(view, CONFIG, "Endpoint/1"), 5)
+    map_off = view.instance_count / _best(lambda: off.map_study(view, CONFIG, "Endpoint/1"), 5)
+    report_read = _best(lambda: json.loads(report_text, object_hook=hook_on))
+    (one,), _ = build_study_views(json.loads(report_text, object_hook=hook_on))
+    with_report = _best(lambda: on.map_study(one, CONFIG, "Endpoint/1"))
+    without = _best(lambda: off.map_study(one, CONFIG, "Endpoint/1"))
+    return DoseCost(
+        read_on, read_off, kept_on, kept_off, map_on, map_off, report_read, with_report - without
+    )

@@ -101,6 +101,7 @@ def build_app(
         deleted_policy=settings.deleted_study_policy,
         max_entries=settings.transaction_max_entries,
         based_on=settings.based_on,
+        observation_owned=mappings.owned("Observation"),
     )
     metrics = metrics or Metrics()
     fhir.observe = metrics.observe_fhir
@@ -110,6 +111,7 @@ def build_app(
         client = given.pop(config.name, None) or make_source(settings, config)
         client.observe = _counting(metrics, client.name)
         client.keep_tags = mappings.tags_read()
+        client.content_of = mappings.content_classes()
         clients[config.name] = client
     if given:
         raise ConfigError(f"sources given that are not configured: {sorted(given)}")

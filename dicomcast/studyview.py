@@ -25,6 +25,8 @@ SERIES_NUMBER = "00200011"
 INSTANCE_NUMBER = "00200013"
 MODALITY = "00080060"
 PATIENT_ID = "00100020"
+SOP_CLASS = "00080016"
+CONTENT_SEQUENCE = "0040A730"
 # What building a study view (and telling two patients' studies apart) reads; the IOCM
 # tags (rejection notes) are added below.
 _VIEW_TAGS = frozenset(
@@ -32,22 +34,40 @@ _VIEW_TAGS = frozenset(
 )
 
 
-def dataset_filter(keep: frozenset[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def dataset_filter(
+    keep: frozenset[str], content_of: frozenset[str] = frozenset()
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A `json.loads` object hook that drops, while parsing, every tag of a dataset that is
-    not in `keep`: a large study's metadata then never sits whole in memory."""
+    not in `keep`: a large study's metadata then never sits whole in memory. An instance
+    keeps its SR content tree (ContentSequence) only when its SOP class is in `content_of`
+    (the dose reports a mapping reads), so no other instance pays for it."""
 
     def hook(obj: dict[str, Any]) -> dict[str, Any]:
         # Elements ({"vr": ...}) and person names ({"Alphabetic": ...}) pass untouched; a
         # dataset's keys are tags, all eight hex digits.
         if "vr" in obj or not _is_tag(next(iter(obj), "")):
             return obj
-        return {tag: element for tag, element in obj.items() if tag in keep}
+        kept = {tag: element for tag, element in obj.items() if tag in keep}
+        # An instance (it has a SOP class, a content item has not) keeps its tree only when
+        # a mapping reads reports of its class.
+        if (
+            CONTENT_SEQUENCE in kept
+            and SOP_CLASS in kept
+            and text_value(kept, SOP_CLASS) not in content_of
+        ):
+            del kept[CONTENT_SEQUENCE]
+        return kept
 
     return hook
 
 
 def _is_tag(key: str) -> bool:
     return len(key) == 8 and all(c in "0123456789ABCDEFabcdef" for c in key)
+
+
+def is_dataset(value: object) -> bool:
+    """A DICOM JSON dataset (keys are tags), not an element or a person name object."""
+    return isinstance(value, Mapping) and bool(value) and _is_tag(str(next(iter(value))))
 
 
 @lru_cache(maxsize=4096)
@@ -162,7 +182,6 @@ class StudyView:
 # --- IOCM rejection notes (IHE RAD IOCM) --------------------------------------------------
 
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
-SOP_CLASS = "00080016"
 CONCEPT_NAME = "0040A043"  # ConceptNameCodeSequence: the document title
 EVIDENCE = "0040A375"  # CurrentRequestedProcedureEvidenceSequence
 REFERENCED_SERIES = "00081115"

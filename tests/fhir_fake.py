@@ -2,7 +2,8 @@
 
 It keeps resources with ids and versions and answers what dicomcast sends, the way the
 FHIR REST spec says a server does:
-- `GET /metadata`; `GET Type?identifier=[system|]value` (token search, escapes honoured);
+- `GET /metadata`; `GET Type?identifier=[system|]value` (token search, escapes honoured),
+  `GET Observation?part-of=ImagingStudy/id`;
 - `POST /` batch (searches) and transaction: conditional create (`ifNoneExist`: 0 matches
   creates, 1 returns it with 200, 2+ fails with 412), `PUT` with `If-Match` (412 when the
   version moved), `DELETE`; `urn:uuid:` fullUrls resolved in references; all or nothing
@@ -21,6 +22,7 @@ import copy
 import itertools
 import json
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -64,7 +66,8 @@ class FakeFhir(httpx.MockTransport):
         self.before_transaction: Callable[[Resource], None] = lambda _bundle: None
         self.status_for: Callable[[Resource], int | None] = lambda _bundle: None
         self._ids = itertools.count(1)
-        super().__init__(self._handle)
+        self._lock = threading.Lock()  # one request at a time, as a database would order them
+        super().__init__(self._locked)
 
     # --- what tests look at
 
@@ -95,6 +98,10 @@ class FakeFhir(httpx.MockTransport):
         ]
 
     # --- HTTP
+
+    def _locked(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            return self._handle(request)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.rstrip("/").rsplit("/fhir", 1)[-1].lstrip("/")
@@ -127,8 +134,16 @@ class FakeFhir(httpx.MockTransport):
     def _search(self, resource_type: str, query: str) -> httpx.Response:
         params = parse_qs(query)
         tokens = params.get("identifier")
+        part_of = params.get("part-of")
+        if part_of:
+            found = [
+                r
+                for r in self.all(resource_type)
+                if any(p.get("reference") == part_of[0] for p in r.get("partOf") or [])
+            ]
+            return httpx.Response(200, json=_searchset(found))
         if not tokens:
-            return outcome(400, "only identifier searches are supported")
+            return outcome(400, "only identifier and part-of searches are supported")
         found = self.search(resource_type, tokens[0])
         return httpx.Response(200, json=_searchset(found))
 

@@ -16,8 +16,8 @@ from dicomcast.app import load_mappings, make_fhir, make_source, mapping_config
 from dicomcast.cli.common import ConfigOption, guard, settings_from
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import DicomcastError, StudyError
-from dicomcast.fhir.upsert import create_entry
-from dicomcast.mapping.mapper import placeholder
+from dicomcast.fhir.entries import create_entry
+from dicomcast.mapping.mapper import MappedStudy, placeholder
 from dicomcast.model import source_dependency
 from dicomcast.sources.files import read_studies
 from dicomcast.state.store import StateStore
@@ -51,15 +51,7 @@ def map_files(
             continue
         for warning in mapped.warnings:
             typer.echo(f"warning: study {study.uid}: {warning}", err=True)
-        bundles.append(
-            _dry_run_bundle(
-                endpoint,
-                endpoint_ref,
-                mapped.patient,
-                mapped.patient_placeholder,
-                mapped.imaging_study,
-            )
-        )
+        bundles.append(_dry_run_bundle(endpoint, endpoint_ref, mapped))
     json.dump(
         bundles[0] if len(bundles) == 1 else bundles, sys.stdout, indent=2, ensure_ascii=False
     )
@@ -70,20 +62,18 @@ def map_files(
 
 
 def _dry_run_bundle(
-    endpoint: dict[str, Any],
-    endpoint_ref: str,
-    patient: dict[str, Any],
-    patient_ref: str,
-    study: dict[str, Any],
+    endpoint: dict[str, Any], endpoint_ref: str, mapped: MappedStudy
 ) -> dict[str, Any]:
-    """What would be sent to an empty server: three conditional creates, linked by urn:uuid."""
+    """What would be sent to an empty server: conditional creates (Endpoint, Patient,
+    ImagingStudy, one Observation per dose report), linked by urn:uuid."""
     return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             create_entry(endpoint, endpoint_ref),
-            create_entry(patient, patient_ref),
-            create_entry(study),
+            create_entry(mapped.patient, mapped.patient_placeholder),
+            create_entry(mapped.imaging_study, mapped.study_placeholder),
+            *(create_entry(o) for o in mapped.observations),
         ],
     }
 

@@ -122,8 +122,17 @@ class Settings(BaseSettings):
         "the ServiceRequest when the server has it (`resolve`), always the logical one by "
         "identifier (`identifier`), or none (`off`); an order system's own are kept.",
     )
+    dose_observations: bool = Field(
+        True,
+        description="Write a Radiation Dose Summary Observation per dose report "
+        "(mappings/dose-summary.yaml); off, dose reports are listed in the ImagingStudy only.",
+    )
     patient_policy: PatientPolicy = "fill-missing"
-    deleted_study_policy: DeletedStudyPolicy = "delete"
+    deleted_study_policy: DeletedStudyPolicy = Field(
+        "delete",
+        description="A study gone from its source: delete its ImagingStudy and dose "
+        "Observations, or mark them `entered-in-error`; also for a dose report gone alone.",
+    )
 
     # --- scheduling
     worker_id: str = Field(

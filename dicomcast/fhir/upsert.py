@@ -25,13 +25,21 @@ from typing import Any
 from urllib.parse import unquote
 
 from dicomcast.errors import FhirConflict, MappingError
+from dicomcast.fhir import observations
 from dicomcast.fhir.client import FhirClient
+from dicomcast.fhir.entries import (
+    comparable,
+    create_entry,
+    created_id,
+    merge_owned,
+    replace_refs,
+    update_entry,
+)
 from dicomcast.fhir.orders import Orders
 from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
 from dicomcast.model import BasedOnPolicy, DeletedStudyPolicy, PatientPolicy
 
 log = logging.getLogger(__name__)
-SERVER_OWNED = ("id", "meta")
 CONFLICT_ATTEMPTS = 4
 KNOWN_PATIENTS = 100_000  # Patients remembered as reconciled (token -> content digest)
 Compose = Callable[[], dict[str, Any]]
@@ -42,15 +50,6 @@ class UpsertResult:
     patient_id: str | None
     imaging_study_id: str | None
     wrote: bool
-
-
-def _comparable(resource: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in resource.items() if k not in SERVER_OWNED}
-
-
-def _version(resource: Mapping[str, Any]) -> str | None:
-    version = resource.get("meta", {}).get("versionId")
-    return f'W/"{version}"' if version else None
 
 
 def identifier_words(token: str) -> str:
@@ -69,16 +68,6 @@ def _single(matches: list[dict[str, Any]], what: str, token: str) -> dict[str, A
             detail=f"identifier {unquote(token)}",
         )
     return matches[0] if matches else None
-
-
-def _replace_refs(value: Any, old: str, new: str) -> Any:
-    if isinstance(value, dict):
-        if value.get("reference") == old:
-            return {**value, "reference": new}
-        return {k: _replace_refs(v, old, new) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replace_refs(v, old, new) for v in value]
-    return value
 
 
 def _merge_identifiers(current: list[Any], desired: list[Any]) -> list[Any]:
@@ -104,39 +93,6 @@ def merge_patient(
     return merged
 
 
-def merge_owned(
-    current: dict[str, Any], desired: dict[str, Any], owned: frozenset[str]
-) -> dict[str, Any]:
-    """Owned elements come from DICOM (absent ones removed); others stay as the server has them."""
-    merged = {k: v for k, v in current.items() if k not in owned}
-    merged.update({k: v for k, v in desired.items() if k != "resourceType"})
-    merged["resourceType"] = desired["resourceType"]
-    return merged
-
-
-def create_entry(resource: dict[str, Any], full_url: str | None = None) -> dict[str, Any]:
-    """A conditional create: the server makes the resource only if its match key is unused."""
-    entry: dict[str, Any] = {"fullUrl": full_url} if full_url else {}
-    entry["resource"] = resource
-    entry["request"] = {
-        "method": "POST",
-        "url": resource["resourceType"],
-        "ifNoneExist": f"identifier={search_token(resource)}",
-    }
-    return entry
-
-
-def _created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """(id, created) from a transaction-response entry's location and status."""
-    response = entry.get("response", {})
-    location = str(response.get("location") or "")
-    parts = location.split("/_history")[0].rstrip("/").split("/")
-    resource_id = parts[-1] if len(parts) >= 2 else None
-    if not resource_id and isinstance(entry.get("resource"), dict):
-        resource_id = entry["resource"].get("id")
-    return resource_id, str(response.get("status", "")).startswith("201")
-
-
 class FhirWriter:
     """Writes studies into one FHIR server according to the configured policies."""
 
@@ -150,8 +106,11 @@ class FhirWriter:
         deleted_policy: DeletedStudyPolicy,
         max_entries: int,
         based_on: BasedOnPolicy = "resolve",
+        observation_owned: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
+        # The elements of dose Observations the mapping writes; empty: they are off.
+        self.observation_owned = observation_owned
         self.patient_owned = patient_owned
         # basedOn is shared with order systems: ours is added to theirs (see orders.py).
         self.study_owned = study_owned - {"basedOn"}
@@ -171,14 +130,14 @@ class FhirWriter:
             current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
             if current is None:
                 (response,) = self.client.transaction([create_entry(endpoint)])
-                resource_id, _ = _created_id(response)
+                resource_id, _ = created_id(response)
                 if resource_id:
                     return f"Endpoint/{resource_id}"
                 continue
             merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
-            if _comparable(merged) != _comparable(current):
+            if comparable(merged) != comparable(current):
                 try:
-                    self.client.transaction([self._update(merged, current)])
+                    self.client.transaction([update_entry(merged, current)])
                 except FhirConflict:
                     continue
             return f"Endpoint/{current['id']}"
@@ -187,23 +146,35 @@ class FhirWriter:
     # --- studies
 
     def upsert_study(
-        self, mapped: MappedStudy, *, new: bool = False, compose: Compose | None = None
+        self,
+        mapped: MappedStudy,
+        *,
+        new: bool = False,
+        compose: Compose | None = None,
+        study_id: str | None = None,
     ) -> UpsertResult:
         """Make the server hold `mapped`; no request beyond the read when nothing changed.
 
         `new` says this worker never wrote the study: try the one-request create first.
         `compose`, when several sources hold the study, recomputes the desired ImagingStudy
-        after each read: a conflict then merges what another source wrote meanwhile."""
+        after each read: a conflict then merges what another source wrote meanwhile.
+        `study_id`, the ImagingStudy's id as last written, lets the read of its dose
+        Observations go in the same batch (it is checked against what the read finds)."""
         if new and self.max_entries >= 2:
             try:
-                created = self._create_both(mapped)
+                created = self._create_all(mapped)
             except FhirConflict:
                 created = None  # e.g. two matches for an identifier: the read path says so
             if created is not None:
                 return created
+        return self._upsert(mapped, compose, study_id)
+
+    def _upsert(
+        self, mapped: MappedStudy, compose: Compose | None, study_id: str | None
+    ) -> UpsertResult:
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                result = self._upsert_once(mapped, compose)
+                result = self._upsert_once(mapped, compose, study_id)
                 self._remember(mapped.patient)
                 return result
             except FhirConflict:
@@ -214,19 +185,41 @@ class FhirWriter:
                 )
         raise FhirConflict(f"study {mapped.study_uid} kept changing on the FHIR server")
 
-    def _upsert_once(self, mapped: MappedStudy, compose: Compose | None) -> UpsertResult:
+    @property
+    def writes_observations(self) -> bool:
+        """Dose Observations are on (their mapping file is loaded)."""
+        return bool(self.observation_owned)
+
+    def _upsert_once(
+        self, mapped: MappedStudy, compose: Compose | None, study_hint: str | None
+    ) -> UpsertResult:
         patient_token = search_token(mapped.patient)
         study_token = search_token(mapped.imaging_study)
         order_queries = self.orders.queries(mapped.imaging_study)
-        patients, studies, *orders = self.client.search_many(
+        wanted_obs = list(mapped.observations) if self.writes_observations else []
+        obs_queries = [observations.by_identifier(o) for o in wanted_obs]
+        member_queries = (
+            [observations.of_study(study_hint)] if study_hint and self.writes_observations else []
+        )
+        patients, studies, *rest = self.client.search_many(
             [
                 f"Patient?identifier={patient_token}",
                 f"ImagingStudy?identifier={study_token}",
                 *order_queries,
+                *obs_queries,
+                *member_queries,
             ]
         )
+        orders = rest[: len(order_queries)]
+        found_obs = rest[len(order_queries) : len(order_queries) + len(obs_queries)]
         current_patient = _single(patients, "Patient", patient_token)
         current_study = _single(studies, "ImagingStudy", study_token)
+        members: list[dict[str, Any]] = []
+        if current_study is not None and self.writes_observations:
+            if study_hint == current_study["id"]:
+                members = rest[-1]
+            else:  # the hint was stale or missing: read the study's Observations now
+                members = self.client.search(observations.of_study(str(current_study["id"])))
 
         patient_entry: dict[str, Any] | None = None
         if current_patient is None:
@@ -237,63 +230,93 @@ class FhirWriter:
             merged = merge_patient(
                 current_patient, mapped.patient, self.patient_owned, self.patient_policy
             )
-            if _comparable(merged) != _comparable(current_patient):
-                patient_entry = self._update(merged, current_patient)
+            if comparable(merged) != comparable(current_patient):
+                patient_entry = update_entry(merged, current_patient)
 
         wanted = compose() if compose else mapped.imaging_study
         answers = dict(zip(order_queries, orders, strict=True))
         wanted = self.orders.apply(wanted, current_study, answers)
-        desired = _replace_refs(wanted, mapped.patient_placeholder, patient_ref)
+        desired = replace_refs(wanted, mapped.patient_placeholder, patient_ref)
         study_entry: dict[str, Any] | None = None
         if current_study is None:
-            study_entry = create_entry(desired)
+            study_ref = mapped.study_placeholder or ""
+            study_entry = create_entry(desired, mapped.study_placeholder)
         else:
+            study_ref = f"ImagingStudy/{current_study['id']}"
             merged_study = merge_owned(current_study, desired, self.study_owned)
-            if _comparable(merged_study) != _comparable(current_study):
-                study_entry = self._update(merged_study, current_study)
+            if comparable(merged_study) != comparable(current_study):
+                study_entry = update_entry(merged_study, current_study)
+        obs_desired = [
+            replace_refs(
+                replace_refs(o, mapped.patient_placeholder, patient_ref),
+                mapped.study_placeholder or "",
+                study_ref,
+            )
+            for o in wanted_obs
+        ]
+        obs_plan = observations.plan(
+            obs_desired, found_obs, members, self.observation_owned, self.deleted_policy
+        )
 
         patient_id = current_patient["id"] if current_patient else None
         study_id = current_study["id"] if current_study else None
-        if patient_entry is None and study_entry is None:
+        entries = [e for e in (patient_entry, study_entry) if e is not None] + obs_plan.entries
+        if not entries:
             return UpsertResult(patient_id, study_id, wrote=False)
-
-        entries = [e for e in (patient_entry, study_entry) if e is not None]
-        if len(entries) > self.max_entries:
-            # The server takes one entry per transaction: the Patient first, then the
-            # ImagingStudy pointing at the id the Patient got.
-            assert patient_entry is not None and study_entry is not None
-            (patient_response,) = self.client.transaction([patient_entry])
-            patient_id, _ = _created_id(patient_response)
-            study_entry = _replace_refs(study_entry, patient_ref, f"Patient/{patient_id}")
-            responses = [patient_response, *self.client.transaction([study_entry])]
-        else:
-            responses = self.client.transaction(entries)
-        # Responses come back in entry order: the Patient's first, the ImagingStudy's last.
+        responses = self._send(entries)
+        # Responses come back in entry order: the Patient's, the ImagingStudy's, then the rest.
         if patient_entry is not None:
-            patient_id = _created_id(responses[0])[0] or patient_id
+            patient_id = created_id(responses[0])[0] or patient_id
         if study_entry is not None:
-            study_id, created = _created_id(responses[-1])
+            study_id, created = created_id(responses[1 if patient_entry is not None else 0])
             if current_study is None and not created:
                 # Someone created it between our read and our write: merge with theirs.
                 raise FhirConflict("ImagingStudy appeared concurrently")
+        observations.check_creates(entries, responses)
         return UpsertResult(patient_id, study_id, wrote=True)
 
-    def _create_both(self, mapped: MappedStudy) -> UpsertResult | None:
-        """Conditional creates of Patient and ImagingStudy in one transaction; None when the
-        ImagingStudy already existed (the caller reads and merges instead)."""
-        patient_response, study_response = self.client.transaction(
-            [
-                create_entry(mapped.patient, mapped.patient_placeholder),
-                create_entry(self.orders.apply(mapped.imaging_study, None)),
-            ]
-        )
-        patient_id, patient_created = _created_id(patient_response)
-        study_id, study_created = _created_id(study_response)
+    def _send(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One transaction, or (past the server's size limit) several in order, each later
+        one pointing at the ids the earlier ones created."""
+        if len(entries) <= self.max_entries:
+            return self.client.transaction(entries)
+        responses: list[dict[str, Any]] = []
+        pending = list(entries)
+        while pending:
+            chunk, pending = pending[: self.max_entries], pending[self.max_entries :]
+            answered = self.client.transaction(chunk)
+            responses.extend(answered)
+            for entry, response in zip(chunk, answered, strict=False):
+                resource_id, _ = created_id(response)
+                if entry.get("fullUrl") and resource_id:
+                    target = f"{entry['resource']['resourceType']}/{resource_id}"
+                    pending = [replace_refs(e, entry["fullUrl"], target) for e in pending]
+        return responses
+
+    def _create_all(self, mapped: MappedStudy) -> UpsertResult | None:
+        """Conditional creates of Patient, ImagingStudy and its dose Observations in one
+        transaction; None when the ImagingStudy already existed (the caller reads and
+        merges instead)."""
+        wanted_obs = list(mapped.observations) if self.writes_observations else []
+        entries = [
+            create_entry(mapped.patient, mapped.patient_placeholder),
+            create_entry(self.orders.apply(mapped.imaging_study, None), mapped.study_placeholder),
+        ]
+        inline = len(entries) + len(wanted_obs) <= self.max_entries
+        if inline:
+            entries += [create_entry(o) for o in wanted_obs]
+        responses = self.client.transaction(entries)
+        patient_id, patient_created = created_id(responses[0])
+        study_id, study_created = created_id(responses[1])
         if not study_created:
             return None
         if not patient_created and not self._known(mapped.patient):
             patient_id = self._reconcile_patient(mapped.patient) or patient_id
         self._remember(mapped.patient)
+        all_created = all(created_id(r)[1] for r in responses[2:])
+        if wanted_obs and not (inline and all_created):
+            # Too many for one transaction, or one existed already: read and merge them.
+            self._upsert(mapped, None, study_id)
         return UpsertResult(patient_id, study_id, wrote=True)
 
     def _reconcile_patient(self, desired: dict[str, Any]) -> str | None:
@@ -304,10 +327,10 @@ class FhirWriter:
             if current is None:
                 return None
             merged = merge_patient(current, desired, self.patient_owned, self.patient_policy)
-            if _comparable(merged) == _comparable(current):
+            if comparable(merged) == comparable(current):
                 return str(current["id"])
             try:
-                self.client.transaction([self._update(merged, current)])
+                self.client.transaction([update_entry(merged, current)])
             except FhirConflict:
                 continue
             return str(current["id"])
@@ -330,31 +353,36 @@ class FhirWriter:
             if len(self._patients) > KNOWN_PATIENTS:
                 self._patients.popitem(last=False)
 
-    @staticmethod
-    def _update(merged: dict[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
-        resource_type = current["resourceType"]
-        resource = {**merged, "id": current["id"]}
-        resource.pop("meta", None)
-        request = {"method": "PUT", "url": f"{resource_type}/{current['id']}"}
-        version = _version(current)
-        if version:
-            request["ifMatch"] = version
-        return {"resource": resource, "request": request}
-
     def remove_study(self, token: str) -> int:
         """Reflect a deleted study, found by its match-key search token: delete its
-        ImagingStudy, or mark it entered-in-error."""
+        ImagingStudy and dose Observations, or mark them entered-in-error."""
         for _ in range(CONFLICT_ATTEMPTS):
             matches = self.client.search(f"ImagingStudy?identifier={token}")
             try:
                 for resource in matches:
+                    self._retire_observations(str(resource["id"]))
                     if self.deleted_policy == "delete":
                         self.client.delete("ImagingStudy", resource["id"])
                     elif resource.get("status") != "entered-in-error":
                         self.client.transaction(
-                            [self._update({**resource, "status": "entered-in-error"}, resource)]
+                            [update_entry({**resource, "status": "entered-in-error"}, resource)]
                         )
             except FhirConflict:
                 continue  # changed under us: read again
             return len(matches)
         raise FhirConflict(f"study {token} kept changing while it was being removed")
+
+    def _retire_observations(self, study_id: str) -> None:
+        """Before its ImagingStudy goes, the dose Observations dicomcast made of it go (a
+        server that keeps referential integrity refuses to delete what they point at)."""
+        if not self.writes_observations:
+            return
+        members = self.client.search(observations.of_study(study_id))
+        entries = [
+            entry
+            for member in members
+            if observations.is_ours(member)
+            and (entry := observations.removal(member, self.deleted_policy)) is not None
+        ]
+        if entries:
+            self._send(entries)

@@ -1,8 +1,8 @@
 """Load the mapping folder once, compile every rule into a Python closure, run them per study.
 
 A mapping file looks like the FHIR JSON it produces. A YAML mapping is a *directive* when it
-has one of the producer keys (`from`, `const`, `first`, `config`, `ref`, `foreach`), else a
-*template* whose keys are FHIR element names. Lists splice their items; empty results (None,
+has one of the producer keys (see PRODUCERS), else a *template* whose keys are FHIR element
+names. Lists splice their items; empty results (None,
 "", [], {}) are left out, so a rule whose DICOM element is absent simply writes nothing.
 The format is documented in mappings/README.md.
 
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from dicomcast.errors import MappingError, MappingFileError
+from dicomcast.mapping import sr
 from dicomcast.mapping.converters import get_converter
 from dicomcast.mapping.runtime import (
     Node,
@@ -26,14 +27,16 @@ from dicomcast.mapping.runtime import (
     Scope,
     bounded,
     computed_value,
+    content_reader,
     empty,
     guarded,
+    joined,
     per_item,
     read_path,
 )
-from dicomcast.studyview import describe_tag, tag_of, values
+from dicomcast.studyview import describe_tag, is_dataset, tag_of, values
 
-PRODUCERS = ("from", "const", "first", "config", "ref", "foreach")
+PRODUCERS = ("from", "const", "first", "config", "ref", "foreach", "sr", "join")
 MODIFIERS = ("many", "as", "lookup", "in", "default", "when", "required", "each")
 TEMPLATE_KEYS = ("when", "required", "needs")
 COMPUTED = ("$item", "$series_count", "$instance_count", "$series_modalities")
@@ -54,6 +57,7 @@ class Compiler:
         self.tables = tables
         self.config_keys = frozenset(config_keys)
         self.tags: set[str] = set()  # every DICOM tag a rule of this file reads
+        self.reads_content = False  # a rule reads an SR content tree (`sr:`)
         self._loader = yaml.SafeLoader("")
 
     def fail(self, node: yaml.Node, reason: str) -> MappingFileError:
@@ -181,7 +185,11 @@ class Compiler:
         elif kind == "config":
             produce = self._config(keys["config"])
         elif kind == "ref":
-            produce = self._ref(keys["ref"])
+            produce = self._ref(keys["ref"], bare=path.endswith(".reference"))
+        elif kind == "sr":
+            produce, source = self._content(keys["sr"], many)
+        elif kind == "join":
+            produce, source = self._join(keys["join"], path), "the joined items"
         else:
             produce = self._foreach(keys, path)
         return self._modified(node, keys, path, produce, source)
@@ -212,7 +220,9 @@ class Compiler:
             if empty(value) and has_default:
                 value = default
             if empty(value) and required:
-                raise MappingError(f"{where} {path}: required, but {source} gives no usable value")
+                raise MappingError(
+                    f"{where} {path}: required, but no usable value came from {source}"
+                )
             return value
 
         return directive
@@ -279,6 +289,22 @@ class Compiler:
 
         return read, label
 
+    def _content(self, node: yaml.Node, many: bool) -> tuple[Node, str]:
+        """`sr: "DCM:113811 > DCM:113813"`: content items of the SR being read."""
+        try:
+            steps = sr.parse_path(self.plain(node), self.tables.get("srt_to_sct", {}))
+        except ValueError as exc:
+            raise self.fail(node, f"sr: {exc}") from None
+        self.tags.update(sr.TAGS_READ)
+        self.reads_content = True
+        return content_reader(steps, many)
+
+    def _join(self, node: yaml.Node, path: str) -> Node:
+        """`join: [a, b, ...]`: the texts the items give, joined by ", "."""
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, "join: expects a list of items")
+        return joined(self._sequence(node, path))
+
     def _first(self, node: yaml.Node, path: str) -> Node:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise self.fail(node, "first: expects a list of alternatives")
@@ -299,14 +325,18 @@ class Compiler:
             raise self.fail(node, f"unknown setting {key!r}")
         return lambda scope, run: run.ctx.config.get(key)
 
-    def _ref(self, node: yaml.Node) -> Node:
+    def _ref(self, node: yaml.Node, bare: bool) -> Node:
+        """`ref: Patient` -> `{"reference": ...}`; under a `reference:` key (a Reference that
+        also carries an identifier) the reference text alone."""
         target = self.plain(node)
         if target not in REFERABLE:
             raise self.fail(node, f"ref: names one of {REFERABLE}, not {target!r}")
 
         def ref(scope: Scope, run: Run) -> Any:
             reference = run.refs.get(target)
-            return {"reference": reference} if reference else None
+            if not reference:
+                return None
+            return reference if bare else {"reference": reference}
 
         return ref
 
@@ -351,7 +381,11 @@ class Compiler:
             def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
                 found = producer(scope, run)
                 items = found if isinstance(found, list) else ([] if empty(found) else [found])
-                return [Scope(scope.data, scope.study, scope.series, item) for item in items]
+                # A dataset (a sequence item, an SR content item) is what `from:` reads next.
+                return [
+                    Scope(item if is_dataset(item) else scope.data, scope.study, scope.series, item)
+                    for item in items
+                ]
 
         def foreach(scope: Scope, run: Run) -> Any:
             out: list[Any] = []

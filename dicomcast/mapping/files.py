@@ -13,18 +13,23 @@ import yaml
 from dicomcast.errors import MappingFileError
 from dicomcast.mapping.engine import TEMPLATE_KEYS, Compiler
 from dicomcast.mapping.runtime import Node
+from dicomcast.studyview import is_uid
 
 
 @dataclass(frozen=True)
 class ResourceMapping:
     """One compiled mapping file. `owned` lists the top-level elements it writes; `tags`
-    every DICOM tag its rules read."""
+    every DICOM tag its rules read. `instances_of`, for a file that makes one resource per
+    instance (a dose report's Observation), the SOP classes of those instances; `reads_content`
+    says its rules read SR content trees."""
 
     resource_type: str
     file: Path
     owned: frozenset[str]
     build: Node
     tags: frozenset[str] = frozenset()
+    instances_of: frozenset[str] | None = None
+    reads_content: bool = False
 
 
 def compile_file(
@@ -54,9 +59,27 @@ def compile_file(
             **{k: {str(a): b for a, b in v.items()} for k, v in inline.items()},
         }
         root.value = [(k, v) for k, v in root.value if compiler.plain(k) != "tables"]
+    instances_of = None
+    if "instances_of" in keys:
+        classes = compiler.plain(keys["instances_of"])
+        if not isinstance(classes, list) or not all(is_uid(str(c)) for c in classes) or not classes:
+            raise compiler.fail(
+                keys["instances_of"], "instances_of: expects a list of SOP Class UIDs"
+            )
+        instances_of = frozenset(str(c) for c in classes)
+        root.value = [(k, v) for k, v in root.value if compiler.plain(k) != "instances_of"]
     declared = compiler.plain(keys["resourceType"]) if "resourceType" in keys else None
     if declared != resource_type:
         raise compiler.fail(root, f"resourceType must be {resource_type!r}, found {declared!r}")
     build = compiler.compile(root, "")
-    owned = frozenset(k for k in keys if k not in ("resourceType", "tables", *TEMPLATE_KEYS))
-    return ResourceMapping(resource_type, path, owned, build, frozenset(compiler.tags))
+    meta = ("resourceType", "tables", "instances_of", *TEMPLATE_KEYS)
+    owned = frozenset(k for k in keys if k not in meta)
+    return ResourceMapping(
+        resource_type,
+        path,
+        owned,
+        build,
+        frozenset(compiler.tags),
+        instances_of,
+        compiler.reads_content,
+    )

@@ -21,13 +21,15 @@ from dicomcast.mapping.converters import TAGS_READ, ConvertContext
 from dicomcast.mapping.files import ResourceMapping, compile_file
 from dicomcast.mapping.runtime import Run, Scope
 from dicomcast.mapping.tables import load_tables
-from dicomcast.studyview import VIEW_TAGS, StudyView
+from dicomcast.studyview import SOP_CLASS, VIEW_TAGS, StudyView, text_value
 
 RESOURCE_FILES = {
     "Patient": "patient.yaml",
     "ImagingStudy": "imagingstudy.yaml",
     "Endpoint": "endpoint.yaml",
 }
+# Resources made per instance of a study, optional: a folder without the file makes none.
+INSTANCE_FILES = {"Observation": "dose-summary.yaml"}
 # Derived from a fixed namespace so a dry run and a worker name the same placeholders.
 _PLACEHOLDER_NS = uuid.UUID("5b0b6a1e-4c1d-4f62-9d0e-6a3d1c0f7e21")
 
@@ -116,13 +118,26 @@ def content_hash(*parts: Any) -> str:
 
 @dataclass(frozen=True)
 class MappedStudy:
-    """The desired FHIR state of one study, before it meets the server's current state."""
+    """The desired FHIR state of one study, before it meets the server's current state.
+
+    `observations` (one per dose report) point at the Patient and ImagingStudy through
+    `patient_placeholder` and `study_placeholder`, which the writer replaces by ids."""
 
     study_uid: str
     patient: dict[str, Any]
     imaging_study: dict[str, Any]
     patient_placeholder: str
     warnings: tuple[str, ...]
+    observations: tuple[dict[str, Any], ...] = ()
+    study_placeholder: str | None = None
+
+    def digest(self, *extra: Any) -> str:
+        """content_hash of what would be written (Observations only when there are some, so
+        a study without any keeps the digest it always had)."""
+        parts: list[Any] = [self.patient, self.imaging_study, *extra]
+        if self.observations:
+            parts.append(list(self.observations))
+        return content_hash(*parts)
 
 
 class Mappings:
@@ -139,7 +154,11 @@ class Mappings:
         self.tables = tables
 
     @classmethod
-    def load(cls, folder: Path | None, config_keys: set[str]) -> Mappings:
+    def load(
+        cls, folder: Path | None, config_keys: set[str], *, per_instance: bool = True
+    ) -> Mappings:
+        """Compile the folder; `per_instance=False` leaves out the per-instance files (dose
+        Observations turned off)."""
         folder = folder or default_mapping_dir()
         if not folder.is_dir():
             raise MappingFileError(f"mapping folder {folder} does not exist")
@@ -150,10 +169,18 @@ class Mappings:
             if not path.is_file():
                 raise MappingFileError(f"{folder}: {name} is missing (maps {resource_type})")
             resources[resource_type] = compile_file(path, resource_type, tables, config_keys)
+        for resource_type, name in INSTANCE_FILES.items() if per_instance else ():
+            path = folder / name
+            if path.is_file():
+                mapping = compile_file(path, resource_type, tables, config_keys)
+                if mapping.instances_of is None:
+                    raise MappingFileError(f"{name}:1: instances_of: is missing")
+                resources[resource_type] = mapping
         return cls(folder, resources, tables)
 
     def owned(self, resource_type: str) -> frozenset[str]:
-        return self.resources[resource_type].owned
+        mapping = self.resources.get(resource_type)
+        return mapping.owned if mapping else frozenset()
 
     def tags_read(self) -> frozenset[str]:
         """Every DICOM tag these mappings can read: a source may drop all others as it
@@ -162,6 +189,40 @@ class Mappings:
         for mapping in self.resources.values():
             tags |= mapping.tags
         return frozenset(tags)
+
+    def content_classes(self) -> frozenset[str]:
+        """The SOP classes whose SR content tree a mapping reads: a source keeps the
+        ContentSequence of these instances only (an image never pays for it)."""
+        classes: set[str] = set()
+        for mapping in self.resources.values():
+            if mapping.reads_content and mapping.instances_of:
+                classes |= mapping.instances_of
+        return frozenset(classes)
+
+    def _per_instance(self, study: StudyView, run: Run) -> tuple[dict[str, Any], ...]:
+        """One resource per instance of the classes a per-instance file names. A resource
+        that cannot be made is left out with a warning; the study is still written."""
+        out: list[dict[str, Any]] = []
+        for resource_type in INSTANCE_FILES:
+            mapping = self.resources.get(resource_type)
+            if mapping is None or not mapping.instances_of:
+                continue
+            for series in study.series:
+                for instance in series.instances:
+                    if text_value(instance.data, SOP_CLASS) not in mapping.instances_of:
+                        continue
+                    try:
+                        built = self._build(resource_type, Scope(instance.data, study, series), run)
+                        resource = checked(scrub(built, run.warnings), run.warnings)
+                        match_key(resource)
+                    except MappingError as exc:
+                        run.warnings.append(
+                            f"{mapping.file.name}: no {resource_type} for instance "
+                            f"{instance.uid}: {exc}"
+                        )
+                        continue
+                    out.append(resource)
+        return tuple(out)
 
     def _run(self, config: Mapping[str, Any]) -> Run:
         return Run(ConvertContext(config=config, tables=self.tables))
@@ -203,8 +264,17 @@ class Mappings:
         match_key(imaging_study)
         patient = checked(patient, run.warnings)
         imaging_study = checked(imaging_study, run.warnings, validation_sample)
+        study_ref = placeholder("ImagingStudy", search_token(imaging_study))
+        run.refs = {**run.refs, "ImagingStudy": study_ref}
+        observations = self._per_instance(study, run)
         return MappedStudy(
-            study.uid, patient, imaging_study, patient_ref, tuple(dict.fromkeys(run.warnings))
+            study.uid,
+            patient,
+            imaging_study,
+            patient_ref,
+            tuple(dict.fromkeys(run.warnings)),
+            observations,
+            study_ref,
         )
 
     def map_endpoint(self, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomcast.mapping import sr
 from dicomcast.mapping.converters import ConversionError, ConvertContext
 from dicomcast.studyview import DicomJson, SeriesView, StudyView, values
 
@@ -58,6 +59,28 @@ def computed_value(name: str) -> Node:
         return study.series_modalities
 
     return computed
+
+
+def content_reader(steps: tuple[sr.Step, ...], many: bool) -> tuple[Node, str]:
+    """A reader of SR content items (see mapping/sr.py), and its label for warnings."""
+
+    def content(scope: Scope, run: Run) -> Any:
+        found = sr.find(scope.data, steps, many)
+        if not found:
+            return None
+        return list(found) if many else found[0]
+
+    return content, f"content item {' > '.join(str(s.concept) for s in steps)}"
+
+
+def joined(items: Node) -> Node:
+    """The texts (and numbers) `items` gives, joined by ", "."""
+
+    def join(scope: Scope, run: Run) -> Any:
+        parts = items(scope, run) or []
+        return ", ".join(str(p) for p in parts if isinstance(p, str | int | float)) or None
+
+    return join
 
 
 def read_path(data: DicomJson, tags: list[str], many: bool) -> Any:

@@ -56,7 +56,9 @@ def mapping_config(
 
 
 def load_mappings(settings: Settings) -> Mappings:
-    return Mappings.load(settings.mapping_dir, MAPPING_CONFIG_KEYS)
+    return Mappings.load(
+        settings.mapping_dir, MAPPING_CONFIG_KEYS, per_instance=settings.dose_observations
+    )
 
 
 class MappingConfigs:

@@ -22,6 +22,7 @@ from dicomcast.sandbox.samples import (
 from dicomcast.sandbox.servers import REPO, FhirServer, OrthancServer
 
 COHORT = "ImagingStudy?modality=CT&patient.birthdate=le1970-01-01"
+DOSES = "Observation?code=http://loinc.org|73569-6"
 
 
 def main() -> int:
@@ -91,6 +92,20 @@ def _show(args: argparse.Namespace, orthanc: OrthancServer, fhir: FhirServer) ->
                 f" inst  {study.get('description', ''):<22} "
                 f"{names.get(study['subject']['reference'], '?')}"
             )
+        doses = http.get(DOSES, params={"_count": 100}).json().get("entry", [])
+        described = {
+            f"ImagingStudy/{e['resource']['id']}": e["resource"].get("description", "")
+            for e in studies
+        }
+        print(f"\nDose reports: GET {DOSES}")
+        for entry in doses:
+            observation = entry["resource"]
+            study_ref = (observation.get("partOf") or [{}])[0].get("reference", "")
+            print(
+                f"  {observation.get('effectiveDateTime', '?'):<30} "
+                f"{described.get(study_ref, '?'):<22} {observation.get('valueString', '')}"
+            )
+        print(f"  {len(doses)} Radiation Dose Summary Observation(s)")
         cohort = http.get(COHORT).json()
         print(f"\nCohort query: GET {COHORT}")
         for entry in cohort.get("entry", []):

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from dicomcast.sandbox.dose_reports import make_dose_report
 from dicomcast.studyview import KOS_SOP_CLASS, REJECTION_TITLES
 
 SOP_CLASSES = {
@@ -41,6 +42,7 @@ class SeriesSpec:
     body_part: str | None = None
     laterality: str | None = None
     number: int = 1
+    dose: str | None = None  # a dose report series: "ct", "xray" or "nm" (see dose_reports)
 
 
 @dataclass
@@ -140,7 +142,8 @@ def _instance(spec: StudySpec, series_index: int, series: SeriesSpec, number: in
 def instances(spec: StudySpec) -> Iterator[Dataset]:
     for series_index, series in enumerate(spec.series):
         for number in range(1, series.instances + 1):
-            yield _instance(spec, series_index, series, number)
+            ds = _instance(spec, series_index, series, number)
+            yield make_dose_report(ds, series.dose) if series.dose else ds
 
 
 def rejection_note(spec: StudySpec, rejected: list[Dataset], code: str = "113001") -> Dataset:
@@ -186,7 +189,8 @@ def to_bytes(ds: Dataset) -> bytes:
 
 
 def demo_studies() -> list[StudySpec]:
-    """The demo's catalogue: 4 patients, CT/MR/CR, multi-series, issuers, non-ASCII names."""
+    """The demo's catalogue: 4 patients, CT/MR/CR/XA/NM, multi-series, issuers, non-ASCII
+    names, and a dose report of each kind (CT, projection X-ray, radiopharmaceutical)."""
     return [
         StudySpec(
             key="ct-chest-doe",
@@ -205,7 +209,7 @@ def demo_studies() -> list[StudySpec]:
             series=[
                 SeriesSpec("CT", 6, "Axial 5mm", "CHEST", number=1),
                 SeriesSpec("CT", 4, "Coronal MPR", "CHEST", number=2),
-                SeriesSpec("SR", 1, "Dose report", number=99),
+                SeriesSpec("SR", 1, "Dose report", number=99, dose="ct"),
             ],
         ),
         StudySpec(
@@ -262,6 +266,39 @@ def demo_studies() -> list[StudySpec]:
             study_date="20261001",
             study_time="1530",
             series=[SeriesSpec("MR", 3, "PD FS COR", "KNEE", laterality="R", number=1)],
+        ),
+        StudySpec(
+            key="xa-angio-muller",
+            patient_id="DE-4455",
+            patient_name="Müller^Jürgen",
+            birth_date="19850314",
+            sex="M",
+            issuer="HOSP-A",
+            accession="ACC-3002",
+            description="XA CORONARY ANGIO",
+            study_date="20260621",
+            study_time="101500",
+            tz_offset="+0200",
+            institution="General Hospital",
+            series=[
+                SeriesSpec("XA", 3, "LAO 30", "HEART", number=1),
+                SeriesSpec("SR", 1, "Dose report", number=99, dose="xray"),
+            ],
+        ),
+        StudySpec(
+            key="nm-dat-garcia",
+            patient_id="MRN2002",
+            patient_name="García López^María José",
+            birth_date="19750229",
+            sex="F",
+            accession="ACC-4001",
+            description="NM DAT SCAN",
+            study_date="20261002",
+            study_time="1100",
+            series=[
+                SeriesSpec("NM", 2, "SPECT brain", "BRAIN", number=1),
+                SeriesSpec("SR", 1, "Dose report", number=99, dose="nm"),
+            ],
         ),
     ]
 

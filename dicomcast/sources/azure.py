@@ -36,7 +36,7 @@ from dicomcast.http import Bounds
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import build_study_views, dataset_filter
+from dicomcast.studyview import build_study_views
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class AzureDicomSource(RestSource):
         try:
             metadata = self.rest.get(
                 f"{self._prefix(partition)}studies/{uid}/metadata",
-                object_hook=dataset_filter(self.keep_tags) if self.keep_tags else None,
+                object_hook=self.metadata_filter(),
                 headers=DICOM_JSON,
             )
         except NotFound:

@@ -51,6 +51,7 @@ class Source(Protocol):
     logs_deletes: bool  # the feed names deleted studies: no reconcile scan needed
     observe: Callable[[int | None, float], None] | None  # told of every request, for metrics
     keep_tags: frozenset[str] | None  # the only tags worth reading (None: every tag)
+    content_of: frozenset[str]  # SOP classes whose SR content tree is worth reading
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
 

@@ -29,7 +29,7 @@ from dicomcast.http import Bounds, send
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
+from dicomcast.studyview import build_study_views, is_uid, text_value
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class OrthancSource(RestSource):
         try:
             metadata = self.rest.get(
                 f"dicom-web/studies/{quote(study_uid, safe='')}/metadata",
-                object_hook=dataset_filter(self.keep_tags) if self.keep_tags else None,
+                object_hook=self.metadata_filter(),
             )
         except NotFound:
             return FetchedStudy(key, None, study_uid=study_uid)

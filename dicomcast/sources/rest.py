@@ -14,6 +14,7 @@ from dicomcast.auth import source_auth
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.http import Bounds, Observer, RetryPolicy, make_client, send
+from dicomcast.studyview import dataset_filter
 
 
 class NotFound(Exception):
@@ -113,6 +114,7 @@ class RestSource:
         self.name = settings.name
         self.settings = settings
         self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
+        self.content_of: frozenset[str] = frozenset()  # SOP classes whose SR tree is kept
         auth = auth or source_auth(settings, verify=verify, transport=transport)
         self.http = make_client(
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
@@ -127,6 +129,12 @@ class RestSource:
     @observe.setter
     def observe(self, value: Observer | None) -> None:
         self.rest.observe = value
+
+    def metadata_filter(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """The JSON object hook that keeps only what the mappings read (None: keep all)."""
+        if self.keep_tags is None:
+            return None
+        return dataset_filter(self.keep_tags, self.content_of)
 
     def close(self) -> None:
         self.http.close()

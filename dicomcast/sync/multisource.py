@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from dicomcast.errors import FhirConflict
-from dicomcast.mapping.mapper import MappedStudy
+from dicomcast.fhir.entries import replace_refs
+from dicomcast.mapping.mapper import MappedStudy, search_token
 from dicomcast.mapping.union import Part, union
 from dicomcast.model import Contribution
 
@@ -71,6 +72,8 @@ class MultiSource:
             "study": mapped.imaging_study,
             "placeholder": mapped.patient_placeholder,
             "endpoint": endpoint,
+            "observations": list(mapped.observations),
+            "study_placeholder": mapped.study_placeholder,
         }
         self.store.put_contribution(source, key, match, part)
         subject = mapped.imaging_study.get("subject")
@@ -81,6 +84,8 @@ class MultiSource:
             _union_of(parts, subject),
             mapped.patient_placeholder,
             mapped.warnings,
+            _observations_of(parts, mapped.patient_placeholder),
+            mapped.study_placeholder,
         )
         return whole, lambda: self.desired(match, subject), len(parts) > 1
 
@@ -101,8 +106,23 @@ class MultiSource:
             _union_of(parts, subject),
             first["placeholder"],
             (),
+            _observations_of(parts, first["placeholder"]),
+            first.get("study_placeholder"),
         )
         return study, lambda: self.desired(match, subject)
+
+
+def _observations_of(parts: list[Contribution], placeholder: str) -> tuple[dict[str, Any], ...]:
+    """Every part's dose Observations, one per report (the highest-priority part's copy),
+    each pointing at the Patient being written."""
+    seen: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for observation in part.body.get("observations") or []:
+            token = search_token(observation)
+            if token not in seen:
+                own = str(part.body.get("placeholder") or "")
+                seen[token] = replace_refs(observation, own, placeholder) if own else observation
+    return tuple(seen.values())
 
 
 def _union_of(parts: list[Contribution], subject: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from dicomcast.errors import DicomcastError
 from dicomcast.fhir.upsert import FhirWriter
-from dicomcast.mapping.mapper import MappedStudy, Mappings, content_hash, search_token, study_token
+from dicomcast.mapping.mapper import MappedStudy, Mappings, search_token, study_token
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import (
     Kind,
@@ -116,7 +116,7 @@ class Reconciler:
             mapped, compose, shared = self.multi.keep(
                 task.source, task.study_key, match, mapped, endpoint
             )
-        digest = content_hash(mapped.patient, mapped.imaging_study, self.patient_policy)
+        digest = mapped.digest(self.patient_policy)
         if digest == task.content_hash and task.fhir_imagingstudy_id:
             written = Written(
                 attempt.study_uid,
@@ -129,7 +129,10 @@ class Reconciler:
             )
             return Outcome(Kind.UNCHANGED, written=written)
         result = self.writer.upsert_study(
-            mapped, new=task.never_written and not shared, compose=compose
+            mapped,
+            new=task.never_written and not shared,
+            compose=compose,
+            study_id=task.fhir_imagingstudy_id,
         )
         attempt.answered.add("fhir")
         written = Written(

@@ -22,10 +22,10 @@ def first_identifier(resource: dict[str, Any]) -> str:
 
 
 def comparable_state(fhir: FhirServer) -> dict[str, list[str]]:
-    """Every Patient, ImagingStudy and Endpoint, normalized and sorted."""
+    """Every Patient, ImagingStudy, Endpoint and Observation, normalized and sorted."""
     by_ref: dict[str, str] = {}
     resources: dict[str, list[dict[str, Any]]] = {}
-    for kind in ("Endpoint", "Patient", "ImagingStudy"):
+    for kind in ("Endpoint", "Patient", "ImagingStudy", "Observation"):
         resources[kind] = all_resources(fhir, kind)
         for resource in resources[kind]:
             by_ref[f"{kind}/{resource['id']}"] = first_identifier(resource)
@@ -50,7 +50,7 @@ def comparable_state(fhir: FhirServer) -> dict[str, list[str]]:
 def duplicates(fhir: FhirServer) -> dict[str, int]:
     """Identifiers held by more than one resource (must always be empty)."""
     found: dict[str, int] = {}
-    for kind in ("Endpoint", "Patient", "ImagingStudy"):
+    for kind in ("Endpoint", "Patient", "ImagingStudy", "Observation"):
         counts = Counter(first_identifier(r) for r in all_resources(fhir, kind))
         found.update({f"{kind} {k}": n for k, n in counts.items() if n > 1})
     return found

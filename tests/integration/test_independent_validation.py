@@ -19,9 +19,12 @@ from pydicom.sequence import Sequence
 from dicomcast.errors import StudyError
 from dicomcast.mapping.mapper import Mappings, placeholder
 from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS
+from dicomcast.sandbox.dose_reports import KINDS as DOSE_KINDS
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
     DEMO_PATIENT_SYSTEM,
+    SeriesSpec,
+    StudySpec,
     demo_studies,
     instances,
 )
@@ -69,7 +72,17 @@ def hostile() -> Dataset:
 
 
 def views() -> Iterator[StudyView]:
-    demo = [dataset_to_json(ds)[0] for spec in demo_studies() for ds in instances(spec)]
+    doses = StudySpec(
+        key="validation-doses",
+        patient_id="V1",
+        patient_name="Dose^Valid",
+        accession="ACC-V1",
+        series=[
+            SeriesSpec("CT", 1, number=1),
+            *(SeriesSpec("SR", 1, number=90 + n, dose=k) for n, k in enumerate(DOSE_KINDS)),
+        ],
+    )
+    demo = [dataset_to_json(ds)[0] for spec in [*demo_studies(), doses] for ds in instances(spec)]
     yield from build_study_views(demo)[0]
     yield from build_study_views([dataset_to_json(hostile())[0]])[0]
     yield from read_studies([PYDICOM_FILES])[0]
@@ -89,12 +102,15 @@ def mapped_resources() -> tuple[list[dict[str, Any]], int]:
         except StudyError:
             refused += 1  # refused with a reason: nothing is written, nothing to check
             continue
-        text = json.dumps(study.imaging_study)
+        text = json.dumps([study.imaging_study, *study.observations])
         text = text.replace(study.patient_placeholder, f"Patient/p{number}")
+        text = text.replace(study.study_placeholder or "-", f"ImagingStudy/s{number}")
         text = text.replace(endpoint_ref, "Endpoint/e")
+        imaging, *observations = json.loads(text)
         resources += [
             {**study.patient, "id": f"p{number}"},
-            {**json.loads(text), "id": f"s{number}"},
+            {**imaging, "id": f"s{number}"},
+            *({**o, "id": f"o{number}-{n}"} for n, o in enumerate(observations)),
         ]
     return resources, refused
 
@@ -112,6 +128,7 @@ def test_every_mapped_resource_passes_two_independent_validators(validator: Path
     resources, refused = mapped_resources()
     studies = sum(1 for r in resources if r["resourceType"] == "ImagingStudy")
     assert studies >= 20 and refused < studies  # pydicom's files are mostly mappable
+    assert sum(1 for r in resources if r["resourceType"] == "Observation") >= 4
     lines = "".join(json.dumps(r) + "\n" for r in resources)
     answer = subprocess.run(
         ["node", "validate.mjs"],

@@ -51,13 +51,14 @@ def test_demo_studies_land_with_expected_values(
     upload(orthanc, *demo_studies())
     code, worker = sync_once()
     assert code == 0
-    assert worker.totals["synced"] == 5
+    assert worker.totals["synced"] == 7
 
     studies = search(fhir, "ImagingStudy")
     patients = search(fhir, "Patient")
     endpoints = search(fhir, "Endpoint")
-    assert len(studies) == 5
-    assert len(patients) == 4  # John Doe has two studies: one Patient
+    assert len(studies) == 7
+    assert len(patients) == 4  # three patients have two studies: one Patient each
+    assert len(search(fhir, "Observation")) == 3  # one per dose report
     assert len(endpoints) == 1
     assert endpoints[0]["address"] == f"{orthanc.url}/dicom-web"
 
