@@ -4,10 +4,13 @@ per report whatever is replayed, retired alone when their report goes, moved wit
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
+from dicomcast.app import build_app
+from dicomcast.config import load_settings
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import MappedStudy, Mappings
@@ -15,6 +18,8 @@ from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS
 from dicomcast.model import DeletedStudyPolicy
 from dicomcast.sandbox.samples import SeriesSpec, StudySpec, instances
 from dicomcast.studyview import build_study_views
+from dicomcast.worker import Worker
+from tests.fakes import FakeSource, dicom_json
 from tests.fhir_fake import FakeFhir
 
 MAPPINGS = Mappings.load(None, MAPPING_CONFIG_KEYS)
@@ -174,3 +179,40 @@ def test_an_observation_already_there_is_merged_not_duplicated() -> None:
     assert len(observations) == 2
     assert observations["old"]["valueString"].startswith("CT Dose Length Product Total")
     assert observations["old"]["subject"]["reference"] == f"Patient/{result.patient_id}"
+
+
+def test_two_sources_of_one_study_write_its_reports_once_and_retire_them_with_their_source(
+    tmp_path: Path,
+) -> None:
+    every = dicom_json(STUDY)
+    images = [i for i in every if i["00080060"]["Value"] != ["SR"]]
+    pacs, cloud = FakeSource({STUDY.study_uid: images}, "pacs"), FakeSource({}, "cloud")
+    cloud.studies[STUDY.study_uid] = every  # only the cloud copy holds the dose reports
+    cloud.feed.append(STUDY.study_uid)
+    settings = load_settings(
+        None,
+        sources=[
+            {"name": "pacs", "url": "http://a.test"},
+            {"name": "cloud", "url": "http://b.test"},
+        ],
+        fhir_url="http://fhir.test/fhir",
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        patient_id_system="urn:oid:1.2.3",
+        http_port=0,
+    )
+    fake = FakeFhir()
+    worker = Worker(build_app(settings, sources=[pacs, cloud], fhir_transport=fake))
+    worker.endpoints.known[FakeSource.location_.address] = "Endpoint/e"
+    try:
+        assert worker.run_once() == 0
+        assert len(fake.all("ImagingStudy")) == 1 and len(fake.all("Observation")) == 2
+        versions = fake.versions()
+        assert worker.run_once() == 0 and fake.versions() == versions  # nothing new
+        del cloud.studies[STUDY.study_uid]  # the cloud copy is deleted: its reports go
+        assert worker.run_once() == 0
+        assert fake.all("Observation") == []
+        [study] = fake.all("ImagingStudy")
+        assert study["numberOfInstances"] == 2  # the PACS's images stay
+    finally:
+        worker.close()
+        worker.app.close()
