@@ -20,10 +20,12 @@ WORKDIR /data
 # State lives in /data (mount a volume); point DICOMCAST_STATE_URL at PostgreSQL to share it.
 ENV DICOMCAST_STATE_URL=sqlite:////data/dicomcast.db \
     DICOMCAST_HTTP_HOST=0.0.0.0 \
-    DICOMCAST_HTTP_PORT=9464
+    DICOMCAST_HTTP_PORT=9464 \
+    DICOMCAST_SOURCE_STORE_HOST=0.0.0.0
 VOLUME ["/data"]
-# /livez, /readyz and /metrics (Prometheus); see docs/operations.md.
-EXPOSE 9464
+# /livez, /readyz and /metrics (Prometheus); see docs/operations.md. 11112: the C-STORE
+# listener of a DIMSE source, when DICOMCAST_SOURCE_STORE_PORT=11112 turns it on.
+EXPOSE 9464 11112
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/livez', timeout=4)"]
 

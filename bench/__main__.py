@@ -10,7 +10,9 @@ target passes. Every ratio compares figures measured in this same run, on this m
 4. steady-state lag at a fixed arrival rate, from the store in Orthanc to FHIR search;
 5. peak RSS of the worker on a 1k and a 10k backlog of 50-instance studies, and on the 10k
    plus the large studies;
-6. mapping alone, on one core.
+6. mapping alone, on one core;
+7. what dose reports cost: images' metadata and mapping with dose Observations on and off;
+8. a PACS over DIMSE: `run --once` by C-FIND polling, and storescu into the C-STORE listener.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from bench import dimse
 from bench.measure import (
     CatchUp,
     catch_up,
@@ -112,6 +115,8 @@ def main() -> int:
             lambda o, f: steady_state_lag(o, f, root / "steady.db", 20.0, steady_seconds),
             STABLE_AGE,
         )
+        query = dimse.query_mode(root / "dimse-query", 20, 20)
+        push = dimse.push_mode(root / "dimse-push", 20, 20)
     mapping_rate = mapping_alone(maps)
     dose = dose_cost()
 
@@ -146,6 +151,13 @@ def main() -> int:
                                           f"{dose.map_on:,.0f} / {dose.map_off:,.0f} inst/s"),
         ("   one CT dose report", f"read {dose.report_read * 1000:.1f} ms, Observation mapped "
                                   f"in {dose.report_map * 1000:.1f} ms"),
+        ("8. DIMSE query (C-FIND)", f"{query.studies / query.seconds:.1f} studies/s, "
+                                    f"{query.rate:,.0f} instances/s ({query.studies} x "
+                                    f"{query.instances // query.studies}, 2 series); "
+                                    f"{query.finds_per_study:.1f} C-FINDs per study"),
+        ("   DIMSE push (C-STORE in)", f"{push.studies / push.seconds:.1f} studies/s, "
+                                       f"{push.rate:,.0f} instances/s, storescu to FHIR "
+                                       "(StableAge 1 s)"),
     ]  # fmt: skip
     targets = [
         (run.rate / limit_rate >= 0.8, f"ratio to the limit {run.rate / limit_rate:.2f} >= 0.8"),
@@ -170,6 +182,11 @@ def main() -> int:
             dose.kept_on == dose.kept_off and dose.read_on <= 1.15 * dose.read_off,
             f"images do not pay for dose reports: same bytes kept, read "
             f"{dose.read_on / dose.read_off:.2f}x <= 1.15x",
+        ),
+        (
+            query.finds_per_study <= 4.0,
+            f"C-FINDs per synced study {query.finds_per_study:.1f} <= 4 (study, series, "
+            "images of its 2 series)",
         ),
         (
             dose.map_on >= 0.9 * dose.map_off,

@@ -19,6 +19,8 @@ from dicomcast.ops.metrics import Metrics
 from dicomcast.parts import App
 from dicomcast.sources.azure import AzureDicomSource
 from dicomcast.sources.base import Source
+from dicomcast.sources.dimse.listener import StoreListener
+from dicomcast.sources.dimse.source import DimseSource, HeaderStore
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
 from dicomcast.urls import mask_url
@@ -36,9 +38,13 @@ def make_source(
     settings: Settings,
     source: SourceSettings | None = None,
     transport: httpx.BaseTransport | None = None,
+    headers: HeaderStore | None = None,
 ) -> Source:
-    """A client for one configured source (the only one, when not named)."""
+    """A client for one configured source (the only one, when not named). `headers` is
+    where a DIMSE source's listener keeps what it received (the state DB)."""
     source = source or settings.first_source()
+    if source.kind == "dimse":
+        return DimseSource(source, headers)
     kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
     return kind(
         source,
@@ -108,16 +114,23 @@ def build_app(
     given = {s.name: s for s in ([source] if source else []) + (sources or [])}
     clients: dict[str, Source] = {}
     for config in configured:
-        client = given.pop(config.name, None) or make_source(settings, config)
+        client = given.pop(config.name, None) or make_source(settings, config, headers=store)
         client.observe = _counting(metrics, client.name)
         client.keep_tags = mappings.tags_read()
         client.content_of = mappings.content_classes()
+        if isinstance(client, DimseSource):  # it asks for attributes by name (C-FIND)
+            client.read_inside_items(mappings.item_tags())
         clients[config.name] = client
     if given:
         raise ConfigError(f"sources given that are not configured: {sorted(given)}")
     names = list(clients)
     metrics.watch_state(store, lambda: names)
-    return App(settings, store, clients, mappings, fhir, writer, metrics)
+    listeners = [
+        StoreListener(config, store)
+        for config in configured
+        if config.kind == "dimse" and config.store_port is not None
+    ]
+    return App(settings, store, clients, mappings, fhir, writer, metrics, listeners)
 
 
 def _counting(metrics: Metrics, name: str) -> Callable[[int | None, float], None]:

@@ -3,7 +3,7 @@ settings, or by tests from fakes. A plain container: it builds nothing itself.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dicomcast.config import Settings
 from dicomcast.fhir.client import FhirClient
@@ -11,6 +11,7 @@ from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import Mappings
 from dicomcast.ops.metrics import Metrics
 from dicomcast.sources.base import Source
+from dicomcast.sources.dimse.listener import StoreListener
 from dicomcast.state.store import StateStore
 
 
@@ -23,6 +24,8 @@ class App:
     fhir: FhirClient
     writer: FhirWriter
     metrics: Metrics
+    # C-STORE listeners of DIMSE sources in push mode: started by `run`, stopped with it.
+    listeners: list[StoreListener] = field(default_factory=list)
 
     @property
     def source(self) -> Source:
@@ -30,6 +33,8 @@ class App:
         return next(iter(self.sources.values()))
 
     def close(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
         for source in self.sources.values():
             source.close()
         self.fhir.close()

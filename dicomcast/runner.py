@@ -120,6 +120,8 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
             signal.signal(sig, lambda signum, _frame: _on_signal(worker, signum))
     if not start(worker):
         return
+    for listener in worker.app.listeners:
+        listener.start()  # pushed instances are stored and marked dirty from now on
     scheduler = BackgroundScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
     )
@@ -143,6 +145,8 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
         closer = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True})
         closer.start()
         closer.join(worker.settings.shutdown_timeout)
+        for listener in worker.app.listeners:
+            listener.stop()
         worker.leases.let_go()
         if closer.is_alive():
             _exit_now(

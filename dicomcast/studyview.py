@@ -196,16 +196,11 @@ REJECTION_TITLES = {
     "113038": "Incorrect Modality Worklist Entry",
     "113039": "Data Retention Policy Expired",
 }
-VIEW_TAGS = _VIEW_TAGS | {
-    SOP_CLASS,
-    CONCEPT_NAME,
-    EVIDENCE,
-    REFERENCED_SERIES,
-    REFERENCED_SOPS,
-    REFERENCED_SOP_UID,
-    CODE_VALUE,
-    CODE_SCHEME,
-}
+# Of those, the ones read inside items (a rejection note's references and title codes).
+ITEM_TAGS = frozenset(
+    {REFERENCED_SERIES, REFERENCED_SOPS, REFERENCED_SOP_UID, CODE_VALUE, CODE_SCHEME}
+)
+VIEW_TAGS = _VIEW_TAGS | {SOP_CLASS, CONCEPT_NAME, EVIDENCE} | ITEM_TAGS
 
 
 def rejection_title(data: DicomJson) -> str | None:

@@ -28,6 +28,7 @@ class FakeSource:
 
     kind = "fake"
     logs_deletes = False
+    lists_changes = False
     location_ = StudyLocation("http://fake.test/dicom-web", "default")
 
     def __init__(self, studies: dict[str, list[Any]], name: str = "default") -> None:
@@ -65,6 +66,9 @@ class FakeSource:
 
     def lookup_study(self, study_uid: str) -> list[str]:
         return [k for k in self.studies if k == study_uid]
+
+    def covers(self, key: str) -> bool:
+        return True
 
     def location(self, key: str) -> StudyLocation:
         return self.location_

@@ -223,18 +223,18 @@ class Settings(BaseSettings):
         """Every configured source in priority order; `ConfigError` when there is none or
         the settings contradict each other."""
         if self.sources:
-            if self.source is not None and self.source.url:
+            if self.source is not None and self.source.configured:
                 raise ConfigError(
                     "both a `sources` list and DICOMCAST_SOURCE_URL are set: use one of them"
                 )
             names = [s.name for s in self.sources]
             if len(set(names)) != len(names):
                 raise ConfigError(f"source names must be unique: {names}")
-            unnamed = [s.name for s in self.sources if not s.url]
+            unnamed = [s.name for s in self.sources if not s.configured]
             if unnamed:
                 raise ConfigError(f"sources without a url: {unnamed}")
             return list(self.sources)
-        if self.source is None or not self.source.url:
+        if self.source is None or not self.source.configured:
             raise ConfigError(
                 "DICOMCAST_SOURCE_URL is not set: which DICOM server should I follow?"
             )

@@ -3,6 +3,7 @@ and the flat `DICOMCAST_SOURCE_*` shorthand for a single source."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -10,13 +11,25 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from dicomcast.urls import has_userinfo, without_userinfo
 
-SourceKind = Literal["orthanc", "azure-dicom"]
+SourceKind = Literal["orthanc", "azure-dicom", "dimse"]
 ApiVersion = Literal["v1", "v2"]
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
 DEFAULT_PARTITION = "Microsoft.Default"
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PARTITION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the service's own rule
+# An AE title (PS3.5 AE): up to 16 characters of the default repertoire, no backslash or
+# control characters, not only spaces.
+AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+DICOM_URL = re.compile(r"dicom://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
+
+
+def ae_title(value: str) -> str:
+    """A valid AE title, trimmed; ValueError when it is not one."""
+    trimmed = value.strip()
+    if not trimmed or not AE_TITLE.fullmatch(trimmed):
+        raise ValueError(f"{value!r} is not an AE title (1-16 printable characters, no '\\')")
+    return trimmed
 
 
 def resolve_token_url(explicit: str | None, tenant_id: str | None) -> str | None:
@@ -67,6 +80,36 @@ class SourceSettings(BaseModel):
     )
     accession_system: str | None = None
 
+    # --- DIMSE (kind `dimse`): a PACS queried with C-FIND, and/or a C-STORE listener
+    remote_ae: str | None = Field(None, description="The PACS's AE title (query mode).")
+    local_ae: str = Field("DICOMCAST", description="dicomcast's own AE title.")
+    query: bool | None = Field(
+        None, description="Poll the PACS with C-FIND (default: when `url` is set)."
+    )
+    lookback_days: int = Field(
+        7, ge=0, le=3650, description="The polled window: studies of the last N days."
+    )
+    sweep_interval: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds between full sweeps of older study dates, read a page per poll "
+        "(0 = never).",
+    )
+    store_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the C-STORE listener (unset: none)."
+    )
+    store_host: str = Field("127.0.0.1", description="Address the C-STORE listener binds.")
+    allowed_aes: list[str] | None = Field(
+        None, description="Calling AE titles the listener accepts (unset or empty: any)."
+    )
+    stable_age: float = Field(
+        30.0, ge=0, description="Seconds without a new instance before a pushed study is read."
+    )
+    tls_ca_bundle: str | None = Field(None, description="DICOM TLS: CA certificates (PEM).")
+    tls_cert: str | None = Field(None, description="DICOM TLS: our certificate (PEM).")
+    tls_key: str | None = Field(None, description="DICOM TLS: our private key (PEM).")
+    timeout: float = Field(30.0, gt=0, description="Seconds a DIMSE association may wait.")
+
     @field_validator("url", "public_url", "oauth_token_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -78,6 +121,20 @@ class SourceSettings(BaseModel):
         if not SOURCE_NAME.fullmatch(value):
             raise ValueError("a source name is 1-64 letters, digits, '.', '_' or '-'")
         return value
+
+    @field_validator("allowed_aes", mode="before")
+    @classmethod
+    def _split_aes(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: "MODALITY1,PACS" or a JSON list
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+            value = [v for v in value if str(v).strip()]
+        return [ae_title(str(v)) for v in value] if value else None
+
+    @field_validator("remote_ae", "local_ae")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return ae_title(value) if value is not None else None
 
     @field_validator("partitions", mode="before")
     @classmethod
@@ -113,12 +170,46 @@ class SourceSettings(BaseModel):
                 f"source {self.name}: public_url is published in FHIR Endpoints for every "
                 "client to read; it must not carry a user name or password"
             )
+        if self.kind == "dimse":
+            self._check_dimse()
         if self.kind == "orthanc" and self.partitions:
             raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
         bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
         if bad:
             raise ValueError(f"source {self.name}: not partition names: {bad}")
         return self
+
+    def _check_dimse(self) -> None:
+        if self.url and not DICOM_URL.fullmatch(self.url):
+            raise ValueError(f"source {self.name}: url must be dicom://HOST:PORT for kind dimse")
+        if self.querying and not self.remote_ae:
+            raise ValueError(f"source {self.name}: querying a PACS needs remote_ae")
+        if self.query and not self.url:
+            raise ValueError(f"source {self.name}: query=true needs url (dicom://HOST:PORT)")
+        if not self.querying and self.store_port is None:
+            raise ValueError(
+                f"source {self.name}: a dimse source needs url (query) or store_port (push)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(f"source {self.name}: tls_cert and tls_key go together")
+
+    @property
+    def configured(self) -> bool:
+        """Something to follow: a url, or (DIMSE push only) a C-STORE listener port."""
+        return bool(self.url) or (self.kind == "dimse" and self.store_port is not None)
+
+    @property
+    def querying(self) -> bool:
+        """A DIMSE source polls its PACS with C-FIND (query mode)."""
+        return bool(self.url) if self.query is None else self.query
+
+    @property
+    def dicom_address(self) -> tuple[str, int]:
+        """(host, port) of a `dicom://HOST:PORT` url."""
+        match = DICOM_URL.fullmatch(self.url)
+        if not match:
+            raise ValueError(f"source {self.name}: not a dicom://HOST:PORT url")
+        return match.group("host").strip("[]"), int(match.group("port"))
 
     @property
     def published_url(self) -> str:
@@ -127,6 +218,8 @@ class SourceSettings(BaseModel):
         Never with the credentials a `url` may carry: every FHIR client could read them."""
         if self.public_url:
             return self.public_url
+        if self.kind == "dimse":
+            return ""  # DIMSE has no Endpoint connection type in FHIR: no Endpoint
         url = without_userinfo(self.url)
         return f"{url}/dicom-web" if self.kind == "orthanc" else url
 

@@ -21,6 +21,7 @@ import yaml
 from dicomcast.errors import MappingError, MappingFileError
 from dicomcast.mapping import sr
 from dicomcast.mapping.converters import get_converter
+from dicomcast.mapping.foreach import compile_foreach
 from dicomcast.mapping.runtime import (
     Node,
     Run,
@@ -34,7 +35,7 @@ from dicomcast.mapping.runtime import (
     per_item,
     read_path,
 )
-from dicomcast.studyview import describe_tag, is_dataset, tag_of, values
+from dicomcast.studyview import describe_tag, tag_of
 
 PRODUCERS = ("from", "const", "first", "config", "ref", "foreach", "sr", "join")
 MODIFIERS = ("many", "as", "lookup", "in", "default", "when", "required", "each")
@@ -57,6 +58,9 @@ class Compiler:
         self.tables = tables
         self.config_keys = frozenset(config_keys)
         self.tags: set[str] = set()  # every DICOM tag a rule of this file reads
+        self.item_tags: set[str] = set()  # tags read inside sequence items or SR content
+        self.top_tags: set[str] = set()  # tags read as attributes of an instance
+        self.in_item = 0  # compiling a rule that reads inside an item
         self.reads_content = False  # a rule reads an SR content tree (`sr:`)
         self._loader = yaml.SafeLoader("")
 
@@ -280,7 +284,7 @@ class Compiler:
             tags = [tag_of(part) for part in spec.split(".")]
         except ValueError as exc:
             raise self.fail(node, str(exc)) from None
-        self.tags.update(tags)
+        self.note(tags)
         label = describe_tag(tags[-1])
         where = f"{_where(node, self.file)} {label}"
 
@@ -295,7 +299,9 @@ class Compiler:
             steps = sr.parse_path(self.plain(node), self.tables.get("srt_to_sct", {}))
         except ValueError as exc:
             raise self.fail(node, f"sr: {exc}") from None
+        self.note([sr.CONTENT])
         self.tags.update(sr.TAGS_READ)
+        self.item_tags.update(sr.TAGS_READ - {sr.CONTENT})
         self.reads_content = True
         return content_reader(steps, many)
 
@@ -340,61 +346,12 @@ class Compiler:
 
         return ref
 
+    def note(self, tags: list[str]) -> None:
+        """Record the tags a path reads: its first at the level the rule reads at, the rest
+        inside items (a source asking for attributes asks only for the top-level ones)."""
+        self.tags.update(tags)
+        (self.item_tags if self.in_item else self.top_tags).add(tags[0])
+        self.item_tags.update(tags[1:])
+
     def _foreach(self, keys: dict[str, yaml.Node], path: str) -> Node:
-        if "each" not in keys:
-            raise self.fail(keys["foreach"], "foreach: needs an each: template")
-        body = self.compile(keys["each"], path)
-        over_node = keys["foreach"]
-        over = self.plain(over_node) if isinstance(over_node, yaml.ScalarNode) else None
-        scopes: Callable[[Scope, Run], Iterable[Scope]]
-        if over == "series":
-
-            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
-                study = scope.study
-                return [Scope(s.data, study, s) for s in study.series] if study else []
-
-        elif over == "instances":
-
-            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
-                series = scope.series
-                if series is None:
-                    return []
-                return [Scope(i.data, scope.study, series) for i in series.instances]
-
-        elif isinstance(over, str):
-            try:
-                tag = tag_of(over)
-            except ValueError as exc:
-                raise self.fail(over_node, f"foreach: {exc}") from None
-            self.tags.add(tag)
-
-            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
-                return [
-                    Scope(item, scope.study, scope.series, item)
-                    for item in values(scope.data, tag)
-                    if isinstance(item, Mapping)
-                ]
-
-        else:
-            producer = self.compile(over_node, path)
-
-            def scopes(scope: Scope, run: Run) -> Iterable[Scope]:
-                found = producer(scope, run)
-                items = found if isinstance(found, list) else ([] if empty(found) else [found])
-                # A dataset (a sequence item, an SR content item) is what `from:` reads next.
-                return [
-                    Scope(item if is_dataset(item) else scope.data, scope.study, scope.series, item)
-                    for item in items
-                ]
-
-        def foreach(scope: Scope, run: Run) -> Any:
-            out: list[Any] = []
-            for inner in scopes(scope, run):
-                value = body(inner, run)
-                if isinstance(value, list):
-                    out.extend(value)
-                elif not empty(value):
-                    out.append(value)
-            return out or None
-
-        return foreach
+        return compile_foreach(self, keys, path)

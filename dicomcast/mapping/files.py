@@ -30,6 +30,8 @@ class ResourceMapping:
     tags: frozenset[str] = frozenset()
     instances_of: frozenset[str] | None = None
     reads_content: bool = False
+    item_tags: frozenset[str] = frozenset()  # read inside items
+    top_tags: frozenset[str] = frozenset()  # read as attributes of an instance
 
 
 def compile_file(
@@ -82,4 +84,6 @@ def compile_file(
         frozenset(compiler.tags),
         instances_of,
         compiler.reads_content,
+        frozenset(compiler.item_tags),
+        frozenset(compiler.top_tags),
     )

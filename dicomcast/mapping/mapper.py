@@ -21,7 +21,7 @@ from dicomcast.mapping.converters import TAGS_READ, ConvertContext
 from dicomcast.mapping.files import ResourceMapping, compile_file
 from dicomcast.mapping.runtime import Run, Scope
 from dicomcast.mapping.tables import load_tables
-from dicomcast.studyview import SOP_CLASS, VIEW_TAGS, StudyView, text_value
+from dicomcast.studyview import ITEM_TAGS, SOP_CLASS, VIEW_TAGS, StudyView, text_value
 
 RESOURCE_FILES = {
     "Patient": "patient.yaml",
@@ -185,10 +185,21 @@ class Mappings:
     def tags_read(self) -> frozenset[str]:
         """Every DICOM tag these mappings can read: a source may drop all others as it
         parses a study's metadata, which keeps large studies small in memory."""
-        tags = set(VIEW_TAGS | TAGS_READ)
+        tags = set(VIEW_TAGS | TAGS_READ)  # TAGS_READ: what converters read inside items
         for mapping in self.resources.values():
             tags |= mapping.tags
         return frozenset(tags)
+
+    def item_tags(self) -> frozenset[str]:
+        """The tags the mappings read only inside items (sequence items, code items, SR
+        content): a source that asks for attributes by name (C-FIND) asks for the others."""
+        inside = set(ITEM_TAGS | TAGS_READ)
+        for mapping in self.resources.values():
+            inside |= mapping.item_tags
+        top = set(VIEW_TAGS - ITEM_TAGS - TAGS_READ)
+        for mapping in self.resources.values():
+            top |= mapping.top_tags
+        return frozenset(inside - top)
 
     def content_classes(self) -> frozenset[str]:
         """The SOP classes whose SR content tree a mapping reads: a source keeps the

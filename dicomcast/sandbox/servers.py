@@ -57,8 +57,18 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
 class OrthancServer:
     """A throw-away Orthanc with the DICOMweb plugin; `stable_age` in seconds."""
 
-    def __init__(self, folder: Path, *, stable_age: int = 2, user: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        stable_age: int = 2,
+        user: tuple[str, str] | None = None,
+        modalities: dict[str, list[Any]] | None = None,
+    ):
         self.folder = folder
+        self.modalities = (
+            modalities or {}
+        )  # DICOM peers it may C-STORE to: name -> [AE, host, port]
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.stable_age = stable_age
@@ -69,6 +79,11 @@ class OrthancServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicom_url(self) -> str:
+        """Its DIMSE address (AE title ORTHANC), as a DIMSE source's url."""
+        return f"dicom://127.0.0.1:{self.dicom_port}"
+
     def start(self) -> OrthancServer:
         config_dir = self.folder / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +93,17 @@ class OrthancServer:
             "IndexDirectory": str(self.folder / "db"),
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
-            "DicomAet": "DICOMCAST",
+            "DicomAet": "ORTHANC",
+            # Orthanc is also a DIMSE PACS for the tests: it answers C-FIND from anyone, at
+            # every level, reading attributes its index lacks from the stored files.
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomCheckCalledAet": False,
+            "StorageAccessOnFind": "Always",
+            # C-FIND answers in this character set; Orthanc's default (Latin-1) would turn a
+            # Japanese name's ideographic and phonetic groups into nothing.
+            "DefaultEncoding": "Utf8",
+            "DicomModalities": self.modalities,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": self.user is not None,
             "StableAge": self.stable_age,

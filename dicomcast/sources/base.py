@@ -49,6 +49,7 @@ class Source(Protocol):
     name: str
     kind: str
     logs_deletes: bool  # the feed names deleted studies: no reconcile scan needed
+    lists_changes: bool  # no change feed: each poll compares `list_studies` with the state DB
     observe: Callable[[int | None, float], None] | None  # told of every request, for metrics
     keep_tags: frozenset[str] | None  # the only tags worth reading (None: every tag)
     content_of: frozenset[str]  # SOP classes whose SR content tree is worth reading
@@ -68,6 +69,12 @@ class Source(Protocol):
     def list_studies(self) -> dict[str, int]:
         """Every study key the server holds now, with its instance count (only called when
         the feed does not log deletes)."""
+        ...
+
+    def covers(self, key: str) -> bool:
+        """Whether the last `list_studies` spoke for this study: if it did and the study
+        was not in it, the study is gone (a listing of part of an archive, such as a PACS's
+        recent dates, does not speak for the rest)."""
         ...
 
     def location(self, key: str) -> StudyLocation:

@@ -130,6 +130,12 @@ class RestSource:
     def observe(self, value: Observer | None) -> None:
         self.rest.observe = value
 
+    lists_changes = False
+
+    def covers(self, key: str) -> bool:
+        """A REST archive's listing is the whole archive."""
+        return True
+
     def metadata_filter(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
         """The JSON object hook that keeps only what the mappings read (None: keep all)."""
         if self.keep_tags is None:

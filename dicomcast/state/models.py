@@ -4,7 +4,7 @@ compare on SQLite and PostgreSQL alike. The schema is owned by the Alembic migra
 
 from __future__ import annotations
 
-from sqlalchemy import Float, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Float, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -98,3 +98,20 @@ class IdentityRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ReceivedRow(Base):
+    """An instance header a C-STORE listener received (migration 0005)."""
+
+    __tablename__ = "received_instances"
+    __table_args__ = (
+        UniqueConstraint("source", "sop_uid", name="uq_received_source_sop"),
+        Index("ix_received_source_key", "source", "study_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100))
+    study_key: Mapped[str] = mapped_column(String(200))
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    header: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed DICOM JSON
+    received_at: Mapped[float] = mapped_column(Float)

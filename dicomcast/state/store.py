@@ -13,10 +13,11 @@ from dicomcast.state.contributions import Contributions
 from dicomcast.state.cursors import Cursors
 from dicomcast.state.db import Database
 from dicomcast.state.queue import Queue
+from dicomcast.state.received import Received
 from dicomcast.state.reports import Reports
 
 
-class StateStore(Cursors, Queue, Contributions, Reports):
+class StateStore(Cursors, Queue, Contributions, Received, Reports):
     """All reads and writes of the state DB; each method is one short transaction, and a
     database failure in any of them is `StateUnavailable`."""
 

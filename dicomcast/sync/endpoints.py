@@ -24,8 +24,11 @@ class Endpoints:
         self.known: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def ref(self, source: str, location: StudyLocation) -> str:
-        """The Endpoint reference of a location; one FHIR round trip the first time."""
+    def ref(self, source: str, location: StudyLocation) -> str | None:
+        """The Endpoint reference of a location; one FHIR round trip the first time. None
+        for a location with no address (a DIMSE-only PACS: FHIR has no Endpoint for it)."""
+        if not location.address:
+            return None
         ref = self.known.get(location.address)
         if ref is None:
             with self._lock:

@@ -114,6 +114,10 @@ class Feed:
         """Read one source's feed to its end (or until stopped); how many studies were
         marked dirty."""
         source = self.sources[name]
+        if source.lists_changes:  # no change feed: the listing is the feed
+            marked = self.scan(name)
+            self.beat()
+            return marked
         marked = 0
         steps = 0
         while not self.stop.is_set() and steps < MAX_STEPS:
@@ -189,15 +193,19 @@ class Feed:
 
     def scan(self, name: str) -> int:
         """Mark the studies that vanished, changed instance count, or were never seen (only
-        for a source whose feed does not log deletes); how many were marked."""
+        for a source whose feed does not log deletes); how many were marked. A study missing
+        from a listing counts as vanished only where the listing speaks for it (`covers`)."""
         source = self.sources[name]
         if source.logs_deletes:
             return 0
         present = source.list_studies()
         known = self.state.known_studies(name)
         now = time.time()
-        marks = [DirtyMark(key, now) for key in known if key not in present]
-        marks += [DirtyMark(key, now) for key, n in present.items() if known.get(key, -1) != n]
+        marks = [DirtyMark(key, now) for key in known if key not in present and source.covers(key)]
+        # A negative count: the source cannot say (a PACS without the count in C-FIND).
+        marks += [
+            DirtyMark(key, now) for key, n in present.items() if n < 0 or known.get(key, -1) != n
+        ]
         # A study synced moments ago may still be marked with an older count; re-syncing
         # it is a cheap no-op (content hash), so no special case is needed.
         self.state.mark_dirty(name, marks, now)

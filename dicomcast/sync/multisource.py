@@ -62,7 +62,7 @@ class MultiSource:
         return _union_of(self.parts(match), subject)
 
     def keep(
-        self, source: str, key: str, match: str, mapped: MappedStudy, endpoint: str
+        self, source: str, key: str, match: str, mapped: MappedStudy, endpoint: str | None
     ) -> tuple[MappedStudy, Compose, bool]:
         """Store this source's part; returns the study to write (the union), how to compose
         it again after a re-read, and whether another source holds the study too (it then

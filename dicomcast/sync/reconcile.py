@@ -106,7 +106,7 @@ class Reconciler:
         attempt: _Attempt,
         mapped: MappedStudy,
         match: str,
-        endpoint: str,
+        endpoint: str | None,
         count: int,
         warnings: tuple[str, ...],
     ) -> Outcome:

@@ -61,3 +61,20 @@ def test_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(StateSchemaError, match="newer"):
         StateStore(url).migrate()
+
+
+def test_a_received_header_is_stored_with_its_dirty_mark_and_a_resend_replaces_it() -> None:
+    store = StateStore("sqlite://")
+    store.migrate()
+    store.ensure_source("pacs", "dimse")
+    header = {"00080018": {"vr": "UI", "Value": ["1.2.3.1"]}}
+    store.receive("pacs", "20261130/1.2.3", "1.2.3", "1.2.3.1", header, now=100.0)
+    store.receive("pacs", "20261130/1.2.3", "1.2.3", "1.2.3.2", {"a": 1}, now=101.0)
+    store.receive("pacs", "20261130/1.2.3", "1.2.3", "1.2.3.1", {**header, "b": 2}, now=102.0)
+    received = store.received("pacs", "20261130/1.2.3")
+    assert len(received) == 2 and {**header, "b": 2} in received  # the resend replaced it
+    assert store.last_received("pacs", "20261130/1.2.3") == 102.0
+    [task] = store.due("pacs", 10, now=200.0)
+    assert task.study_key == "20261130/1.2.3" and task.study_uid == "1.2.3"
+    assert store.forget_received("pacs", "20261130/1.2.3") == 2
+    assert store.received("pacs", "20261130/1.2.3") == []

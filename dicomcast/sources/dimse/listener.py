@@ -1,0 +1,122 @@
+"""The C-STORE listener: a PACS routing rule or a modality sends copies of its instances,
+dicomcast keeps each header (pixel data dropped on arrival, never written anywhere), and
+answers Success only after the header and the study's dirty mark are committed to the
+state DB. A crash between receipt and commit leaves the sender without Success: it sends
+again. An instance without usable UIDs is refused with a status; the listener goes on.
+A calling AE title not on the allow-list gets an A-ASSOCIATE-RJ, logged with its address.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import StateUnavailable
+from dicomcast.sources.dimse.network import VERIFICATION, tls_context
+from dicomcast.sources.dimse.query import study_key
+from dicomcast.sources.files import dataset_to_json
+from dicomcast.studyview import is_uid
+
+log = logging.getLogger(__name__)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # the state DB failed: the sender should try again later
+CANNOT_UNDERSTAND = 0xC000
+# Elements that are bulk data, never metadata: dropped before anything else happens.
+BULK = (0x7FE00010, 0x7FE00008, 0x7FE00009, 0x54000110, 0x54001010, 0x00420011)
+
+
+class HeaderSink(Protocol):
+    """Where received headers go: stored, and their study marked dirty, in one commit."""
+
+    def receive(
+        self, source: str, key: str, study_uid: str, sop_uid: str, header: dict[str, Any]
+    ) -> None: ...
+
+
+class StoreListener:
+    """A Storage SCP for every storage SOP class and transfer syntax pynetdicom knows."""
+
+    def __init__(self, settings: SourceSettings, sink: HeaderSink) -> None:
+        assert settings.store_port is not None
+        self.name = settings.name
+        self.address = (settings.store_host, settings.store_port)
+        self.sink = sink
+        self.allowed = frozenset(settings.allowed_aes or ())
+        self.ae = AE(ae_title=settings.local_ae)
+        self.ae.maximum_associations = 32
+        self.ae.network_timeout = self.ae.dimse_timeout = settings.timeout
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(VERIFICATION)
+        if self.allowed:
+            self.ae.require_calling_aet = sorted(self.allowed)
+        self.ssl = tls_context(settings, server=True)
+        self.server: Any = None
+        self.received = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._store), (evt.EVT_REJECTED, self._rejected)]
+        self.server = self.ae.start_server(
+            self.address, block=False, evt_handlers=handlers, ssl_context=self.ssl
+        )
+        log.info(
+            "C-STORE listener up",
+            extra={"source": self.name, "host": self.address[0], "port": self.address[1]},
+        )
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def _rejected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        # An AE title names a device, never a patient: logged as it came (in a field,
+        # so the quoted-value masking of messages leaves it readable).
+        log.warning(
+            "refused an association from %s:%s: its calling AE title is not in allowed_aes",
+            requestor.address,
+            requestor.port,
+            extra={"source": self.name, "calling_ae": str(requestor.ae_title).strip()},
+        )
+
+    def _store(self, event: Any) -> int:
+        try:
+            ds: Dataset = event.dataset
+            for tag in BULK:
+                ds.pop(tag, None)
+            header, notes = dataset_to_json(ds)
+            study_uid = str(ds.get("StudyInstanceUID", "")).strip()
+            sop_uid = str(ds.get("SOPInstanceUID", "")).strip()
+            date = str(ds.get("StudyDate", "")).strip()
+        except Exception as exc:  # noqa: BLE001 - a malformed dataset raises many kinds
+            return self._refuse(f"the dataset cannot be read ({type(exc).__name__})")
+        if not is_uid(study_uid) or not is_uid(sop_uid):
+            which = "StudyInstanceUID" if not is_uid(study_uid) else "SOPInstanceUID"
+            return self._refuse(f"no valid {which}")
+        try:
+            self.sink.receive(self.name, study_key(date, study_uid), study_uid, sop_uid, header)
+        except StateUnavailable as exc:
+            log.warning("could not store a received instance: %s", exc, extra={"source": self.name})
+            return OUT_OF_RESOURCES
+        with self._lock:
+            self.received += 1
+        if notes:
+            log.info(
+                "received an instance with invalid elements dropped", extra={"source": self.name}
+            )
+        return SUCCESS
+
+    def _refuse(self, reason: str) -> int:
+        with self._lock:
+            self.refused += 1
+        log.warning("refused a received instance: %s", reason, extra={"source": self.name})
+        return CANNOT_UNDERSTAND

@@ -1,0 +1,132 @@
+"""Associations with one PACS, through pynetdicom: opened, always released, counted.
+
+Every failure to reach the PACS (refused, aborted, no answer in time) is an outage, so the
+worker pauses instead of spending studies' attempts; a Failure status to one C-FIND is that
+query's own failure. Associations opened and released are counted, so a leak shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import SourceUnavailable
+
+log = logging.getLogger(__name__)
+PENDING = (0xFF00, 0xFF01)
+VERIFICATION = "1.2.840.10008.1.1"
+FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+
+
+def tls_context(settings: SourceSettings, *, server: bool) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.1): verify the peer with the CA bundle, show our certificate."""
+    if not (settings.tls_ca_bundle or settings.tls_cert):
+        return None
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    context = ssl.create_default_context(purpose, cafile=settings.tls_ca_bundle)
+    if settings.tls_cert and settings.tls_key:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if server and settings.tls_ca_bundle:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class Peer:
+    """One PACS: where it is, who we are to it, and the associations we had with it."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.host, self.port = settings.dicom_address
+        self.remote_ae = settings.remote_ae or ""
+        self.name = f"{self.remote_ae}@{self.host}:{self.port}"
+        self.ae = AE(ae_title=settings.local_ae)
+        for timeout in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
+            setattr(self.ae, timeout, settings.timeout)
+        self.ae.add_requested_context(VERIFICATION)
+        self.ae.add_requested_context(FIND_MODEL)
+        self.tls = tls_context(settings, server=False)
+        self.opened = 0
+        self.closed = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def association(self) -> Iterator[Association]:
+        """An established association, released (or aborted) whatever happens inside."""
+        tls_args = (self.tls, self.host) if self.tls else None
+        try:
+            assoc = self.ae.associate(
+                self.host, self.port, ae_title=self.remote_ae, tls_args=tls_args
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SourceUnavailable(
+                f"PACS {self.name}: cannot connect ({type(exc).__name__})", outage=True
+            ) from None
+        if not assoc.is_established:
+            why = (
+                "rejected the association" if assoc.is_rejected else "did not accept an association"
+            )
+            raise SourceUnavailable(f"PACS {self.name} {why}", outage=True)
+        with self._lock:
+            self.opened += 1
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            if assoc.is_established:  # the release went unanswered
+                assoc.abort()
+            with self._lock:
+                self.closed += 1
+
+    def echo(self) -> None:
+        """C-ECHO: the PACS is there and talks to us."""
+        with self.association() as assoc:
+            status = assoc.send_c_echo()
+            if not status or status.Status != 0x0000:
+                raise SourceUnavailable(
+                    f"PACS {self.name}: C-ECHO failed ({_code(status)})", outage=True
+                )
+
+    def find(self, identifier: Dataset, assoc: Association | None = None) -> list[Dataset]:
+        """C-FIND with the Study Root model: every match, or an error naming the status.
+        On `assoc` when given (several queries, one association), else on a new one."""
+        if assoc is None:
+            with self.association() as own:
+                return self.find(identifier, own)
+        matches: list[Dataset] = []
+        for status, found in assoc.send_c_find(identifier, FIND_MODEL):
+            if not status:
+                # No answer in time, or the association dropped: the PACS is away.
+                raise SourceUnavailable(f"PACS {self.name}: C-FIND got no answer", outage=True)
+            code = status.Status
+            if code in PENDING:
+                if found is not None:
+                    matches.append(found)
+            elif code == 0x0000:
+                return matches
+            else:
+                comment = str(status.get("ErrorComment", "")).strip()[:100]
+                level = identifier.get("QueryRetrieveLevel", "?")
+                raise SourceUnavailable(
+                    f"PACS {self.name}: C-FIND at {level} level failed with status "
+                    f"0x{code:04X}" + (f" ({comment})" if comment else ""),
+                    outage=code in (0xA700, 0xA701, 0xA702),  # out of resources
+                )
+        raise SourceUnavailable(
+            f"PACS {self.name}: C-FIND ended without a final status", outage=True
+        )
+
+    def close(self) -> None:
+        self.ae.shutdown()
+
+
+def _code(status: Any) -> str:
+    return f"status 0x{status.Status:04X}" if status else "no answer"

@@ -1,0 +1,153 @@
+"""What dicomcast asks a PACS with C-FIND, and how the answers become DICOM JSON.
+
+Query keys are only ever UIDs (single-value UID matching) and date ranges dicomcast writes
+itself: no value from the data goes into a key, so `*` or `?` in a PatientID can never
+widen a query. A study is read level by level (STUDY, SERIES, then IMAGE per series), each
+level asked only for attributes of that level or below that the mappings read, so strict
+hierarchical PACSes answer too; the levels' answers are merged into one dataset per
+instance, the form every other source gives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomcast.studyview import is_uid, text_value
+
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+STUDY_DATE = "00080020"
+INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
+# Attributes of the patient and study levels (PS3.4 C.6.2.1, Study Root), and of the series
+# level, that a mapping may read; everything else the mappings read is asked at IMAGE level.
+PATIENT_STUDY = {
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+    "OtherPatientIDsSequence", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+    "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyID",
+    "StudyDescription", "ReferringPhysicianName", "NameOfPhysiciansReadingStudy",
+    "ModalitiesInStudy", "ProcedureCodeSequence", "TimezoneOffsetFromUTC",
+    "ReasonForRequestedProcedureCodeSequence", "ReasonForTheRequestedProcedure",
+}  # fmt: skip
+SERIES = {
+    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
+    "SeriesTime", "BodyPartExamined", "Laterality", "PerformingPhysicianName",
+    "OperatorsName", "InstitutionName", "StationName", "ManufacturerModelName",
+}  # fmt: skip
+NOT_KEYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet"}
+
+
+def study_key(date: str | None, uid: str) -> str:
+    """A study's key: `YYYYMMDD/UID` (`-/UID` without a usable date). The date in the key
+    tells, from the state DB alone, whether a study lies in the polled window."""
+    good = date if date and len(date) == 8 and date.isdigit() else "-"
+    return f"{good}/{uid}"
+
+
+def key_parts(key: str) -> tuple[str | None, str]:
+    """(StudyDate or None, StudyInstanceUID) of a key; ValueError when it is not one."""
+    date, _, uid = key.partition("/")
+    if not is_uid(uid) or not (date == "-" or (len(date) == 8 and date.isdigit())):
+        raise ValueError("not a DIMSE study key (YYYYMMDD/UID)")
+    return (None if date == "-" else date), uid
+
+
+def _keyword(tag: str) -> str | None:
+    try:
+        return keyword_for_tag(int(tag, 16)) or None
+    except ValueError:
+        return None
+
+
+def _empty(ds: Dataset, keywords: Iterable[str]) -> Dataset:
+    for keyword in sorted(keywords):
+        try:
+            vr = dictionary_VR(keyword)
+        except KeyError:
+            continue
+        setattr(ds, keyword, Sequence([]) if vr == "SQ" else None)
+    return ds
+
+
+class Keys:
+    """The return keys of each level, from the tags the compiled mappings read, less those
+    they read only inside items (never keys of their own)."""
+
+    def __init__(self, tags: frozenset[str] | None, inside: frozenset[str] = frozenset()) -> None:
+        keywords = {k for t in (tags or ()) if t not in inside and (k := _keyword(t))}
+        keywords |= {"SOPInstanceUID", "SOPClassUID", "InstanceNumber", "SeriesInstanceUID"}
+        keywords -= NOT_KEYS
+        self.study_keys = (keywords & PATIENT_STUDY) | {"StudyInstanceUID", "PatientID"}
+        self.series_keys = (keywords & SERIES) | {"SeriesInstanceUID", "Modality", "SeriesNumber"}
+        self.image_keys = (keywords - PATIENT_STUDY - SERIES) | {"SOPInstanceUID", "SOPClassUID"}
+
+    def window(self, start: dt.date, end: dt.date) -> Dataset:
+        """Every study whose StudyDate is in [start, end], with its counts."""
+        ds = _empty(Dataset(), ())
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyDate = f"{start:%Y%m%d}-{end:%Y%m%d}"
+        ds.StudyInstanceUID = None
+        ds.NumberOfStudyRelatedInstances = None
+        return ds
+
+    def study(self, uid: str) -> Dataset:
+        ds = _empty(Dataset(), self.study_keys | {"StudyDate", "NumberOfStudyRelatedInstances"})
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = uid
+        return ds
+
+    def series(self, uid: str) -> Dataset:
+        ds = _empty(Dataset(), self.series_keys)
+        ds.QueryRetrieveLevel = "SERIES"
+        ds.StudyInstanceUID = uid
+        return ds
+
+    def images(self, uid: str, series_uid: str) -> Dataset:
+        ds = _empty(Dataset(), self.image_keys)
+        ds.QueryRetrieveLevel = "IMAGE"
+        ds.StudyInstanceUID = uid
+        ds.SeriesInstanceUID = series_uid
+        return ds
+
+
+def as_json(ds: Dataset) -> dict[str, Any]:
+    """A C-FIND answer as DICOM JSON, without the query's own bookkeeping and empty values."""
+    out: dict[str, Any] = {}
+    for tag, element in ds.to_json_dict(bulk_data_threshold=2**31).items():
+        keyword = _keyword(tag)
+        if keyword in NOT_KEYS or not isinstance(element, dict) or not element.get("Value"):
+            continue
+        out[tag] = element
+    return out
+
+
+def merged(*levels: dict[str, Any]) -> dict[str, Any]:
+    """One instance's dataset from its levels' answers; a lower level's value wins."""
+    out: dict[str, Any] = {}
+    for level in levels:
+        out.update(level)
+    return out
+
+
+def listed(answers: Iterable[Dataset]) -> tuple[dict[str, int], int]:
+    """Study key -> NumberOfStudyRelatedInstances from a STUDY-level answer (a study that
+    gives no count counts as -1, always "changed"); and how many answers had no valid UID."""
+    counts: dict[str, int] = {}
+    unusable = 0
+    for answer in answers:
+        data = as_json(answer)
+        uid = text_value(data, STUDY_UID)
+        if not is_uid(uid):
+            unusable += 1
+            continue
+        assert uid is not None
+        try:
+            count = int(str(text_value(data, INSTANCES)))
+        except ValueError:
+            count = -1
+        counts[study_key(text_value(data, STUDY_DATE), uid)] = count
+    return counts, unusable

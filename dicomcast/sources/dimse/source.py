@@ -1,0 +1,258 @@
+"""A PACS over DIMSE as a dicomcast source: its "feed" is a listing, compared each poll.
+
+Query mode: each poll lists the studies whose StudyDate is in the last `lookback_days`
+(and, while a sweep runs, one older page of dates) with their instance counts; the feed
+marks dirty every study whose count differs from the state DB, and every known study in a
+listed date range that no longer answers (it is gone; one that only aged out of the window
+is outside every listed range and is left alone). A study's key carries its StudyDate for
+that reason. Push mode: a C-STORE listener (`listener.py`) stores headers in the state DB;
+a study is read from them once no instance arrived for `stable_age` seconds. With both,
+the PACS's answer is the study's present state and pushed headers (which are complete,
+SR content included) stand in for its instances' C-FIND answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pynetdicom.association import Association
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import MappingError
+from dicomcast.model import StudyLocation
+from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.dimse.network import Peer
+from dicomcast.sources.dimse.query import (
+    SERIES_UID,
+    SOP_UID,
+    STUDY_DATE,
+    Keys,
+    as_json,
+    key_parts,
+    listed,
+    merged,
+    study_key,
+)
+from dicomcast.studyview import build_study_views, dataset_filter, text_value
+
+log = logging.getLogger(__name__)
+SWEEP_PAGE_DAYS = 30
+# A PACS whose C-FIND gives no NumberOfStudyRelatedInstances: the count this source found
+# when it last read a study stands in for it, for this long; then the study is read again.
+RECOUNT_AFTER = 300.0
+SWEEP_FROM = dt.date(1985, 1, 1)  # ACR-NEMA 1.0: no DICOM study is older
+
+
+class HeaderStore(Protocol):
+    """Where a C-STORE listener keeps the headers it received (the state DB)."""
+
+    def received(self, source: str, key: str) -> list[dict[str, Any]]: ...
+
+    def last_received(self, source: str, key: str) -> float | None: ...
+
+
+class DimseSource:
+    kind = "dimse"
+    logs_deletes = False
+    lists_changes = True  # no change feed: each poll's listing is compared with the state DB
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        headers: HeaderStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        today: Callable[[], dt.date] = dt.date.today,
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.peer = Peer(settings) if settings.querying else None
+        self.headers = headers if settings.store_port is not None else None
+        self.observe: Callable[[int | None, float], None] | None = None
+        self.content_of: frozenset[str] = frozenset()
+        self._keep: frozenset[str] | None = None
+        self._inside: frozenset[str] = frozenset()
+        self.keys = Keys(None)
+        self.clock = clock
+        self.today = today
+        self._location = StudyLocation(settings.published_url, settings.name)
+        self._covered: list[tuple[str, str]] = []  # date ranges the last listing covered
+        self._sweep_at: dt.date | None = None  # the end of the next sweep page
+        self._sweep_started = 0.0
+        self.finds = 0  # C-FIND round trips, for the bench and the leak test
+        self._counted: dict[str, tuple[int, float]] = {}  # key -> (instances read, when)
+
+    @property
+    def keep_tags(self) -> frozenset[str] | None:
+        return self._keep
+
+    @keep_tags.setter
+    def keep_tags(self, tags: frozenset[str] | None) -> None:
+        """The tags the mappings read: they become the C-FIND return keys."""
+        self._keep = tags
+        self.keys = Keys(tags, self._inside)
+
+    def read_inside_items(self, tags: frozenset[str]) -> None:
+        """The tags the mappings read only inside items: never asked for as keys."""
+        self._inside = tags
+        self.keys = Keys(self._keep, tags)
+
+    # --- the feed: a listing
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        """No change feed: the listing (`list_studies`) is compared each poll instead."""
+        return FeedPage([], cursor or "", None, done=True)
+
+    def next_position(self, cursor: str | None) -> str:
+        return cursor or ""
+
+    def list_studies(self) -> dict[str, int]:
+        """Query mode: the polled window and, while a sweep runs, one older page, by C-FIND.
+        Push only: nothing (the listener marks what it receives; a listing cannot see
+        deletions, so it speaks for no study)."""
+        covered: list[tuple[dt.date, dt.date]] = []
+        counts: dict[str, int] = {}
+        if self.peer is not None:
+            end = self.today()
+            start = end - dt.timedelta(days=self.settings.lookback_days)
+            covered.append((start, end))
+            page = self._sweep_page(start)
+            if page:
+                covered.append(page)
+            for first, last in covered:
+                found, unusable = listed(self._find(self.keys.window(first, last)))
+                if unusable:
+                    log.warning(
+                        "%d studies in the PACS's answer have no valid StudyInstanceUID",
+                        unusable,
+                        extra={"source": self.name, "count": unusable},
+                    )
+                counts.update(found)
+            now = self.clock()
+            self._counted = {k: v for k, v in self._counted.items() if k in counts}
+            for key, count in counts.items():
+                if count < 0:  # no count from the PACS: what the last read found, for a while
+                    read, at = self._counted.get(key, (-1, 0.0))
+                    counts[key] = read if now - at < RECOUNT_AFTER else -1
+        self._covered = [(f"{a:%Y%m%d}", f"{b:%Y%m%d}") for a, b in covered]
+        return counts
+
+    def covers(self, key: str) -> bool:
+        """Whether the last listing spoke for this study: its date lies in a listed range
+        (absent from the listing then means gone)."""
+        try:
+            date, _ = key_parts(key)
+        except ValueError:
+            return False
+        return date is not None and any(a <= date <= b for a, b in self._covered)
+
+    def _sweep_page(self, window_start: dt.date) -> tuple[dt.date, dt.date] | None:
+        """The next page of older dates while a sweep runs; a sweep starts every
+        `sweep_interval` seconds and reads one page per poll, newest first."""
+        interval = self.settings.sweep_interval
+        if not interval:
+            return None
+        if self._sweep_at is None:
+            if self.clock() - self._sweep_started < interval:
+                return None
+            self._sweep_started = self.clock()
+            self._sweep_at = window_start - dt.timedelta(days=1)
+        end = self._sweep_at
+        start = max(SWEEP_FROM, end - dt.timedelta(days=SWEEP_PAGE_DAYS - 1))
+        self._sweep_at = None if start <= SWEEP_FROM else start - dt.timedelta(days=1)
+        return start, end
+
+    # --- one study
+
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        try:
+            date, uid = key_parts(key)
+        except ValueError:
+            raise MappingError("not a DIMSE study key", detail=f"study key {key[:200]!r}") from None
+        if self.headers is not None and unless_unstable:
+            last = self.headers.last_received(self.name, key)
+            if last is not None and self.clock() - last < self.settings.stable_age:
+                return FetchedStudy(key, None, stable=False, study_uid=uid, unread=True)
+        pushed = self.headers.received(self.name, key) if self.headers is not None else []
+        if self.peer is None:
+            instances = pushed
+        else:
+            found = self._from_pacs(uid, date)
+            if found is None:
+                return FetchedStudy(key, None, study_uid=uid)  # gone, or now under another key
+            by_sop = {text_value(i, SOP_UID): i for i in pushed}
+            instances = [by_sop.get(text_value(i, SOP_UID), i) for i in found]
+        keep = self._keep
+        if keep is not None:
+            hook = dataset_filter(keep, self.content_of)
+            instances = [hook(dict(i)) for i in instances]
+        views, orphans = build_study_views(instances)
+        view = next((v for v in views if v.uid == uid), None)
+        if view is not None:
+            self._counted[key] = (view.instance_count + view.hidden, self.clock())
+        return FetchedStudy(key, view, True, uid, orphans)
+
+    def _from_pacs(self, uid: str, date: str | None) -> list[dict[str, Any]] | None:
+        """The study's instances by C-FIND, level by level; None when the PACS has no study
+        of this UID and date (deleted, or its StudyDate was corrected: another key)."""
+        assert self.peer is not None
+        with self.peer.association() as assoc:  # one association for the study's queries
+            studies = self._find(self.keys.study(uid), assoc)
+            if not studies:
+                return None
+            study = as_json(studies[0])
+            if (text_value(study, STUDY_DATE) or None) != date:
+                return None
+            instances: list[dict[str, Any]] = []
+            for series in self._find(self.keys.series(uid), assoc):
+                series_json = as_json(series)
+                series_uid = text_value(series_json, SERIES_UID)
+                if not series_uid:
+                    continue
+                for image in self._find(self.keys.images(uid, series_uid), assoc):
+                    instances.append(merged(study, series_json, as_json(image)))
+        return instances
+
+    def _find(self, query: Dataset, assoc: Association | None = None) -> list[Dataset]:
+        """One C-FIND, told to the request observer (metrics) like an HTTP request."""
+        assert self.peer is not None
+        started = time.monotonic()
+        self.finds += 1
+        try:
+            result = self.peer.find(query, assoc)
+        except Exception:
+            if self.observe:
+                self.observe(None, time.monotonic() - started)
+            raise
+        if self.observe:
+            self.observe(200, time.monotonic() - started)
+        return result
+
+    def lookup_study(self, study_uid: str) -> list[str]:
+        """The keys of the study with this UID (its StudyDate, asked of the PACS)."""
+        if self.peer is None:
+            return []
+        answers = self._find(self.keys.study(study_uid))
+        return [study_key(text_value(as_json(a), STUDY_DATE), study_uid) for a in answers]
+
+    def location(self, key: str) -> StudyLocation:
+        return self._location
+
+    def default_location(self) -> StudyLocation:
+        return self._location
+
+    def check(self, timeout: float = 5.0) -> str:
+        """C-ECHO to the PACS (query mode); a push-only source reports its listener."""
+        if self.peer is None:
+            return f"C-STORE listener on {self.settings.store_host}:{self.settings.store_port}"
+        self.peer.echo()
+        return f"PACS {self.peer.name} answers C-ECHO"
+
+    def close(self) -> None:
+        if self.peer is not None:
+            self.peer.close()

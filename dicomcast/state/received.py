@@ -1,0 +1,75 @@
+"""Instance headers a C-STORE listener received, stored before the sender hears Success.
+
+`receive` writes the header and the study's dirty mark in one transaction: once it
+returns, a crash loses nothing the sender was told is stored. A header sent again
+replaces the one before (a sender's retry, or a corrected instance)."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from dicomcast.model import DirtyMark
+from dicomcast.state import queue
+from dicomcast.state.db import Database
+from dicomcast.state.models import ReceivedRow
+
+
+class Received:
+    """The `received_instances` table, by (source, study key)."""
+
+    db: Database
+
+    def receive(
+        self,
+        source: str,
+        key: str,
+        study_uid: str,
+        sop_uid: str,
+        header: dict[str, Any],
+        now: float | None = None,
+    ) -> None:
+        """Store one instance's header and mark its study dirty, atomically."""
+        now = time.time() if now is None else now
+        blob = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 6)
+        values = {"study_key": key, "header": blob, "received_at": now}
+        with self.db.write("receive") as session:
+            stmt = self.db.insert()(ReceivedRow).values(source=source, sop_uid=sop_uid, **values)
+            session.execute(
+                stmt.on_conflict_do_update(index_elements=["source", "sop_uid"], set_=values)
+            )
+            queue.mark(self.db, session, source, [DirtyMark(key, now, study_uid)], now)
+
+    def received(self, source: str, key: str) -> list[dict[str, Any]]:
+        """The headers received for one study, oldest first."""
+        with self.db.read("received") as session:
+            blobs = session.scalars(
+                select(ReceivedRow.header)
+                .where(ReceivedRow.source == source, ReceivedRow.study_key == key)
+                .order_by(ReceivedRow.id)
+            ).all()
+        headers = [json.loads(zlib.decompress(b)) for b in blobs]
+        return [h for h in headers if isinstance(h, dict)]
+
+    def last_received(self, source: str, key: str) -> float | None:
+        """When the study's latest instance arrived (None: never)."""
+        with self.db.read("last_received") as session:
+            return session.scalar(
+                select(func.max(ReceivedRow.received_at)).where(
+                    ReceivedRow.source == source, ReceivedRow.study_key == key
+                )
+            )
+
+    def forget_received(self, source: str, key: str) -> int:
+        """Drop a study's received headers (its PACS says the study is gone)."""
+        with self.db.write("forget_received") as session:
+            result = session.execute(
+                delete(ReceivedRow).where(
+                    ReceivedRow.source == source, ReceivedRow.study_key == key
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
