@@ -186,7 +186,7 @@ def main() -> int:
         (
             query.finds_per_study <= 4.0,
             f"C-FINDs per synced study {query.finds_per_study:.1f} <= 4 (study, series, "
-            "images of its 2 series)",
+            "images of its 2 series; listings apart)",
         ),
         (
             dose.map_on >= 0.9 * dose.map_off,

@@ -72,8 +72,8 @@ def query_mode(folder: Path, studies: int, per_study: int) -> Through:
             worker.app.close()
         seconds = time.perf_counter() - started
         source = worker.app.source
-        finds = source.finds if isinstance(source, DimseSource) else 0
-    return Through(studies, studies * per_study, seconds, (finds - 1) / studies)
+        finds = source.finds - source.listing_finds if isinstance(source, DimseSource) else 0
+    return Through(studies, studies * per_study, seconds, finds / studies)
 
 
 def push_mode(folder: Path, studies: int, per_study: int) -> Through:
@@ -120,6 +120,7 @@ def push_mode(folder: Path, studies: int, per_study: int) -> Through:
                 [storescu, "-aec", "DICOMCAST", "127.0.0.1", str(port), str(files), "+sd"],
                 check=True,
                 capture_output=True,
+                env={**os.environ, "TCP_NODELAY": "1"},  # dcmtk's switch for Nagle's algorithm
             )
             while _total(fhir.url, "ImagingStudy") < studies:
                 time.sleep(0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -19,11 +20,13 @@ from dicomcast.ops.metrics import Metrics
 from dicomcast.parts import App
 from dicomcast.sources.azure import AzureDicomSource
 from dicomcast.sources.base import Source
-from dicomcast.sources.dimse.listener import StoreListener
-from dicomcast.sources.dimse.source import DimseSource, HeaderStore
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
 from dicomcast.urls import mask_url
+
+if TYPE_CHECKING:
+    from dicomcast.sources.dimse.listener import StoreListener
+    from dicomcast.sources.dimse.source import HeaderStore
 
 log = logging.getLogger(__name__)
 __all__ = ["MAPPING_CONFIG_KEYS", "App", "build_app", "load_mappings", "mapping_config"]
@@ -43,7 +46,9 @@ def make_source(
     """A client for one configured source (the only one, when not named). `headers` is
     where a DIMSE source's listener keeps what it received (the state DB)."""
     source = source or settings.first_source()
-    if source.kind == "dimse":
+    if source.kind == "dimse":  # pynetdicom is imported only where a PACS is followed
+        from dicomcast.sources.dimse.source import DimseSource
+
         return DimseSource(source, headers)
     kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
     return kind(
@@ -118,19 +123,24 @@ def build_app(
         client.observe = _counting(metrics, client.name)
         client.keep_tags = mappings.tags_read()
         client.content_of = mappings.content_classes()
-        if isinstance(client, DimseSource):  # it asks for attributes by name (C-FIND)
-            client.read_inside_items(mappings.item_tags())
+        client.inside_items = mappings.item_tags()
         clients[config.name] = client
     if given:
         raise ConfigError(f"sources given that are not configured: {sorted(given)}")
     names = list(clients)
     metrics.watch_state(store, lambda: names)
     listeners = [
-        StoreListener(config, store)
+        _listener(config, store)
         for config in configured
         if config.kind == "dimse" and config.store_port is not None
     ]
     return App(settings, store, clients, mappings, fhir, writer, metrics, listeners)
+
+
+def _listener(config: SourceSettings, store: StateStore) -> StoreListener:
+    from dicomcast.sources.dimse.listener import StoreListener
+
+    return StoreListener(config, store)
 
 
 def _counting(metrics: Metrics, name: str) -> Callable[[int | None, float], None]:

@@ -4,6 +4,7 @@ settings, or by tests from fakes. A plain container: it builds nothing itself.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dicomcast.config import Settings
 from dicomcast.fhir.client import FhirClient
@@ -11,8 +12,10 @@ from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import Mappings
 from dicomcast.ops.metrics import Metrics
 from dicomcast.sources.base import Source
-from dicomcast.sources.dimse.listener import StoreListener
 from dicomcast.state.store import StateStore
+
+if TYPE_CHECKING:
+    from dicomcast.sources.dimse.listener import StoreListener
 
 
 @dataclass

@@ -38,6 +38,7 @@ class FakeSource:
         self.observe: Callable[[int | None, float], None] | None = None
         self.keep_tags: frozenset[str] | None = None
         self.content_of: frozenset[str] = frozenset()
+        self.inside_items: frozenset[str] = frozenset()
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
         start = int(cursor or 0)

@@ -53,6 +53,7 @@ class Source(Protocol):
     observe: Callable[[int | None, float], None] | None  # told of every request, for metrics
     keep_tags: frozenset[str] | None  # the only tags worth reading (None: every tag)
     content_of: frozenset[str]  # SOP classes whose SR content tree is worth reading
+    inside_items: frozenset[str]  # tags read only inside items (never asked for by name)
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
 

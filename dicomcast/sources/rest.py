@@ -115,6 +115,7 @@ class RestSource:
         self.settings = settings
         self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
         self.content_of: frozenset[str] = frozenset()  # SOP classes whose SR tree is kept
+        self.inside_items: frozenset[str] = frozenset()  # unused: DICOMweb answers whole
         auth = auth or source_auth(settings, verify=verify, transport=transport)
         self.http = make_client(
             settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport

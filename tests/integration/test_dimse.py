@@ -3,10 +3,13 @@ dcmtk's `storescu`, against dicomcast's C-FIND polling and its C-STORE listener.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +37,7 @@ from tests.integration.fhir_state import all_resources, comparable_state, duplic
 
 pytestmark = pytest.mark.integration
 Sync = Callable[..., tuple[int, Worker]]
+NO_DELAY = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk senders: no Nagle (40 ms a message)
 
 
 def dimse(orthanc: OrthancServer, **overrides: Any) -> dict[str, Any]:
@@ -345,14 +349,19 @@ def test_a_crash_while_receiving_loses_nothing_the_sender_was_told_is_stored(
     assert storescu, "dcmtk's storescu is missing (scripts/setup installs dcmtk)"
     send = [storescu, "-aec", "DICOMCAST", "127.0.0.1", str(listener_port), str(files), "+sd"]
     worker = start_worker(settings, log)
-    sender = subprocess.Popen(send, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.6)  # mid-transfer
+    sender = subprocess.Popen(
+        send, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=NO_DELAY
+    )
+    database = settings.state_url.removeprefix("sqlite:///")
+    deadline = time.monotonic() + 30
+    while received(database) < 40 and time.monotonic() < deadline:  # mid-transfer
+        time.sleep(0.02)
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     sender.wait(60)
     worker = start_worker(settings, log)  # restarted; the sender sends everything again
     try:
-        again = subprocess.run(send, capture_output=True, timeout=120, check=False)
+        again = subprocess.run(send, capture_output=True, timeout=120, check=False, env=NO_DELAY)
         assert again.returncode == 0, again.stderr
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -366,6 +375,15 @@ def test_a_crash_while_receiving_loses_nothing_the_sender_was_told_is_stored(
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+
+
+def received(database: str) -> int:
+    """Instances the listener stored so far (the state DB, read as it is written)."""
+    with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM received_instances").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
 
 
 @pytest.fixture

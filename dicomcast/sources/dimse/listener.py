@@ -17,7 +17,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import StateUnavailable
-from dicomcast.sources.dimse.network import VERIFICATION, tls_context
+from dicomcast.sources.dimse.network import VERIFICATION, no_delay, tls_context
 from dicomcast.sources.dimse.query import study_key
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import is_uid
@@ -63,7 +63,11 @@ class StoreListener:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._store), (evt.EVT_REJECTED, self._rejected)]
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_C_STORE, self._store),
+            (evt.EVT_REJECTED, self._rejected),
+        ]
         self.server = self.ae.start_server(
             self.address, block=False, evt_handlers=handlers, ssl_context=self.ssl
         )

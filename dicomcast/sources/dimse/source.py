@@ -85,6 +85,7 @@ class DimseSource:
         self._sweep_at: dt.date | None = None  # the end of the next sweep page
         self._sweep_started = 0.0
         self.finds = 0  # C-FIND round trips, for the bench and the leak test
+        self.listing_finds = 0  # of which for listings (polls, sweep pages)
         self._counted: dict[str, tuple[int, float]] = {}  # key -> (instances read, when)
 
     @property
@@ -97,7 +98,12 @@ class DimseSource:
         self._keep = tags
         self.keys = Keys(tags, self._inside)
 
-    def read_inside_items(self, tags: frozenset[str]) -> None:
+    @property
+    def inside_items(self) -> frozenset[str]:
+        return self._inside
+
+    @inside_items.setter
+    def inside_items(self, tags: frozenset[str]) -> None:
         """The tags the mappings read only inside items: never asked for as keys."""
         self._inside = tags
         self.keys = Keys(self._keep, tags)
@@ -125,6 +131,7 @@ class DimseSource:
             if page:
                 covered.append(page)
             for first, last in covered:
+                self.listing_finds += 1
                 found, unusable = listed(self._find(self.keys.window(first, last)))
                 if unusable:
                     log.warning(
