@@ -23,6 +23,7 @@ from dicomcast.app import build_app
 from dicomcast.config import Settings
 from dicomcast.errors import SourceUnavailable
 from dicomcast.sandbox.samples import (
+    DEMO_ISSUERS,
     SeriesSpec,
     StudySpec,
     demo_studies,
@@ -446,6 +447,8 @@ def test_dcmqrscp_answers_enough_for_query_mode(
         "source_remote_ae": ae,
         "source_lookback_days": 3650,
         "source_sweep_interval": 0,
+        # dcmqrscp answers no issuer: the PACS's own patient-ID domain, as the README says
+        "source_patient_id_system": "urn:oid:1.2.826.0.1.3680043.8.498.77",
     }
     # dcmqrscp indexes what it stored a moment later (the next poll would see it).
     probe = DimseSource(make_settings(**settings).first_source())
@@ -460,7 +463,13 @@ def test_dcmqrscp_answers_enough_for_query_mode(
     assert study["numberOfSeries"] == 2 and study["numberOfInstances"] == spec.instance_count
     assert {s["modality"]["code"] for s in study["series"]} == {"MR"}
     [patient] = all_resources(fhir, "Patient")
-    assert patient["identifier"][0]["value"] == spec.patient_id
+    # It does answer IssuerOfPatientID (HOSP-A here), which places the patient ID; the
+    # source's own system is for studies whose answers name no issuer.
+    assert patient["identifier"][0] == {
+        **patient["identifier"][0],
+        "system": DEMO_ISSUERS["HOSP-A"],
+        "value": spec.patient_id,
+    }
 
 
 def test_query_and_push_at_once_write_one_study(
