@@ -112,7 +112,7 @@ class Peer:
 
     def find(self, identifier: Dataset, assoc: Association | None = None) -> list[Dataset]:
         """C-FIND with the Study Root model: every match, or an error naming the status.
-        On `assoc` when given (several queries, one association), else on a new one."""
+        On `assoc` when given, else on an association of its own."""
         if assoc is None:
             with self.association() as own:
                 return self.find(identifier, own)

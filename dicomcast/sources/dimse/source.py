@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
-from pynetdicom.association import Association
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError
@@ -208,30 +207,32 @@ class DimseSource:
         """The study's instances by C-FIND, level by level; None when the PACS has no study
         of this UID and date (deleted, or its StudyDate was corrected: another key)."""
         assert self.peer is not None
-        with self.peer.association() as assoc:  # one association for the study's queries
-            studies = self._find(self.keys.study(uid), assoc)
-            if not studies:
-                return None
-            study = as_json(studies[0])
-            if (text_value(study, STUDY_DATE) or None) != date:
-                return None
-            instances: list[dict[str, Any]] = []
-            for series in self._find(self.keys.series(uid), assoc):
-                series_json = as_json(series)
-                series_uid = text_value(series_json, SERIES_UID)
-                if not series_uid:
-                    continue
-                for image in self._find(self.keys.images(uid, series_uid), assoc):
-                    instances.append(merged(study, series_json, as_json(image)))
+        # One association per C-FIND: reusing one for a study's queries raced inside
+        # pynetdicom (a response taken for a request, now and then), and setting one up on
+        # a LAN costs a few milliseconds.
+        studies = self._find(self.keys.study(uid))
+        if not studies:
+            return None
+        study = as_json(studies[0])
+        if (text_value(study, STUDY_DATE) or None) != date:
+            return None
+        instances: list[dict[str, Any]] = []
+        for series in self._find(self.keys.series(uid)):
+            series_json = as_json(series)
+            series_uid = text_value(series_json, SERIES_UID)
+            if not series_uid:
+                continue
+            for image in self._find(self.keys.images(uid, series_uid)):
+                instances.append(merged(study, series_json, as_json(image)))
         return instances
 
-    def _find(self, query: Dataset, assoc: Association | None = None) -> list[Dataset]:
+    def _find(self, query: Dataset) -> list[Dataset]:
         """One C-FIND, told to the request observer (metrics) like an HTTP request."""
         assert self.peer is not None
         started = time.monotonic()
         self.finds += 1
         try:
-            result = self.peer.find(query, assoc)
+            result = self.peer.find(query)
         except Exception:
             if self.observe:
                 self.observe(None, time.monotonic() - started)
