@@ -5,6 +5,7 @@ mode (dcmtk's `storescu` into `dicomcast run`'s C-STORE listener)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -63,6 +64,7 @@ def query_mode(folder: Path, studies: int, per_study: int) -> Through:
             issuer_systems=DEMO_ISSUERS,
             http_port=0,
         )
+        logging.getLogger("dicomcast").setLevel(logging.ERROR)  # the table is the output
         worker = Worker(build_app(settings))
         started = time.perf_counter()
         try:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +226,29 @@ def test_a_pacs_that_fails_refuses_or_stalls_gives_a_reason_and_releases_associa
     for each in (source, slow):
         assert each.peer is not None and each.peer.opened == each.peer.closed
         each.close()
+
+
+def test_dicom_tls_is_mutual_and_a_plain_peer_is_not_let_in(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    tls = {"tls_ca_bundle": str(cert), "tls_cert": str(cert), "tls_key": str(key)}
+    address = {"url": f"dicom://127.0.0.1:{port}", "remote_ae": "DICOMCAST"}
+    listener = StoreListener(SourceSettings(kind="dimse", store_port=port, **tls), Sink())
+    listener.start()
+    secure = DimseSource(SourceSettings(kind="dimse", timeout=5, **address, **tls))
+    plain = DimseSource(SourceSettings(kind="dimse", timeout=5, **address))
+    try:
+        assert "answers C-ECHO" in secure.check()  # both sides show and check certificates
+        with pytest.raises(SourceUnavailable):
+            plain.check()
+    finally:
+        listener.stop()
+        secure.close()
+        plain.close()
