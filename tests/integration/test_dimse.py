@@ -54,6 +54,18 @@ def dimse(orthanc: OrthancServer, **overrides: Any) -> dict[str, Any]:
     return values
 
 
+def ct_study(key: str, study_date: str, *series: int) -> StudySpec:
+    """A CT study of one patient of HOSP-A, with series of these sizes."""
+    return StudySpec(
+        key=key,
+        patient_id="DM1",
+        patient_name="Dimse^Patient",
+        issuer="HOSP-A",
+        study_date=study_date,
+        series=[SeriesSpec("CT", n, number=i + 1) for i, n in enumerate(series)],
+    )
+
+
 def without_endpoints(state: dict[str, list[str]]) -> dict[str, list[str]]:
     """The comparable state with every Endpoint (and reference to one) taken out."""
     out: dict[str, list[str]] = {}
@@ -94,22 +106,8 @@ def test_query_mode_writes_what_the_rest_source_writes(
 def test_query_mode_follows_late_instances_and_deletions_in_the_window_only(
     orthanc: OrthancServer, fhir: FhirServer, make_settings: Callable[..., Settings]
 ) -> None:
-    recent = StudySpec(
-        key="dimse-recent",
-        patient_id="DM1",
-        patient_name="Dimse^Recent",
-        issuer="HOSP-A",
-        study_date="20261125",
-        series=[SeriesSpec("CT", 3, number=1)],
-    )
-    older = StudySpec(
-        key="dimse-older",
-        patient_id="DM1",
-        patient_name="Dimse^Recent",
-        issuer="HOSP-A",
-        study_date="20261110",
-        series=[SeriesSpec("CT", 2, number=1)],
-    )
+    recent = ct_study("dimse-recent", "20261125", 3)
+    older = ct_study("dimse-older", "20261110", 2)
     datasets = list(instances(recent))
     orthanc.upload([to_bytes(ds) for ds in datasets[:2]])
     orthanc.upload([to_bytes(ds) for ds in instances(older)])
@@ -237,6 +235,28 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def sender(port: int, folder: Path, calling: str, called: str) -> list[str]:
+    """dcmtk's storescu sending every file of a folder."""
+    binary = shutil.which("storescu")
+    assert binary, "dcmtk's storescu is missing (scripts/setup --for-tests installs dcmtk)"
+    return [binary, "-aet", calling, "-aec", called, "127.0.0.1", str(port), str(folder), "+sd"]
+
+
+def storescu(
+    port: int, folder: Path, *, calling: str = "STORESCU", called: str = "DICOMCAST"
+) -> subprocess.CompletedProcess[bytes]:
+    command = sender(port, folder, calling, called)
+    return subprocess.run(command, capture_output=True, timeout=120, check=False, env=NO_DELAY)
+
+
+def route(pacs: OrthancServer, spec: StudySpec) -> None:
+    """The PACS sends the study to dicomcast, as an auto-routing rule would."""
+    with pacs.client() as http:
+        [found] = http.post("/tools/lookup", content=spec.study_uid).json()
+        sent = http.post("/modalities/dicomcast/store", json={"Resources": [found["ID"]]})
+        assert sent.status_code == 200, sent.text
+
+
 def wait_for(fhir: FhirServer, kind: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -258,10 +278,7 @@ def test_push_mode_writes_what_was_routed_in(
     settings = push_settings(make_settings, listener_port)
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
-        with pacs.client() as http:
-            [found] = http.post("/tools/lookup", content=spec.study_uid).json()
-            sent = http.post("/modalities/dicomcast/store", json={"Resources": [found["ID"]]})
-            assert sent.status_code == 200, sent.text
+        route(pacs, spec)
         [study] = wait_for(fhir, "ImagingStudy", 1)
         assert study["numberOfInstances"] == spec.instance_count
         assert len(wait_for(fhir, "Observation", 1)) == 1  # the dose report's content came too
@@ -285,39 +302,9 @@ def test_a_sender_not_on_the_allow_list_is_refused_and_logged(
     settings = push_settings(make_settings, listener_port, allowed_aes="MODALITY1")
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
-        storescu = shutil.which("storescu")
-        assert storescu, "dcmtk's storescu is missing (scripts/setup installs dcmtk)"
-        refused = subprocess.run(
-            [
-                storescu,
-                "-aet",
-                "INTRUDER",
-                "-aec",
-                "DICOMCAST",
-                "127.0.0.1",
-                str(listener_port),
-                *map(str, files.iterdir()),
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        refused = storescu(listener_port, files, calling="INTRUDER")
         assert refused.returncode != 0
-        accepted = subprocess.run(
-            [
-                storescu,
-                "-aet",
-                "MODALITY1",
-                "-aec",
-                "DICOMCAST",
-                "127.0.0.1",
-                str(listener_port),
-                *map(str, files.iterdir()),
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        accepted = storescu(listener_port, files, calling="MODALITY1")
         assert accepted.returncode == 0, accepted.stderr
         assert len(wait_for(fhir, "ImagingStudy", 1)) == 1
     finally:
@@ -333,25 +320,19 @@ def test_a_crash_while_receiving_loses_nothing_the_sender_was_told_is_stored(
     listener_port: int,
     tmp_path: Path,
 ) -> None:
-    spec = StudySpec(
-        key="dimse-crash",
-        patient_id="DM9",
-        patient_name="Dimse^Crash",
-        issuer="HOSP-A",
-        series=[SeriesSpec("CT", 120, number=1), SeriesSpec("CT", 80, number=2)],
-    )
+    spec = ct_study("dimse-crash", "20261130", 120, 80)
     files = tmp_path / "files"
     files.mkdir()
     for n, ds in enumerate(instances(spec)):
         (files / f"{n:03d}.dcm").write_bytes(to_bytes(ds))
     settings = push_settings(make_settings, listener_port, stable_age=2)
     log = tmp_path / "worker.log"
-    storescu = shutil.which("storescu")
-    assert storescu, "dcmtk's storescu is missing (scripts/setup installs dcmtk)"
-    send = [storescu, "-aec", "DICOMCAST", "127.0.0.1", str(listener_port), str(files), "+sd"]
     worker = start_worker(settings, log)
-    sender = subprocess.Popen(
-        send, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=NO_DELAY
+    sending = subprocess.Popen(
+        sender(listener_port, files, "STORESCU", "DICOMCAST"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=NO_DELAY,
     )
     database = settings.state_url.removeprefix("sqlite:///")
     deadline = time.monotonic() + 30
@@ -359,10 +340,10 @@ def test_a_crash_while_receiving_loses_nothing_the_sender_was_told_is_stored(
         time.sleep(0.02)
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
-    sender.wait(60)
+    sending.wait(60)
     worker = start_worker(settings, log)  # restarted; the sender sends everything again
     try:
-        again = subprocess.run(send, capture_output=True, timeout=120, check=False, env=NO_DELAY)
+        again = storescu(listener_port, files)
         assert again.returncode == 0, again.stderr
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -432,14 +413,7 @@ def test_dcmqrscp_answers_enough_for_query_mode(
     files.mkdir()
     for n, ds in enumerate(instances(spec)):
         (files / f"{n}.dcm").write_bytes(to_bytes(ds))
-    storescu = shutil.which("storescu")
-    assert storescu
-    stored = subprocess.run(
-        [storescu, "-aec", ae, "127.0.0.1", str(port), str(files), "+sd"],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    stored = storescu(port, files, called=ae)
     assert stored.returncode == 0, stored.stderr
     settings: dict[str, Any] = {
         "source_kind": "dimse",
@@ -491,10 +465,7 @@ def test_query_and_push_at_once_write_one_study(
     )
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
-        with pacs.client() as http:
-            [found] = http.post("/tools/lookup", content=spec.study_uid).json()
-            sent = http.post("/modalities/dicomcast/store", json={"Resources": [found["ID"]]})
-            assert sent.status_code == 200, sent.text
+        route(pacs, spec)
         [study] = wait_for(fhir, "ImagingStudy", 1)
         time.sleep(2)  # the pushed copy's sync, after the polled one, changes nothing
         [again] = all_resources(fhir, "ImagingStudy")
