@@ -55,6 +55,9 @@ class FakeSource:
     def next_position(self, cursor: str | None) -> str:
         return str(int(cursor or 0) + 1)
 
+    def head(self) -> str:
+        return str(len(self.feed))
+
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         if key not in self.studies:
             return FetchedStudy(key, None)

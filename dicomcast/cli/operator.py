@@ -21,7 +21,7 @@ from dicomcast.cli.common import (
     source_names,
     with_store,
 )
-from dicomcast.config import Settings
+from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import ConfigError, DicomcastError
 from dicomcast.mapping.codes import UnknownIssuer
 from dicomcast.model import DirtyMark
@@ -268,8 +268,8 @@ def cursor_set(
     value: Annotated[
         str,
         typer.Argument(
-            help="The new position: a sequence number (Orthanc, change feed v1) or an ISO "
-            "time (change feed v2)."
+            help="The new position: a sequence number (Orthanc, change feed v1), an ISO "
+            "time (change feed v2), or `head`: start from now, skipping the archive's history."
         ),
     ],
     config: ConfigOption = None,
@@ -280,18 +280,55 @@ def cursor_set(
     Replaying is safe (syncs are idempotent). Skipping forward leaves the skipped studies to
     the periodic reconcile scan (Orthanc) or to `resync`."""
 
-    def run(settings: Settings, store: StateStore) -> str | None:
+    def run(settings: Settings, store: StateStore) -> tuple[str | None, str, int]:
         names = source_names(settings, store, source)
         if len(names) > 1:  # never a guess among several
             raise ConfigError(f"several sources; say which with --source ({', '.join(names)})")
         (name,) = names
-        _check_cursor(settings, name, value)
+        configured = _configured(settings, name)
+        position, seen = value, 0
+        if value == "head":
+            if configured is None:
+                raise ConfigError(f"source {name!r} is not configured: its head is unknown")
+            position, seen = _start_from_now(settings, configured, store)
+        _check_cursor(settings, name, position)
         before = store.summary(name).cursor
-        store.set_cursor(name, value)
-        return before
+        store.set_cursor(name, position, kind=configured.kind if configured else None)
+        return before, position, seen
 
-    before = _with_store(config, run)
-    typer.echo(f"cursor moved from {before} to {value}")
+    before, position, seen = _with_store(config, run)
+    typer.echo(f"cursor moved from {before} to {position}")
+    if seen:
+        typer.echo(
+            f"{seen} studies the archive holds now are recorded as seen: each is synced "
+            "once it changes"
+        )
+
+
+def _configured(settings: Settings, name: str) -> SourceSettings | None:
+    try:
+        return settings.find_source(name)
+    except ConfigError:
+        return None
+
+
+def _start_from_now(
+    settings: Settings, config: SourceSettings, store: StateStore
+) -> tuple[str, int]:
+    """The feed's head, and (for a source whose feed logs no deletes, which a reconcile
+    scan would otherwise fill in from the archive's history) its present studies recorded
+    as seen. Returns the position and how many studies were newly recorded."""
+    client = make_source(settings, config)
+    try:
+        position = client.head()
+        if client.logs_deletes:
+            return position, 0
+        known = store.known_studies(config.name)
+        present = client.list_studies()
+        store.baseline(config.name, present)
+        return position, len(set(present) - set(known))
+    finally:
+        client.close()
 
 
 def _check_cursor(settings: Settings, name: str, value: str) -> None:

@@ -187,6 +187,23 @@ class AzureDicomSource(RestSource):
         event_time = when[0] + when[1] / 1e9 if when else None
         return DirtyMark(f"{partition}/{uid}", event_time, uid)
 
+    def head(self) -> str:
+        """v1: the newest entry's Sequence. v2: its Timestamp, by the service's own clock
+        (the entries of that one instant are read again: at least once, never skipped);
+        an empty feed's head is its beginning."""
+        if self.version == "v1":
+            return str(self._latest())
+        try:
+            latest = self.rest.get("v2/changefeed/latest", includeMetadata="false")
+        except NotFound:
+            return ""
+        stamp = latest.get("Timestamp") if isinstance(latest, dict) else None
+        if stamp is None and latest in (None, {}):
+            return ""
+        if instant(stamp) is None:
+            raise SourceUnavailable("DICOM service /changefeed/latest has no valid Timestamp")
+        return str(stamp)
+
     def _latest(self) -> int:
         """The newest entry's Sequence (0 for an empty feed)."""
         try:

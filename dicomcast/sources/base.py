@@ -57,6 +57,11 @@ class Source(Protocol):
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage: ...
 
+    def head(self) -> str:
+        """The feed position of now: reading from it gives only changes still to come
+        (`cursor set head`, to start from now instead of the archive's history)."""
+        ...
+
     def next_position(self, cursor: str | None) -> str:
         """The cursor one entry past `cursor`: how an entry that cannot be read at all is
         skipped (only once the server has shown it answers everything else)."""

@@ -131,6 +131,14 @@ class OrthancSource(RestSource):
     def next_position(self, cursor: str | None) -> str:
         return str(int(cursor or 0) + 1)
 
+    def head(self) -> str:
+        """The sequence number of Orthanc's newest change (`/changes?last`)."""
+        page = self.rest.get("changes", last="")
+        last = sequence_number(page.get("Last")) if isinstance(page, dict) else None
+        if last is None:
+            raise SourceUnavailable("Orthanc /changes?last answer has no valid 'Last'")
+        return str(last)
+
     def _study_of(self, change: dict[str, Any]) -> tuple[str | None, str | None]:
         """(the study a change names, or None; why it cannot be used, or None)."""
         kind, resource_id = change.get("ChangeType"), change.get("ID")

@@ -67,12 +67,19 @@ class Cursors:
                 .values(holder=None, held_until=None)
             )
 
-    def set_cursor(self, name: str, cursor: str | None, now: float | None = None) -> None:
+    def set_cursor(
+        self, name: str, cursor: str | None, now: float | None = None, kind: str | None = None
+    ) -> None:
         """The operator's `cursor set`: refused while a worker holds the source's lease, so a
-        running tailer can never overwrite it with its own position a moment later."""
+        running tailer can never overwrite it with its own position a moment later. With
+        `kind` (the source is configured), a source the state DB does not know yet is
+        registered first: a fresh state DB may start from a position of the operator's."""
         now = time.time() if now is None else now
         with self.db.write("set_cursor") as session:
             row = session.get(SourceRow, name)
+            if row is None and kind is not None:
+                row = SourceRow(name=name, kind=kind, resets=0)
+                session.add(row)
             if row is None:
                 raise OperatorError(f"source {name!r} has no state yet; run the worker once")
             if row.holder and row.held_until and row.held_until >= now:

@@ -104,6 +104,29 @@ class Queue:
 
     db: Database
 
+    def baseline(self, source: str, present: dict[str, int]) -> None:
+        """Record studies the archive holds as seen, without syncing them (`cursor set head`
+        starts from now: history is skipped, and a study is synced once it changes). Studies
+        the state DB knows already are left as they are."""
+        rows = [
+            {
+                "source": source,
+                "study_key": key,
+                "status": "clean",
+                "generation": 1,
+                "attempts": 0,
+                "instance_count": count,
+                "last_synced_at": None,
+            }
+            for key, count in present.items()
+        ]
+        stmt = self.db.insert()(StudyRow).on_conflict_do_nothing(
+            index_elements=["source", "study_key"]
+        )
+        with self.db.write("baseline") as session:
+            for start in range(0, len(rows), 500):
+                session.execute(stmt, rows[start : start + 500])
+
     def mark_dirty(self, source: str, marks: Iterable[DirtyMark], now: float | None = None) -> int:
         marks = list(marks)
         with self.db.write("mark_dirty") as session:

@@ -373,3 +373,34 @@ class OrthancLookup:
         with self.orthanc.client() as http:
             found = http.post("tools/lookup", content=study_uid).json()
         return [str(item["ID"]) for item in found if item.get("Type") == "Study"]
+
+
+def test_cursor_set_head_on_a_fresh_state_starts_from_now(
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    sync_once: Sync,
+    make_settings: Callable[..., Any],
+) -> None:
+    from typer.testing import CliRunner
+
+    from dicomcast.cli import app
+    from tests.conftest import env_for
+
+    history, late, new = by_key("mr-brain-doe"), by_key("cr-hand-yamada"), by_key("mr-knee-garcia")
+    upload(orthanc, history)
+    late_instances = list(instances(late))
+    orthanc.upload([to_bytes(late_instances[0])])
+    runner = CliRunner()
+    done = runner.invoke(app, ["cursor", "set", "head"], env=env_for(make_settings()))
+    assert done.exit_code == 0, done.output
+    assert "2 studies the archive holds now are recorded as seen" in done.stdout
+    upload(orthanc, new)
+    code, worker = sync_once()
+    assert code == 0 and worker.totals["synced"] == 1  # only what came after `head`
+    assert [s["description"] for s in search(fhir, "ImagingStudy")] == [new.description]
+    # History is skipped, not lost: a study of it that changes is synced from then on.
+    orthanc.upload([to_bytes(late_instances[1])])
+    code, worker = sync_once()
+    assert code == 0 and worker.totals["synced"] == 1
+    assert study_resource(fhir, late)["numberOfInstances"] == 2
+    assert len(search(fhir, "ImagingStudy")) == 2

@@ -291,3 +291,22 @@ def test_an_azure_fhir_service_gets_the_same_entra_id_login() -> None:
     if importlib.util.find_spec("azure") is None:  # the optional extra is not installed
         with pytest.raises(ConfigError, match="azure-identity"):
             fhir_auth(load_settings(fhir_url=fhir_url, fhir_managed_identity=True))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_head_is_where_only_changes_still_to_come_are_read(version: str) -> None:
+    service = FakeDicomService()
+    older = bulk_studies(4, 1, patients=1, prefix=f"head{version}")
+    for spec in older:
+        service.store(dicom_json(spec))
+    source = source_for(service, api_version=version)
+    head = source.head()
+    newer = bulk_studies(1, 1, patients=1, prefix=f"next{version}")[0]
+    service.store(dicom_json(newer))
+    keys, _ = read_all(source, head, 50)
+    uids = [k.rsplit("/", 1)[-1] for k in keys]
+    assert newer.study_uid in uids
+    # History is skipped; v2 reads the entries of the head's own instant again (the fake
+    # puts three entries in each instant), at least once rather than never.
+    assert older[0].study_uid not in uids and older[1].study_uid not in uids
+    assert len(uids) == (1 if version == "v1" else 3)

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
 from dicomcast.config.source import SourceSettings
-from dicomcast.errors import SourceUnavailable, StateUnavailable
+from dicomcast.errors import OperatorError, SourceUnavailable, StateUnavailable
 from dicomcast.mapping.mapper import Mappings
 from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS
 from dicomcast.sandbox.samples import demo_studies, instances
@@ -252,3 +252,9 @@ def test_dicom_tls_is_mutual_and_a_plain_peer_is_not_let_in(tmp_path: Path) -> N
         listener.stop()
         secure.close()
         plain.close()
+
+
+def test_a_dimse_source_has_no_feed_head_to_start_from() -> None:
+    source = DimseSource(SourceSettings(kind="dimse", store_port=11112))
+    with pytest.raises(OperatorError, match="lookback_days"):
+        source.head()

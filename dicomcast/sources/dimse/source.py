@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError
+from dicomcast.errors import MappingError, OperatorError
 from dicomcast.model import StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.dimse.network import Peer
@@ -115,6 +115,12 @@ class DimseSource:
 
     def next_position(self, cursor: str | None) -> str:
         return cursor or ""
+
+    def head(self) -> str:
+        raise OperatorError(
+            f"source {self.name!r} polls a PACS and has no change feed to move: its first "
+            "poll reads the studies of the last lookback_days (set that instead)"
+        )
 
     def list_studies(self) -> dict[str, int]:
         """Query mode: the polled window and, while a sweep runs, one older page, by C-FIND.
