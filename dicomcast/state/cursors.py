@@ -25,11 +25,16 @@ class Cursors:
     db: Database
 
     def ensure_source(self, name: str, kind: str) -> SourceRow:
+        """The source's row, made if missing. Several workers starting at once may all
+        make it: the insert does nothing when another one got there first."""
         with self.db.write("ensure_source") as session:
+            session.execute(
+                self.db.insert()(SourceRow)
+                .values(name=name, kind=kind, resets=0)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
             row = session.get(SourceRow, name)
-            if row is None:
-                row = SourceRow(name=name, kind=kind, resets=0)
-                session.add(row)
+            assert row is not None
             return row
 
     def get_source(self, name: str) -> SourceRow | None:

@@ -28,6 +28,7 @@ from dicomcast.errors import ConfigError, StateSchemaError, StateUnavailable
 from dicomcast.urls import mask_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATE_LOCK = 0x6463_6D69  # a PostgreSQL advisory lock key of our own ("dcmi")
 
 
 def make_engine(url: str, *, pooled: bool = True) -> Engine:
@@ -171,6 +172,12 @@ class Database:
         heads = set(scripts.get_heads())
         known = {s.revision for s in scripts.walk_revisions()}
         with translated("migrate"), self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                # Workers starting together take turns: the first migrates, the others
+                # then find the schema at head (the lock ends with this transaction).
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK}
+                )
             current = set(MigrationContext.configure(connection).get_current_heads())
             unknown = current - known
             if unknown:

@@ -1,0 +1,131 @@
+"""The state DB on a real PostgreSQL 15, and every Alembic revision on both databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from dicomcast.app import build_app
+from dicomcast.config import Settings
+from dicomcast.model import DirtyMark, Written
+from dicomcast.sandbox.samples import bulk_studies, instances, to_bytes
+from dicomcast.sandbox.servers import FhirServer, OrthancServer
+from dicomcast.state.store import StateStore
+from dicomcast.worker import Worker
+from tests.conftest import env_for
+from tests.integration.fhir_state import all_resources, duplicates
+from tests.postgres import postgres
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    with postgres() as url:
+        yield url
+
+
+def run_once_in_process(settings: Settings) -> tuple[int, Worker]:
+    worker = Worker(build_app(settings))
+    try:
+        return worker.run_once(), worker
+    finally:
+        worker.close()
+        worker.app.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def test_every_migration_runs_in_order_and_ends_at_the_models(state_url: str) -> None:
+    store = StateStore(state_url)
+    try:
+        cfg = store.db._alembic()
+        revisions = list(reversed(list(ScriptDirectory.from_config(cfg).walk_revisions())))
+        with store.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, "base")
+        for revision in revisions:  # one by one, as an upgrade from each release would
+            with store.engine.begin() as connection:
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, revision.revision)
+            assert store.schema_revision() == {revision.revision}
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"sources", "studies", "contributions", "received_instances"} <= tables
+        assert store.migrate() is False  # at head: nothing left to do
+    finally:
+        store.close()
+
+
+def test_the_store_keeps_its_promises_on_postgresql(pg_url: str) -> None:
+    store = StateStore(pg_url)
+    try:
+        store.migrate()
+        store.ensure_source("pg", "orthanc")
+        assert store.record_page("pg", "10", "10", [DirtyMark("a"), DirtyMark("b")]) == 2
+        tasks = store.claim_many(store.due("pg", 10), "w1", 60)
+        assert {t.study_key for t in tasks} == {"a", "b"}
+        assert store.claim_many(store.due("pg", 10), "w2", 60) == []  # held by w1
+        task = next(t for t in tasks if t.study_key == "a")
+        store.mark_dirty("pg", [DirtyMark("a")])  # new data while it synced
+        assert not store.finish_clean(task, Written("1.2", "h", "p", "s", 3))
+        store.receive("pg", "20261130/1.2.3", "1.2.3", "1.2.3.1", {"k": 1})
+        assert store.received("pg", "20261130/1.2.3") == [{"k": 1}]
+        store.baseline("pg", {"old": 4})
+        assert store.known_studies("pg")["old"] == 4
+    finally:
+        store.close()
+
+
+def test_two_workers_on_one_postgresql_write_each_study_once(
+    pg_url: str,
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
+) -> None:
+    specs = bulk_studies(30, 3, patients=6, prefix="pg")
+    for spec in specs:
+        orthanc.upload([to_bytes(ds) for ds in instances(spec)])
+    database = "pgtwo"
+    with (
+        StateStore(pg_url)
+        .engine.connect()
+        .execution_options(isolation_level="AUTOCOMMIT") as connection
+    ):
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    url = pg_url.rsplit("/", 1)[0] + f"/{database}"
+    env = env_for(make_settings(state_url=url, concurrency=3))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dicomcast", "run", "--once"],
+            env={**env, "DICOMCAST_WORKER_ID": f"worker-{n}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=180)
+        assert worker.returncode in (0, 1), err.decode()[-2000:]
+    store = StateStore(url)
+    try:
+        if store.counts("default").get("dirty"):  # the one that did not tail may exit early
+            code, _ = run_once_in_process(make_settings(state_url=url))
+            assert code == 0
+        assert store.counts("default") == {"clean": len(specs)}
+    finally:
+        store.close()
+    assert duplicates(fhir) == {}
+    assert len(all_resources(fhir, "ImagingStudy")) == len(specs)
