@@ -130,17 +130,18 @@ def build_app(
     names = list(clients)
     metrics.watch_state(store, lambda: names)
     listeners = [
-        _listener(config, store)
+        _listener(config, store, metrics)
         for config in configured
         if config.kind == "dimse" and config.store_port is not None
     ]
     return App(settings, store, clients, mappings, fhir, writer, metrics, listeners)
 
 
-def _listener(config: SourceSettings, store: StateStore) -> StoreListener:
+def _listener(config: SourceSettings, store: StateStore, metrics: Metrics) -> StoreListener:
     from dicomcast.sources.dimse.listener import StoreListener
 
-    return StoreListener(config, store)
+    counter = metrics.received
+    return StoreListener(config, store, lambda outcome: counter.labels(config.name, outcome).inc())
 
 
 def _counting(metrics: Metrics, name: str) -> Callable[[int | None, float], None]:

@@ -107,6 +107,13 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.received = Counter(
+            "dicomcast_instances_received",
+            "Instances a C-STORE listener answered, by outcome (stored, refused, "
+            "unavailable: the state DB failed and the sender was told to retry).",
+            ["source", "outcome"],
+            registry=r,
+        )
         self.feed_failing = Gauge(
             "dicomcast_feed_failing",
             "1 while reading a source's change feed keeps failing on one position.",

@@ -136,7 +136,8 @@ def send(port: int, datasets: list[Dataset], calling: str = "MODALITY") -> list[
 def test_the_listener_stores_headers_refuses_what_has_no_uids_and_keeps_serving() -> None:
     port = free_port()
     sink = Sink()
-    listener = StoreListener(SourceSettings(kind="dimse", store_port=port), sink)
+    answers: list[str] = []
+    listener = StoreListener(SourceSettings(kind="dimse", store_port=port), sink, answers.append)
     listener.start()
     try:
         good = [ds for ds in instances(demo_studies()[3])][:2]  # CT: pixel data and all
@@ -152,6 +153,7 @@ def test_the_listener_stores_headers_refuses_what_has_no_uids_and_keeps_serving(
         # The state DB fails: the sender hears Out of Resources, and may send again.
         sink.fail = True
         assert send(port, [good[0]]) == [0xA700]
+        assert answers == ["stored", "refused", "stored", "unavailable"]  # the metric's counts
     finally:
         listener.stop()
 

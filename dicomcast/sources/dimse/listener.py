@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
@@ -41,11 +42,17 @@ class HeaderSink(Protocol):
 class StoreListener:
     """A Storage SCP for every storage SOP class and transfer syntax pynetdicom knows."""
 
-    def __init__(self, settings: SourceSettings, sink: HeaderSink) -> None:
+    def __init__(
+        self,
+        settings: SourceSettings,
+        sink: HeaderSink,
+        count: Callable[[str], None] | None = None,
+    ) -> None:
         assert settings.store_port is not None
         self.name = settings.name
         self.address = (settings.store_host, settings.store_port)
         self.sink = sink
+        self.count = count or (lambda outcome: None)  # told each answer: metrics
         self.allowed = frozenset(settings.allowed_aes or ())
         self.ae = AE(ae_title=settings.local_ae)
         self.ae.maximum_associations = 32
@@ -110,9 +117,11 @@ class StoreListener:
             self.sink.receive(self.name, study_key(date, study_uid), study_uid, sop_uid, header)
         except StateUnavailable as exc:
             log.warning("could not store a received instance: %s", exc, extra={"source": self.name})
+            self.count("unavailable")
             return OUT_OF_RESOURCES
         with self._lock:
             self.received += 1
+        self.count("stored")
         if notes:
             log.info(
                 "received an instance with invalid elements dropped", extra={"source": self.name}
@@ -122,5 +131,6 @@ class StoreListener:
     def _refuse(self, reason: str) -> int:
         with self._lock:
             self.refused += 1
+        self.count("refused")
         log.warning("refused a received instance: %s", reason, extra={"source": self.name})
         return CANNOT_UNDERSTAND
