@@ -96,7 +96,7 @@ def build_app(
         )
     configured = settings.source_list()
     mappings = load_mappings(settings)
-    store = StateStore(settings.state_url)
+    store = StateStore.for_settings(settings)
     if store.migrate():
         log.warning(
             "the state database %s is new: every source's change feed is read from its "

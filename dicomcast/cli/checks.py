@@ -118,7 +118,7 @@ def _probe_fhir(settings: Settings) -> str:
 
 
 def _probe_state(settings: Settings) -> str:
-    store = StateStore(settings.state_url)
+    store = StateStore.for_settings(settings)
     try:
         store.migrate()
         return f"schema {', '.join(sorted(store.schema_revision()))}"

@@ -70,7 +70,7 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
 
 def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
     """Open the state DB (migrated), run `fn` on it, close it; errors become exit codes."""
-    store = StateStore(settings.state_url)
+    store = StateStore.for_settings(settings)
     try:
         guard(store.migrate)
         return guard(lambda: fn(store))

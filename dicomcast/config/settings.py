@@ -94,6 +94,18 @@ class Settings(BaseSettings):
 
     # --- state
     state_url: str = Field("sqlite:///dicomcast.db", description="SQLAlchemy URL of the state DB.")
+    state_pool_size: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="PostgreSQL connections kept per worker (as many more on load).",
+    )
+    state_statement_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a state DB statement may run before PostgreSQL cancels it (an "
+        "outage, never a hang; 0 = no limit). SQLite waits this long for a locked file.",
+    )
 
     # --- mapping
     mapping_dir: Path | None = Field(None, description="Mapping folder (default: the bundled one).")

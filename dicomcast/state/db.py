@@ -31,15 +31,20 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATE_LOCK = 0x6463_6D69  # a PostgreSQL advisory lock key of our own ("dcmi")
 
 
-def make_engine(url: str, *, pooled: bool = True) -> Engine:
+def make_engine(
+    url: str, *, pooled: bool = True, pool_size: int = 5, statement_timeout: float = 30.0
+) -> Engine:
     """The engine; `pooled=False` gives one that opens a fresh connection each time (what
-    a probe of a SQLite file needs: a pooled connection may answer from its cache)."""
+    a probe of a SQLite file needs: a pooled connection may answer from its cache).
+    `statement_timeout` (seconds, 0 = none) bounds each PostgreSQL statement and how long
+    SQLite waits for a locked file."""
+    wait_ms = int(statement_timeout * 1000)
     try:
         if url.startswith("sqlite"):
             memory = url in ("sqlite://", "sqlite:///:memory:")
             engine = create_engine(
                 url,
-                connect_args={"check_same_thread": False, "timeout": 30},
+                connect_args={"check_same_thread": False, "timeout": statement_timeout or 30},
                 poolclass=StaticPool if memory else (None if pooled else NullPool),
             )
 
@@ -51,14 +56,21 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
                 cursor.execute(
                     "PRAGMA synchronous=NORMAL" if not memory else "PRAGMA synchronous=OFF"
                 )
-                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute(f"PRAGMA busy_timeout={wait_ms or 30000}")
                 # Each pooled connection keeps its own page cache (2 MB by default); the hot
                 # rows are few, and the OS caches the file anyway.
                 cursor.execute("PRAGMA cache_size=-256")
                 cursor.close()
 
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        options = {"options": f"-c statement_timeout={wait_ms}"} if wait_ms else {}
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args=options if url.startswith("postgresql") else {},
+        )
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(
             f"state database URL {mask_url(url)!r} is not usable: {mask_url(str(exc))}"
@@ -95,9 +107,9 @@ class Database:
     """One state database: short transactions, errors translated once, schema migrations,
     and a probe that notices the database being deleted, replaced or corrupted."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, statement_timeout: float = 30.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size, statement_timeout=statement_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.file = _sqlite_file(url)
         self._probe = make_engine(url, pooled=False) if self.file is not None else self.engine

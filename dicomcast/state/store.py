@@ -7,6 +7,8 @@ needs only one part may be typed with that part's class.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Engine
 
 from dicomcast.state.contributions import Contributions
@@ -16,13 +18,25 @@ from dicomcast.state.queue import Queue
 from dicomcast.state.received import Received
 from dicomcast.state.reports import Reports
 
+if TYPE_CHECKING:
+    from dicomcast.config import Settings
+
 
 class StateStore(Cursors, Queue, Contributions, Received, Reports):
     """All reads and writes of the state DB; each method is one short transaction, and a
     database failure in any of them is `StateUnavailable`."""
 
-    def __init__(self, url: str) -> None:
-        self.db = Database(url)
+    def __init__(self, url: str, *, pool_size: int = 5, statement_timeout: float = 30.0) -> None:
+        self.db = Database(url, pool_size=pool_size, statement_timeout=statement_timeout)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> StateStore:
+        """The state DB the settings name, with their pool size and statement timeout."""
+        return cls(
+            settings.state_url,
+            pool_size=settings.state_pool_size,
+            statement_timeout=settings.state_statement_timeout,
+        )
 
     @property
     def url(self) -> str:

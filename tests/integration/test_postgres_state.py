@@ -11,6 +11,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError
 
 from dicomcast.app import build_app
 from dicomcast.config import Settings
@@ -129,3 +130,16 @@ def test_two_workers_on_one_postgresql_write_each_study_once(
         store.close()
     assert duplicates(fhir) == {}
     assert len(all_resources(fhir, "ImagingStudy")) == len(specs)
+
+
+def test_pool_size_and_statement_timeout_reach_postgresql(pg_url: str) -> None:
+    store = StateStore(pg_url, pool_size=3, statement_timeout=0.3)
+    try:
+        assert store.engine.pool.size() == 3  # type: ignore[attr-defined]
+        with (
+            store.engine.connect() as connection,
+            pytest.raises(OperationalError, match="statement timeout"),
+        ):
+            connection.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        store.close()
