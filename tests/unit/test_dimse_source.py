@@ -94,7 +94,7 @@ def test_a_listing_speaks_only_for_the_dates_it_covered_and_the_sweep_pages_back
     )
     asked: list[str] = []
 
-    def find(query: Dataset, assoc: Any = None) -> list[Dataset]:
+    def find(query: Dataset) -> list[Dataset]:
         asked.append(str(query.StudyDate))
         return []
 

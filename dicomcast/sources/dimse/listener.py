@@ -9,7 +9,6 @@ A calling AE title not on the allow-list gets an A-ASSOCIATE-RJ, logged with its
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -65,9 +64,6 @@ class StoreListener:
             self.ae.require_calling_aet = sorted(self.allowed)
         self.ssl = tls_context(settings, server=True)
         self.server: Any = None
-        self.received = 0
-        self.refused = 0
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         handlers: list[Any] = [
@@ -119,8 +115,6 @@ class StoreListener:
             log.warning("could not store a received instance: %s", exc, extra={"source": self.name})
             self.count("unavailable")
             return OUT_OF_RESOURCES
-        with self._lock:
-            self.received += 1
         self.count("stored")
         if notes:
             log.info(
@@ -129,8 +123,6 @@ class StoreListener:
         return SUCCESS
 
     def _refuse(self, reason: str) -> int:
-        with self._lock:
-            self.refused += 1
         self.count("refused")
         log.warning("refused a received instance: %s", reason, extra={"source": self.name})
         return CANNOT_UNDERSTAND

@@ -110,12 +110,13 @@ class Peer:
                     f"PACS {self.name}: C-ECHO failed ({_code(status)})", outage=True
                 )
 
-    def find(self, identifier: Dataset, assoc: Association | None = None) -> list[Dataset]:
-        """C-FIND with the Study Root model: every match, or an error naming the status.
-        On `assoc` when given, else on an association of its own."""
-        if assoc is None:
-            with self.association() as own:
-                return self.find(identifier, own)
+    def find(self, identifier: Dataset) -> list[Dataset]:
+        """C-FIND with the Study Root model, on an association of its own: every match, or
+        an error naming the status."""
+        with self.association() as assoc:
+            return self._matches(assoc, identifier)
+
+    def _matches(self, assoc: Association, identifier: Dataset) -> list[Dataset]:
         matches: list[Dataset] = []
         for status, found in assoc.send_c_find(identifier, FIND_MODEL):
             if not status:
