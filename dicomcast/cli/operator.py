@@ -333,10 +333,7 @@ def _start_from_now(
 
 def _check_cursor(settings: Settings, name: str, value: str) -> None:
     """Refuse a position the source's feed cannot read from (a fatal error: exit 2)."""
-    try:
-        config = settings.find_source(name)
-    except ConfigError:
-        config = None  # not configured here: only a sequence number is safe
+    config = _configured(settings, name)  # None: not configured here, only a number is safe
     if config is not None and config.kind == "azure-dicom" and config.api_version == "v2":
         parse_v2_cursor(value)
     elif not value.isdigit():

@@ -68,6 +68,16 @@ def delete_entry(resource_type: str, resource_id: str) -> dict[str, Any]:
     return {"request": {"method": "DELETE", "url": f"{resource_type}/{resource_id}"}}
 
 
+def retired(current: Mapping[str, Any], policy: str) -> dict[str, Any] | None:
+    """The entry that retires a resource whose DICOM object is gone: a DELETE (`delete`),
+    else an update to `entered-in-error`; None when it is marked so already."""
+    if policy == "delete":
+        return delete_entry(str(current["resourceType"]), str(current["id"]))
+    if current.get("status") == "entered-in-error":
+        return None
+    return update_entry({**current, "status": "entered-in-error"}, current)
+
+
 def created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
     """(id, created) from a transaction-response entry's location and status."""
     response = entry.get("response", {})

@@ -19,8 +19,8 @@ from dicomcast.fhir.entries import (
     comparable,
     create_entry,
     created_id,
-    delete_entry,
     merge_owned,
+    retired,
     update_entry,
 )
 from dicomcast.mapping.mapper import search_token
@@ -92,19 +92,10 @@ def plan(
                 continue
         except MappingError:
             continue
-        entry = removal(current, policy)
+        entry = retired(current, policy)
         if entry is not None:
             entries.append(entry)
     return ObservationPlan(entries, creates)
-
-
-def removal(current: Mapping[str, Any], policy: DeletedStudyPolicy) -> dict[str, Any] | None:
-    """The entry that retires an Observation whose report is gone; None when it already is."""
-    if policy == "delete":
-        return delete_entry("Observation", str(current["id"]))
-    if current.get("status") == "entered-in-error":
-        return None
-    return update_entry({**current, "status": "entered-in-error"}, current)
 
 
 def check_creates(entries: list[dict[str, Any]], responses: list[dict[str, Any]]) -> None:

@@ -33,6 +33,7 @@ from dicomcast.fhir.entries import (
     created_id,
     merge_owned,
     replace_refs,
+    retired,
     update_entry,
 )
 from dicomcast.fhir.orders import Orders
@@ -363,10 +364,8 @@ class FhirWriter:
                     self._retire_observations(str(resource["id"]))
                     if self.deleted_policy == "delete":
                         self.client.delete("ImagingStudy", resource["id"])
-                    elif resource.get("status") != "entered-in-error":
-                        self.client.transaction(
-                            [update_entry({**resource, "status": "entered-in-error"}, resource)]
-                        )
+                    elif (entry := retired(resource, self.deleted_policy)) is not None:
+                        self.client.transaction([entry])
             except FhirConflict:
                 continue  # changed under us: read again
             return len(matches)
@@ -382,7 +381,7 @@ class FhirWriter:
             entry
             for member in members
             if observations.is_ours(member)
-            and (entry := observations.removal(member, self.deleted_policy)) is not None
+            and (entry := retired(member, self.deleted_policy)) is not None
         ]
         if entries:
             self._send(entries)

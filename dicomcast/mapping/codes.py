@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from dicomcast.errors import MappingError
 from dicomcast.mapping.context import ConversionError, ConvertContext, converter
-from dicomcast.studyview import text_value
+from dicomcast.studyview import DicomJson, text_value
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT_SYSTEM = "http://snomed.info/sct"
@@ -25,7 +25,9 @@ SCT_SYSTEM = "http://snomed.info/sct"
 _ISSUER_LOCAL = "00400031"  # LocalNamespaceEntityID
 _ISSUER_UNIVERSAL = "00400032"  # UniversalEntityID
 _ISSUER_TYPE = "00400033"  # UniversalEntityIDType
-_CODE_TAGS = ("00080100", "00080119", "00080120", "00080102", "00080104")
+CODE_VALUE, LONG_CODE_VALUE, URN_CODE_VALUE = "00080100", "00080119", "00080120"
+SCHEME, MEANING = "00080102", "00080104"  # CodingSchemeDesignator, CodeMeaning
+_CODE_TAGS = (CODE_VALUE, LONG_CODE_VALUE, URN_CODE_VALUE, SCHEME, MEANING)
 # Tags converters read inside the items they are given; a source may drop every other tag
 # the mappings do not name (see Mappings.tags_read). Keep this in step with the code below.
 TAGS_READ = frozenset({_ISSUER_LOCAL, _ISSUER_UNIVERSAL, _ISSUER_TYPE, *_CODE_TAGS})
@@ -220,18 +222,23 @@ def _standard_coding(
     return {"system": system, "code": code, "display": meaning}
 
 
+def code_value(item: DicomJson) -> str | None:
+    """A code item's value, in whichever of its three forms it is given."""
+    return (
+        text_value(item, CODE_VALUE)
+        or text_value(item, LONG_CODE_VALUE)
+        or text_value(item, URN_CODE_VALUE)
+    )
+
+
 def _item_coding(value: Any, ctx: ConvertContext) -> tuple[dict[str, Any] | None, str | None]:
     """(Coding or None, CodeMeaning) of a code sequence item; a coding that cannot be written
     as its scheme says is None with a warning, and its meaning is kept for a text."""
     if not isinstance(value, Mapping):
         raise ConversionError("expected a code sequence item")
-    code = (
-        text_value(value, "00080100")  # CodeValue
-        or text_value(value, "00080119")  # LongCodeValue
-        or text_value(value, "00080120")  # URNCodeValue
-    )
-    designator = text_value(value, "00080102")  # CodingSchemeDesignator
-    meaning = text_value(value, "00080104")  # CodeMeaning
+    code = code_value(value)
+    designator = text_value(value, SCHEME)
+    meaning = text_value(value, MEANING)
     if not code:
         raise ConversionError("code sequence item has no CodeValue")
     if not _FHIR_CODE.match(code):

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from dicomcast.mapping.codes import code_item_to_coding, code_item_to_concept
+from dicomcast.mapping.codes import (
+    CODE_VALUE,
+    MEANING,
+    SCHEME,
+    code_item_to_coding,
+    code_item_to_concept,
+    code_value,
+)
 from dicomcast.mapping.context import ConversionError, ConvertContext, converter
 from dicomcast.mapping.converters import pn_to_text, to_uid
 from dicomcast.mapping.dates import da_to_date, dt_to_datetime
@@ -38,8 +45,6 @@ PERSON = "0040A123"  # PersonName
 UID = "0040A124"
 TEXT = "0040A160"  # TextValue
 TEMPLATE = "0040A504"  # ContentTemplateSequence
-CODE_VALUE, SCHEME, MEANING = "00080100", "00080102", "00080104"
-LONG_CODE, URN_CODE = "00080119", "00080120"
 # Every tag reading a content tree touches: a source must keep them inside SR instances.
 TAGS_READ = frozenset(
     {
@@ -83,8 +88,7 @@ class Concept:
     def matches(self, item: DicomJson | None) -> bool:
         if not isinstance(item, Mapping):
             return False
-        code = text_value(item, CODE_VALUE) or text_value(item, LONG_CODE)
-        code = code or text_value(item, URN_CODE)
+        code = code_value(item)
         scheme = (text_value(item, SCHEME) or "").upper()
         if code is None:
             return False

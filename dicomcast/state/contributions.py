@@ -3,25 +3,14 @@ whichever source syncs the study next can write the union of every part."""
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
 from typing import Any
 
 from sqlalchemy import select
 
 from dicomcast.model import Contribution
-from dicomcast.state.db import Database
+from dicomcast.state.db import Database, pack, unpack
 from dicomcast.state.models import ContributionRow
-
-
-def _pack(body: dict[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
-
-
-def _unpack(blob: bytes) -> dict[str, Any]:
-    body = json.loads(zlib.decompress(blob))
-    return body if isinstance(body, dict) else {}
 
 
 class Contributions:
@@ -33,7 +22,7 @@ class Contributions:
         self, source: str, key: str, match_key: str, body: dict[str, Any], now: float | None = None
     ) -> None:
         now = time.time() if now is None else now
-        values = {"match_key": match_key, "body": _pack(body), "updated_at": now}
+        values = {"match_key": match_key, "body": pack(body), "updated_at": now}
         with self.db.write("put_contribution") as session:
             stmt = self.db.insert()(ContributionRow).values(source=source, study_key=key, **values)
             session.execute(
@@ -46,7 +35,7 @@ class Contributions:
             rows = session.scalars(
                 select(ContributionRow).where(ContributionRow.match_key == match_key)
             ).all()
-            return [Contribution(r.source, r.study_key, _unpack(r.body)) for r in rows]
+            return [Contribution(r.source, r.study_key, unpack(r.body)) for r in rows]
 
     def drop_contribution(self, source: str, key: str) -> str | None:
         """Forget a source's part of a study; returns the study's match key, if it had one."""

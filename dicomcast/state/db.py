@@ -10,6 +10,8 @@ and no caller ever sees a raw driver error.
 from __future__ import annotations
 
 import contextlib
+import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,17 @@ from dicomcast.urls import mask_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATE_LOCK = 0x6463_6D69  # a PostgreSQL advisory lock key of our own ("dcmi")
+
+
+def pack(body: dict[str, Any]) -> bytes:
+    """A JSON object as the state DB keeps it: compact, zlib-compressed."""
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def unpack(blob: bytes) -> dict[str, Any]:
+    """The JSON object `pack` made ({} for anything else)."""
+    body = json.loads(zlib.decompress(blob))
+    return body if isinstance(body, dict) else {}
 
 
 def make_engine(

@@ -6,16 +6,14 @@ replaces the one before (a sender's retry, or a corrected instance)."""
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
 from typing import Any
 
 from sqlalchemy import delete, func, select
 
 from dicomcast.model import DirtyMark
 from dicomcast.state import queue
-from dicomcast.state.db import Database
+from dicomcast.state.db import Database, pack, unpack
 from dicomcast.state.models import ReceivedRow
 
 
@@ -35,8 +33,7 @@ class Received:
     ) -> None:
         """Store one instance's header and mark its study dirty, atomically."""
         now = time.time() if now is None else now
-        blob = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 6)
-        values = {"study_key": key, "header": blob, "received_at": now}
+        values = {"study_key": key, "header": pack(header), "received_at": now}
         with self.db.write("receive") as session:
             stmt = self.db.insert()(ReceivedRow).values(source=source, sop_uid=sop_uid, **values)
             session.execute(
@@ -52,8 +49,7 @@ class Received:
                 .where(ReceivedRow.source == source, ReceivedRow.study_key == key)
                 .order_by(ReceivedRow.id)
             ).all()
-        headers = [json.loads(zlib.decompress(b)) for b in blobs]
-        return [h for h in headers if isinstance(h, dict)]
+        return [header for blob in blobs if (header := unpack(blob))]
 
     def last_received(self, source: str, key: str) -> float | None:
         """When the study's latest instance arrived (None: never)."""

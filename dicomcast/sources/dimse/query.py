@@ -18,9 +18,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomcast.studyview import is_uid, text_value
+from dicomcast.studyview import STUDY_UID, is_uid, text_value
 
-STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 STUDY_DATE = "00080020"
 INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 # Attributes of the patient and study levels (PS3.4 C.6.2.1, Study Root), and of the series
@@ -44,14 +43,18 @@ NOT_KEYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability", "Sp
 def study_key(date: str | None, uid: str) -> str:
     """A study's key: `YYYYMMDD/UID` (`-/UID` without a usable date). The date in the key
     tells, from the state DB alone, whether a study lies in the polled window."""
-    good = date if date and len(date) == 8 and date.isdigit() else "-"
-    return f"{good}/{uid}"
+    return f"{date if _is_date(date) else '-'}/{uid}"
+
+
+def _is_date(text: str | None) -> bool:
+    """A full DA value (YYYYMMDD), the only date a key carries."""
+    return bool(text) and len(str(text)) == 8 and str(text).isdigit()
 
 
 def key_parts(key: str) -> tuple[str | None, str]:
     """(StudyDate or None, StudyInstanceUID) of a key; ValueError when it is not one."""
     date, _, uid = key.partition("/")
-    if not is_uid(uid) or not (date == "-" or (len(date) == 8 and date.isdigit())):
+    if not is_uid(uid) or not (date == "-" or _is_date(date)):
         raise ValueError("not a DIMSE study key (YYYYMMDD/UID)")
     return (None if date == "-" else date), uid
 

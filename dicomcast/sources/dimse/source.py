@@ -27,8 +27,6 @@ from dicomcast.model import StudyLocation
 from dicomcast.sources.base import FeedPage, FetchedStudy
 from dicomcast.sources.dimse.network import Peer
 from dicomcast.sources.dimse.query import (
-    SERIES_UID,
-    SOP_UID,
     STUDY_DATE,
     Keys,
     as_json,
@@ -37,7 +35,13 @@ from dicomcast.sources.dimse.query import (
     merged,
     study_key,
 )
-from dicomcast.studyview import build_study_views, dataset_filter, text_value
+from dicomcast.studyview import (
+    SERIES_UID,
+    SOP_UID,
+    build_study_views,
+    dataset_filter,
+    text_value,
+)
 
 log = logging.getLogger(__name__)
 SWEEP_PAGE_DAYS = 30
