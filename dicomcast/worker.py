@@ -31,6 +31,7 @@ from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
 from dicomcast.ops.memory import release_free_memory
 from dicomcast.parts import App
 from dicomcast.sources.base import Source
+from dicomcast.state.locks import StudyLocks
 from dicomcast.sync.endpoints import Endpoints
 from dicomcast.sync.feed import Feed, per_source
 from dicomcast.sync.leases import SourceLeases
@@ -94,6 +95,7 @@ class Worker:
             endpoints=self.endpoints,
             configs=configs,
             multi=MultiSource(self.store, list(self.sources)),
+            locks=StudyLocks(self.store.db),
             policy=FailurePolicy(
                 settings.max_attempts, settings.backoff_base, settings.backoff_max
             ),

@@ -45,7 +45,12 @@ def unpack(blob: bytes) -> dict[str, Any]:
 
 
 def make_engine(
-    url: str, *, pooled: bool = True, pool_size: int = 5, statement_timeout: float = 30.0
+    url: str,
+    *,
+    pooled: bool = True,
+    pool_size: int = 5,
+    overflow: int | None = None,
+    statement_timeout: float = 30.0,
 ) -> Engine:
     """The engine; `pooled=False` gives one that opens a fresh connection each time (what
     a probe of a SQLite file needs: a pooled connection may answer from its cache).
@@ -81,7 +86,7 @@ def make_engine(
             url,
             pool_pre_ping=True,
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=pool_size if overflow is None else overflow,
             connect_args=options if url.startswith("postgresql") else {},
         )
     except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -120,9 +125,18 @@ class Database:
     """One state database: short transactions, errors translated once, schema migrations,
     and a probe that notices the database being deleted, replaced or corrupted."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, statement_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        overflow: int | None = None,
+        statement_timeout: float = 30.0,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size, statement_timeout=statement_timeout)
+        self.engine = make_engine(
+            url, pool_size=pool_size, overflow=overflow, statement_timeout=statement_timeout
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.file = _sqlite_file(url)
         self._probe = make_engine(url, pooled=False) if self.file is not None else self.engine

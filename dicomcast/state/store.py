@@ -26,15 +26,27 @@ class StateStore(Cursors, Queue, Contributions, Received, Reports):
     """All reads and writes of the state DB; each method is one short transaction, and a
     database failure in any of them is `StateUnavailable`."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, statement_timeout: float = 30.0) -> None:
-        self.db = Database(url, pool_size=pool_size, statement_timeout=statement_timeout)
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        overflow: int | None = None,
+        statement_timeout: float = 30.0,
+    ) -> None:
+        self.db = Database(
+            url, pool_size=pool_size, overflow=overflow, statement_timeout=statement_timeout
+        )
 
     @classmethod
     def for_settings(cls, settings: Settings) -> StateStore:
-        """The state DB the settings name, with their pool size and statement timeout."""
+        """The state DB the settings name, with their pool size and statement timeout. On
+        load the pool grows by two connections per sync thread (one may hold a study's lock
+        while the other records its part), so a small pool never starves the syncs."""
         return cls(
             settings.state_url,
             pool_size=settings.state_pool_size,
+            overflow=max(settings.state_pool_size, 2 * settings.concurrency),
             statement_timeout=settings.state_statement_timeout,
         )
 

@@ -9,9 +9,6 @@ workers' writes. Everything else a sync learns goes back to the worker as its `O
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -42,15 +39,6 @@ class MultiSource:
         self.store = store
         self.priority = {name: rank for rank, name in enumerate(sources)}
         self.enabled = len(self.priority) > 1
-        # Two sources' copies of one study are two claims; they must not write at once (a
-        # FHIR server's conditional create may not be atomic: two creates, two resources).
-        self._locks = [threading.Lock() for _ in range(64)]
-
-    def lock(self, match: str) -> threading.Lock | contextlib.nullcontext[None]:
-        """With several sources, one study's syncs from different sources take turns."""
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return self._locks[zlib.crc32(match.encode()) % len(self._locks)]
 
     def parts(self, match: str) -> list[Contribution]:
         """The configured sources' parts of a study, highest priority first."""

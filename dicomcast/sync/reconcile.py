@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from dicomcast.errors import DicomcastError
+from dicomcast.errors import DicomcastError, FhirConflict
 from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import MappedStudy, Mappings, search_token, study_token
 from dicomcast.mapping.settings import MappingConfigs
@@ -24,6 +24,7 @@ from dicomcast.model import (
     source_dependency,
 )
 from dicomcast.sources.base import Source
+from dicomcast.state.locks import StudyLocks
 from dicomcast.sync.endpoints import Endpoints
 from dicomcast.sync.multisource import Compose, MultiSource
 from dicomcast.sync.policy import FailurePolicy, decide
@@ -41,6 +42,7 @@ class Reconciler:
     endpoints: Endpoints
     configs: MappingConfigs
     multi: MultiSource
+    locks: StudyLocks
     policy: FailurePolicy
     patient_policy: PatientPolicy
     stable_wait_max: float  # longest wait for a study still receiving instances
@@ -97,7 +99,9 @@ class Reconciler:
         warnings = tuple(fetched.warnings) + mapped.warnings
         del fetched  # a large study's metadata need not live through the write
         match = search_token(mapped.imaging_study)
-        with self.multi.lock(match):
+        with self.locks.hold(match) as held:
+            if not held:  # another worker writes this study now: look again soon
+                return Outcome(Kind.DEFERRED, retry_at=self.clock() + self.recheck)
             return self._write(task, attempt, mapped, match, endpoint, count, warnings)
 
     def _write(
@@ -164,7 +168,9 @@ class Reconciler:
         if self.multi.enabled:
             match = self.multi.drop(task.source, task.study_key) or match
             if match:
-                with self.multi.lock(match):
+                with self.locks.hold(match) as held:
+                    if not held:
+                        raise FhirConflict("another worker writes this study now; looking again")
                     left = self.multi.remaining(uid, match)
                     if left is None:
                         self.writer.remove_study(match)

@@ -18,19 +18,25 @@ from dicomcast.config import Settings
 from dicomcast.model import DirtyMark, Written
 from dicomcast.sandbox.samples import bulk_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
+from dicomcast.state.locks import LOCK_SPACE, StudyLocks, lock_key
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
 from tests.conftest import env_for
 from tests.integration.fhir_state import all_resources, duplicates
-from tests.postgres import postgres
+from tests.postgres import Cluster, postgres
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with postgres() as url:
-        yield url
+def cluster() -> Iterator[Cluster]:
+    with postgres() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def pg_url(cluster: Cluster) -> str:
+    return cluster.url
 
 
 def run_once_in_process(settings: Settings) -> tuple[int, Worker]:
@@ -91,7 +97,7 @@ def test_the_store_keeps_its_promises_on_postgresql(pg_url: str) -> None:
 
 
 def test_two_workers_on_one_postgresql_write_each_study_once(
-    pg_url: str,
+    cluster: Cluster,
     orthanc: OrthancServer,
     fhir: FhirServer,
     make_settings: Callable[..., Settings],
@@ -99,14 +105,7 @@ def test_two_workers_on_one_postgresql_write_each_study_once(
     specs = bulk_studies(30, 3, patients=6, prefix="pg")
     for spec in specs:
         orthanc.upload([to_bytes(ds) for ds in instances(spec)])
-    database = "pgtwo"
-    with (
-        StateStore(pg_url)
-        .engine.connect()
-        .execution_options(isolation_level="AUTOCOMMIT") as connection
-    ):
-        connection.execute(text(f"CREATE DATABASE {database}"))
-    url = pg_url.rsplit("/", 1)[0] + f"/{database}"
+    url = cluster.database("pgtwo")
     env = env_for(make_settings(state_url=url, concurrency=3))
     workers = [
         subprocess.Popen(
@@ -143,3 +142,40 @@ def test_pool_size_and_statement_timeout_reach_postgresql(pg_url: str) -> None:
             connection.execute(text("SELECT pg_sleep(2)"))
     finally:
         store.close()
+
+
+def test_a_study_lock_held_by_one_worker_keeps_the_others_waiting(pg_url: str) -> None:
+    first, second = StateStore(pg_url), StateStore(pg_url)  # as two worker processes
+    try:
+        mine = StudyLocks(first.db, wait=5)
+        theirs = StudyLocks(second.db, wait=0.3, poll=0.02)
+        with mine.hold("urn:dicom:uid|2.25.1") as held:
+            assert held
+            with theirs.hold("urn:dicom:uid|2.25.1") as other:
+                assert other is False
+            with theirs.hold("urn:dicom:uid|2.25.2") as other:
+                assert other  # another study is not held up
+        with theirs.hold("urn:dicom:uid|2.25.1") as other:
+            assert other  # released with the write
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_study_lock_dies_with_its_holders_connection(pg_url: str) -> None:
+    store = StateStore(pg_url)
+    other = StateStore(pg_url)
+    try:
+        locks = StudyLocks(other.db, wait=5, poll=0.02)
+        with store.engine.connect() as connection:  # a worker holding the lock, then killed
+            taken = connection.execute(
+                text("SELECT pg_try_advisory_lock(:s, :k)"),
+                {"s": LOCK_SPACE, "k": lock_key("urn:dicom:uid|2.25.3")},
+            ).scalar()
+            assert taken
+            connection.invalidate()  # its connection closes, as a killed process's would
+        with locks.hold("urn:dicom:uid|2.25.3") as held:
+            assert held
+    finally:
+        store.close()
+        other.close()
