@@ -41,7 +41,6 @@ from dicomcast.sync.policy import FailurePolicy, repeated_outage
 from dicomcast.sync.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
-CLAIM_LEASE = 300.0
 TICK = 0.5  # seconds between looks for due studies (the feed is polled less often)
 
 
@@ -74,9 +73,7 @@ class Worker:
         self.progress_at = time.time()  # the loop's heartbeat, for /livez
         names = ["fhir", "state", *(source_dependency(name) for name in self.sources)]
         self.pauses = Pauses(names, min(settings.backoff_base, 5.0), settings.backoff_max)
-        self.leases = SourceLeases(
-            self.store, self.owner, self.sources, max(30.0, 5 * settings.poll_interval)
-        )
+        self.leases = SourceLeases(self.store, self.owner, self.sources, settings.source_lease)
         configs = MappingConfigs(settings)
         self.endpoints = Endpoints(app.mappings, app.writer, configs)
         self.feed = Feed(
@@ -200,7 +197,7 @@ class Worker:
             if name not in skip and not self.source_pause(name).active(now)
             for task in self.store.due(name, limit=limit)
         ]
-        claimed = self.store.claim_many(tasks, self.owner, CLAIM_LEASE)
+        claimed = self.store.claim_many(tasks, self.owner, self.settings.claim_lease)
         for outcome in self._pool.map(lambda t: self.sync_one(t, wait_for_stable), claimed):
             stats.outcomes[outcome] += 1
         if claimed:

@@ -161,6 +161,18 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         300.0, gt=0, description="Seconds between scans for deletions the feed does not log."
     )
+    source_lease: float = Field(
+        30.0,
+        ge=1,
+        description="Seconds a worker's hold on a source's change feed lasts unrenewed (it "
+        "renews every third): how soon another worker takes over a dead one's feed.",
+    )
+    claim_lease: float = Field(
+        300.0,
+        ge=1,
+        description="Seconds a worker's claim on a study lasts: how soon another worker "
+        "takes over a study whose worker died mid-sync (a restart takes its own back at once).",
+    )
     max_attempts: int = Field(10, ge=1, description="Transient failures before a study is parked.")
     backoff_base: float = Field(5.0, gt=0)
     backoff_max: float = Field(600.0, gt=0)
