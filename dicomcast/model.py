@@ -59,6 +59,7 @@ class StudyTask:
     match_key: str | None = None
     failed_at: float | None = None  # when its last attempt failed
     error_status: int | None = None  # and with which HTTP status
+    priority: int = 0  # 0: a live change; 1: only a backfill asked for it
 
     @property
     def never_written(self) -> bool:
@@ -146,6 +147,36 @@ class StudyLocation:
 
 
 @dataclass(frozen=True)
+class BackfillProgress:
+    """How far one `dicomcast backfill` run got; `rate` in studies settled per second since
+    it started."""
+
+    id: int
+    source: str
+    since: str | None
+    until: str | None
+    listed: int
+    marked: int
+    done: int
+    failed: int
+    listing: bool  # still listing the archive
+    started_at: float
+    finished_at: float | None
+    rate: float
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.marked - self.done - self.failed)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every marked study is settled, at the rate so far."""
+        if self.finished_at is not None or not self.waiting:
+            return 0.0
+        return self.waiting / self.rate if self.rate > 0 else None
+
+
+@dataclass(frozen=True)
 class SourceSummary:
     """One source's state at a glance, for `status`, metrics and alerts."""
 
@@ -162,6 +193,7 @@ class SourceSummary:
     last_poll_at: float | None = None
     resets: int = 0
     feed_skips: int = 0  # feed entries skipped because they could not be used
+    backfill: BackfillProgress | None = None  # the newest unfinished backfill run
 
     def holder_now(self, now: float | None = None) -> str | None:
         """The worker holding the source now; None when nobody does or its lease ran out."""

@@ -41,6 +41,7 @@ def run_once(worker: Worker, progress: Callable[[RoundStats], None] | None = Non
     try:
         worker.tail(strict=strict, failed=failed)
         per_source(worker.sources, worker.feed.scan, worker.pauses, strict=strict, failed=failed)
+        worker.follow_backfills()
         while not worker.stop_event.is_set():
             stats = worker.sync_round(wait_for_stable=False, skip=failed)
             if progress:
@@ -72,22 +73,29 @@ def _next_wake(worker: Worker, skip: Collection[str] = ()) -> float | None:
 
 def cycle(worker: Worker) -> None:
     """The loop's job, every tick: when a poll is due, check the state DB is the one we
-    started with and read the feeds; then sync every due study until none is left."""
+    started with and read the feeds; then sync every due study until none is left, going
+    back to the feeds every `poll_interval` while a backlog or a backfill lasts."""
     worker.beat()
-    now = time.monotonic()
-    feed_due = now - worker._tailed_at >= worker.settings.poll_interval - worker.tick / 2
-    if feed_due:
-        worker._tailed_at = now
-        try:
-            # A deleted, replaced or corrupted state DB pauses everything until it is back.
-            worker.store.ping()
-            if any(worker.tailing.values()):
-                worker.tail(strict=False)
-        except StateUnavailable as exc:
-            worker.pauses["state"].trip(str(exc), exc.retry_after, kind=failure_class(exc))
+    poll_if_due(worker)
     while not worker.stop_event.is_set():
         if worker.sync_round(wait_for_stable=True).attempted == 0:
             break
+        poll_if_due(worker)
+
+
+def poll_if_due(worker: Worker) -> None:
+    now = time.monotonic()
+    if now - worker._tailed_at < worker.settings.poll_interval - worker.tick / 2:
+        return
+    worker._tailed_at = now
+    try:
+        # A deleted, replaced or corrupted state DB pauses everything until it is back.
+        worker.store.ping()
+        worker.follow_backfills()
+        if any(worker.tailing.values()):
+            worker.tail(strict=False)
+    except StateUnavailable as exc:
+        worker.pauses["state"].trip(str(exc), exc.retry_after, kind=failure_class(exc))
 
 
 def scan(worker: Worker) -> None:

@@ -36,6 +36,7 @@ from dicomcast.sync.endpoints import Endpoints
 from dicomcast.sync.feed import Feed, per_source
 from dicomcast.sync.leases import SourceLeases
 from dicomcast.sync.multisource import MultiSource
+from dicomcast.sync.pace import BackfillPace
 from dicomcast.sync.pauses import Pause, Pauses
 from dicomcast.sync.policy import FailurePolicy, repeated_outage
 from dicomcast.sync.reconcile import Reconciler
@@ -100,6 +101,7 @@ class Worker:
             stable_wait_max=settings.stable_wait_max,
             recheck=self.tick,
         )
+        self.pace = BackfillPace(per_round=2 * settings.concurrency)
         self._tailed_at = -1e9  # monotonic time of the last feed read in the loop
         self._unrecorded: list[StudyTask] = []  # claims the state DB failed to release
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="sync")
@@ -174,6 +176,10 @@ class Worker:
         held = [n for n in self.sources if self.tailing[n] and not self.source_pause(n).active()]
         return per_source(held, self.feed.tail, self.pauses, strict=strict, failed=failed)
 
+    def follow_backfills(self) -> None:
+        """Learn which backfills run and their limits (at every poll of the feed)."""
+        self.pace.update(self.store.backfill_limits())
+
     # --- syncing
 
     def paused_until(self, source: str | None = None) -> float | None:
@@ -191,13 +197,17 @@ class Worker:
         self._release_unrecorded()
         limit = self.settings.concurrency * 16
         now = time.time()
-        tasks = [
-            task
-            for name in self.sources
-            if name not in skip and not self.source_pause(name).active(now)
-            for task in self.store.due(name, limit=limit)
-        ]
-        claimed = self.store.claim_many(tasks, self.owner, self.settings.claim_lease)
+        claimed: list[StudyTask] = []
+        for name in self.sources:
+            if name in skip or self.source_pause(name).active(now):
+                continue
+            lease = self.settings.claim_lease
+            claimed += self.store.claim_due(name, self.owner, lease, limit, now=now)
+            if self.pace.running(name):  # a backfill's studies fill in behind live ones
+                room = self.pace.admit(name, self.app.fhir.request_count)
+                more = self.store.claim_due(name, self.owner, lease, room, priority=1, now=now)
+                self.pace.spend(name, len(more))
+                claimed += more
         for outcome in self._pool.map(lambda t: self.sync_one(t, wait_for_stable), claimed):
             stats.outcomes[outcome] += 1
         if claimed:
@@ -218,7 +228,7 @@ class Worker:
         self.metrics.studies.labels(task.source, label).inc()
         if outcome.kind.settled:
             self.metrics.study_duration.labels(task.source).observe(time.monotonic() - started)
-            if task.event_time:
+            if task.event_time and not task.priority:  # a backfill's studies wait on purpose
                 self.metrics.sync_lag.labels(task.source).observe(
                     max(0.0, time.time() - task.event_time)
                 )

@@ -39,6 +39,7 @@ TENANT = "tenant-1"
 CLIENT_ID = "dicomcast-test"
 CLIENT_SECRET = "s3cret-value"  # a test fixture, never a real secret
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+STUDY_DATE = "00080020"
 
 
 @dataclass
@@ -219,14 +220,32 @@ class FakeDicomService:
                 200, json=found, headers={"Content-Type": "application/dicom+json"}
             )
         if rest == "/studies":
-            wanted = query.get("StudyInstanceUID")
-            hits = sorted(
-                {key[1] for key in self.instances if key[0] == partition and key[1] == wanted}
-            )
-            if not hits:
-                return httpx.Response(204)
-            return httpx.Response(200, json=[{STUDY_UID: {"vr": "UI", "Value": [h]}} for h in hits])
+            return self._search_studies(partition, query)
         return _error(404, "no such route")
+
+    def _search_studies(self, partition: str, query: dict[str, str]) -> httpx.Response:
+        """QIDO-RS at the study level: by StudyInstanceUID, or by a StudyDate range, paged
+        with `offset` and `limit` (<= 200, as the service caps it)."""
+        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 100))
+        if not 1 <= limit <= 200:
+            return _error(400, "limit must be between 1 and 200")
+        dates: dict[str, str] = {}
+        for (part, uid, *_), instance in sorted(self.instances.items()):
+            if part == partition:
+                date = instance.get(STUDY_DATE, {}).get("Value", [""])[0]
+                dates.setdefault(uid, str(date))
+        wanted = query.get("StudyInstanceUID")
+        low, _, high = query.get("StudyDate", "-").partition("-")
+        hits = [
+            uid
+            for uid, date in sorted(dates.items())
+            if (wanted is None or uid == wanted)
+            and (not low or date >= low)
+            and (not high or date <= high)
+        ][offset : offset + limit]
+        if not hits:
+            return httpx.Response(204)
+        return httpx.Response(200, json=[{STUDY_UID: {"vr": "UI", "Value": [h]}} for h in hits])
 
     def _token(self, request: httpx.Request) -> httpx.Response:
         self.token_requests += 1

@@ -13,7 +13,7 @@ from dicomcast.app import build_app
 from dicomcast.config import load_settings
 from dicomcast.model import DirtyMark, StudyLocation
 from dicomcast.sandbox.samples import StudySpec, instances
-from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import build_study_views
 from dicomcast.worker import Worker
@@ -67,6 +67,13 @@ class FakeSource:
 
     def list_studies(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.studies.items()}
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        """The studies in key order, `limit` a page (the span is not looked at)."""
+        start = int(after or 0)
+        keys = sorted(self.studies)[start : start + limit]
+        more = start + limit < len(self.studies)
+        return ArchivePage(keys, str(start + limit) if more else None)
 
     def lookup_study(self, study_uid: str) -> list[str]:
         return [k for k in self.studies if k == study_uid]

@@ -1,5 +1,6 @@
 """The `dicomcast` command line, one module per group of commands:
-`worker` (run, status), `checks` (map, check-config), `operator` (failures, resync, cursor).
+`worker` (run, status), `checks` (map, check-config), `operator` (failures, resync, cursor),
+`backfill`.
 Exit codes are listed in `common`."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Annotated
 import typer
 
 from dicomcast import __version__
-from dicomcast.cli import checks, operator, worker
+from dicomcast.cli import backfill, checks, operator, worker
 
 app = typer.Typer(
     help="Keep a FHIR R4 server in sync with a DICOM archive.",
@@ -33,6 +34,7 @@ app.command()(worker.status)
 app.command("map")(checks.map_files)
 app.command("check-config")(checks.check_config)
 app.command()(operator.resync)
+app.command()(backfill.backfill)
 app.add_typer(operator.failures, name="failures")
 app.add_typer(operator.cursor, name="cursor")
 

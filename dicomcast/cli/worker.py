@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicomcast.app import build_app
 from dicomcast.cli.common import (
@@ -22,7 +24,7 @@ from dicomcast.cli.common import (
     with_store,
 )
 from dicomcast.config import Settings
-from dicomcast.model import SourceSummary, source_dependency
+from dicomcast.model import BackfillProgress, SourceSummary, source_dependency
 from dicomcast.ops.health import Health
 from dicomcast.ops.listener import Listener
 from dicomcast.state.store import StateStore
@@ -47,9 +49,11 @@ def run(
         if once:
             started = time.monotonic()
             progress = _Progress(built.store, list(built.sources)) if sys.stderr.isatty() else None
-            code = guard(lambda: worker.run_once(progress))
-            if progress:
-                progress.done()
+            try:
+                code = guard(lambda: worker.run_once(progress))
+            finally:
+                if progress:
+                    progress.done()
             totals = dict(worker.totals)
             counts = worker.counts()
             typer.echo(
@@ -105,30 +109,34 @@ def _health(worker: Worker) -> Health:
 
 
 class _Progress:
-    """A one-line progress display for a backfill on a terminal (stderr, redrawn in place)."""
+    """A progress bar for `run --once` on a terminal: studies settled of those waiting."""
 
     def __init__(self, store: StateStore, sources: list[str]) -> None:
         self.store = store
         self.sources = sources
-        self.started = time.monotonic()
-        self.done_count = 0
         self.outcomes: dict[str, int] = {}
+        self.bar = Progress(
+            TextColumn("studies"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.bar.add_task("run --once", total=None, detail="")
+        self.bar.start()
 
     def __call__(self, stats: RoundStats) -> None:
         for outcome, n in stats.outcomes.items():
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
-        self.done_count += stats.attempted
+        settled = sum(self.outcomes.values())
         waiting = sum(self.store.counts(name).get("dirty", 0) for name in self.sources)
-        total = self.done_count + waiting
-        rate = self.done_count / max(0.001, time.monotonic() - self.started)
-        eta = f", about {waiting / rate:.0f} s left" if rate > 0 and waiting else ""
         detail = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()))
-        sys.stderr.write(f"\r\x1b[Kstudies {self.done_count}/{total} ({detail}) {rate:.1f}/s{eta}")
-        sys.stderr.flush()
+        self.bar.update(self.task, total=settled + waiting, completed=settled, detail=detail)
 
     def done(self) -> None:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
+        self.bar.stop()
 
 
 def _status(settings: Settings, only: str | None = None) -> dict[str, Any]:
@@ -159,6 +167,26 @@ def _source_status(info: SourceSummary) -> dict[str, Any]:
         "last_poll_at": iso(info.last_poll_at),
         "archive_resets": info.resets,
         "feed_entries_skipped": info.feed_skips,
+        "backfill": _backfill_status(info.backfill),
+    }
+
+
+def _backfill_status(run: BackfillProgress | None) -> dict[str, Any] | None:
+    """The newest unfinished backfill of a source."""
+    if run is None:
+        return None
+    return {
+        "id": run.id,
+        "since": run.since,
+        "until": run.until,
+        "listing": run.listing,
+        "listed": run.listed,
+        "to_sync": run.marked,
+        "done": run.done,
+        "failed": run.failed,
+        "rate_per_s": round(run.rate, 2),
+        "eta_s": round(run.eta) if run.eta is not None else None,
+        "started_at": iso(run.started_at),
     }
 
 
@@ -194,6 +222,14 @@ def _status_text(info: dict[str, Any]) -> str:
         lines.append(
             f"feed skips      {info['feed_entries_skipped']} entries could not be used "
             "(see: dicomcast failures list --feed)"
+        )
+    run = info["backfill"]
+    if run:
+        eta = f", about {run['eta_s']} s left" if run["eta_s"] else ""
+        listing = " (still listing)" if run["listing"] else ""
+        lines.append(
+            f"backfill        {run['done']}/{run['to_sync']} done{listing}, {run['failed']} "
+            f"failed, {run['rate_per_s']}/s{eta}"
         )
     if info["failures_by_kind"]:
         lines.append(

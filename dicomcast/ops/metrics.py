@@ -224,8 +224,31 @@ class StateCollector(Collector):
             "When a study of this source was last synced successfully (Unix time).",
             labels=["source"],
         )
+        backfill = GaugeMetricFamily(
+            "dicomcast_backfill_studies",
+            "The running backfill's studies: listed to sync, done, failed.",
+            labels=["source", "state"],
+        )
+        backfill_rate = GaugeMetricFamily(
+            "dicomcast_backfill_rate",
+            "Studies per second the running backfill has settled since it started.",
+            labels=["source"],
+        )
+        backfill_eta = GaugeMetricFamily(
+            "dicomcast_backfill_eta_seconds",
+            "Seconds until the running backfill is done, at its rate so far.",
+            labels=["source"],
+        )
         now = time.time()
         for summary in summaries:
+            run = summary.backfill
+            if run is not None:
+                for state, count in (("to_sync", run.marked), ("done", run.done)):
+                    backfill.add_metric([summary.source, state], count)
+                backfill.add_metric([summary.source, "failed"], run.failed)
+                backfill_rate.add_metric([summary.source], run.rate)
+                if run.eta is not None:
+                    backfill_eta.add_metric([summary.source], run.eta)
             source = summary.source
             dirty.add_metric([source], summary.dirty)
             for kind, count in summary.failures_by_kind.items():
@@ -235,4 +258,4 @@ class StateCollector(Collector):
             )
             if summary.last_success_at:
                 success.add_metric([source], summary.last_success_at)
-        yield from (dirty, failed, oldest, success)
+        yield from (dirty, failed, oldest, success, backfill, backfill_rate, backfill_eta)

@@ -34,9 +34,9 @@ from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
 from dicomcast.http import Bounds
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import build_study_views
+from dicomcast.studyview import STUDY_UID, build_study_views, text_value
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +342,27 @@ class AzureDicomSource(RestSource):
             if isinstance(found, list) and found:
                 keys.append(f"{partition}/{study_uid}")
         return keys
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        """QIDO-RS `studies` per partition, paged by `offset` (at most 200 a page); the
+        position is `partition|offset`."""
+        names = sorted(self._partition_names())
+        partition, _, offset = (after or f"{names[0] if names else ''}|0").partition("|")
+        names = [n for n in names if n >= partition]
+        if not names:
+            return ArchivePage([], None)
+        partition, start = names[0], int(offset or 0) if names[0] == partition else 0
+        page = min(limit, 200)
+        query: dict[str, Any] = {"offset": start, "limit": page, "includefield": STUDY_UID}
+        if span.query:
+            query["StudyDate"] = span.query
+        found = self.rest.get(f"{self._prefix(partition)}studies", headers=DICOM_JSON, **query)
+        found = found if isinstance(found, list) else []
+        uids = [text_value(item, STUDY_UID) for item in found if isinstance(item, dict)]
+        keys = [f"{partition}/{uid}" for uid in uids if uid and UID.fullmatch(uid)]
+        if len(found) >= page:
+            return ArchivePage(keys, f"{partition}|{start + len(found)}")
+        return ArchivePage(keys, f"{names[1]}|0" if len(names) > 1 else None)
 
     def _partition_names(self) -> list[str]:
         if self.partitions is None:

@@ -7,6 +7,7 @@ ID, or `partition/StudyInstanceUID` for the Microsoft DICOM service."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +31,35 @@ class FeedPage:
     reset: bool = False
     changes_read: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # entries that could not be used
+
+
+@dataclass(frozen=True)
+class DateSpan:
+    """The StudyDate range a backfill covers; an open end is None."""
+
+    since: dt.date | None = None
+    until: dt.date | None = None
+
+    @property
+    def query(self) -> str | None:
+        """As a DICOM date range matching key (`20200101-20201231`, `20200101-`); None for
+        the whole archive."""
+        if self.since is None and self.until is None:
+            return None
+        return f"{_day(self.since)}-{_day(self.until)}"
+
+
+def _day(date: dt.date | None) -> str:
+    return f"{date:%Y%m%d}" if date else ""
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """One page of a listing of the archive's studies (for a backfill). `after` is where
+    the next page starts; None after the last page."""
+
+    keys: list[str]
+    after: str | None
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,11 @@ class Source(Protocol):
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         """The study's current state; with `unless_unstable`, a study still receiving
         instances comes back `unread` (cheap), to be read once it is complete."""
+        ...
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        """A page of about `limit` of the studies the archive holds in `span`, starting at
+        `after` (None: the first page); the position is opaque, and resumes a listing."""
         ...
 
     def list_studies(self) -> dict[str, int]:

@@ -27,7 +27,7 @@ from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, failure_class
 from dicomcast.http import Bounds, send
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, is_uid, text_value
 
@@ -229,6 +229,24 @@ class OrthancSource(RestSource):
             for item in (found if isinstance(found, list) else [])
             if isinstance(item, dict) and item.get("Type") == "Study" and item.get("ID")
         ]
+
+    # --- the archive, for a backfill
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        """`/tools/find` at the study level, paged by offset (Orthanc answers in the order
+        studies arrived, so studies stored meanwhile land on later pages)."""
+        offset = int(after or 0)
+        query = {"StudyDate": span.query} if span.query else {}
+
+        def once() -> Any:
+            body = {"Level": "Study", "Query": query, "Since": offset, "Limit": limit}
+            return self.rest.request("POST", "tools/find", json=body).json()
+
+        found = self.rest.retry.call(once)
+        if not isinstance(found, list):
+            raise SourceUnavailable("Orthanc /tools/find did not return a list")
+        keys = [str(k) for k in found if isinstance(k, str) and ORTHANC_ID.fullmatch(k)]
+        return ArchivePage(keys, str(offset + len(found)) if len(found) >= limit else None)
 
     # --- everything, for deletions the feed does not log
 

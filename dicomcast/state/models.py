@@ -63,6 +63,27 @@ class StudyRow(Base):
     last_synced_at: Mapped[float | None] = mapped_column(Float)
     match_key: Mapped[str | None] = mapped_column(String(300))  # FHIR `identifier=` token
     error_detail: Mapped[str | None] = mapped_column(Text)  # the server's words: may hold PHI
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 1: backfill
+    backfill: Mapped[int | None] = mapped_column(Integer, index=True)  # the run that marked it
+
+
+class BackfillRow(Base):
+    """One `dicomcast backfill` run (migration 0006)."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100), index=True)
+    since: Mapped[str | None] = mapped_column(String(8))  # YYYYMMDD StudyDate bounds
+    until: Mapped[str | None] = mapped_column(String(8))
+    max_rate: Mapped[float | None] = mapped_column(Float)  # studies/s, per worker
+    max_requests: Mapped[float | None] = mapped_column(Float)  # FHIR requests/s, per worker
+    after: Mapped[str | None] = mapped_column(String(200))  # where the listing resumes
+    listed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    marked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[float] = mapped_column(Float)
+    listed_at: Mapped[float | None] = mapped_column(Float)  # the listing reached its end
+    finished_at: Mapped[float | None] = mapped_column(Float)  # every marked study settled
 
 
 class ContributionRow(Base):

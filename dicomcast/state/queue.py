@@ -36,6 +36,7 @@ def task_of(row: StudyRow) -> StudyTask:
         row.match_key,
         row.failed_at,
         row.error_status,
+        row.priority,
     )
 
 
@@ -54,8 +55,18 @@ def _merged(marks: Iterable[DirtyMark]) -> list[DirtyMark]:
     return list(merged.values())
 
 
-def mark(db: Database, session: Session, source: str, marks: list[DirtyMark], now: float) -> None:
-    """Mark studies dirty inside the caller's transaction (an upsert per study)."""
+def mark(
+    db: Database,
+    session: Session,
+    source: str,
+    marks: list[DirtyMark],
+    now: float,
+    *,
+    lift: bool = True,
+) -> None:
+    """Mark studies dirty inside the caller's transaction (an upsert per study). A live
+    change `lift`s a study a backfill queued to live priority; a reconcile scan does not
+    (it finds every study a backfill queued "changed", as none was synced yet)."""
     if not marks:
         return
     rows = [
@@ -69,11 +80,15 @@ def mark(db: Database, session: Session, source: str, marks: list[DirtyMark], no
             "event_time": m.event_time if m.event_time is not None else now,
             "attempts": 0,
             "next_attempt_at": now,
+            "priority": 0,
         }
         for m in _merged(marks)
     ]
     stmt = db.insert()(StudyRow)
-    was_dirty = StudyRow.status == "dirty"
+    # Dirty for a live change already: keep its times and schedule. Dirty only for a
+    # backfill: the live change is news, due now and timed from now.
+    was_dirty = (StudyRow.status == "dirty") & (StudyRow.priority == 0 if lift else True)
+    priority = 0 if lift else case((StudyRow.status == "dirty", StudyRow.priority), else_=0)
     # Two-argument scalar minimum: min() on SQLite, least() on PostgreSQL.
     smaller = func.least if db.dialect == "postgresql" else func.min
     stmt = stmt.on_conflict_do_update(
@@ -82,6 +97,7 @@ def mark(db: Database, session: Session, source: str, marks: list[DirtyMark], no
             "status": "dirty",
             "generation": StudyRow.generation + 1,
             "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
+            "priority": priority,  # a live change is never left behind a backfill
             "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),
             "event_time": case(
                 (was_dirty, smaller(StudyRow.event_time, stmt.excluded.event_time)),
@@ -127,10 +143,17 @@ class Queue:
             for start in range(0, len(rows), 500):
                 session.execute(stmt, rows[start : start + 500])
 
-    def mark_dirty(self, source: str, marks: Iterable[DirtyMark], now: float | None = None) -> int:
+    def mark_dirty(
+        self,
+        source: str,
+        marks: Iterable[DirtyMark],
+        now: float | None = None,
+        *,
+        lift: bool = True,
+    ) -> int:
         marks = list(marks)
         with self.db.write("mark_dirty") as session:
-            mark(self.db, session, source, marks, time.time() if now is None else now)
+            mark(self.db, session, source, marks, time.time() if now is None else now, lift=lift)
         return len(marks)
 
     def due(self, source: str, limit: int, now: float | None = None) -> list[StudyTask]:
@@ -145,10 +168,53 @@ class Queue:
                     StudyRow.next_attempt_at <= now,
                     (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
                 )
-                .order_by(StudyRow.next_attempt_at, StudyRow.id)
+                .order_by(StudyRow.priority, StudyRow.next_attempt_at, StudyRow.id)
                 .limit(limit)
             ).all()
             return [task_of(r) for r in rows]
+
+    def claim_due(
+        self,
+        source: str,
+        owner: str,
+        lease: float,
+        limit: int,
+        *,
+        priority: int = 0,
+        now: float | None = None,
+    ) -> list[StudyTask]:
+        """Claim up to `limit` due studies of one priority in one statement, earliest
+        first. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets workers claiming at once each
+        get different studies instead of queueing on the same rows; SQLite has one writer
+        at a time anyway."""
+        if limit <= 0:
+            return []
+        now = time.time() if now is None else now
+        pick = (
+            select(StudyRow.id)
+            .where(
+                StudyRow.source == source,
+                StudyRow.status == "dirty",
+                StudyRow.priority == priority,
+                StudyRow.next_attempt_at <= now,
+                (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
+            )
+            .order_by(StudyRow.next_attempt_at, StudyRow.id)
+            .limit(limit)
+        )
+        if self.db.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        claim = (
+            update(StudyRow)
+            .where(StudyRow.id.in_(pick.scalar_subquery()))
+            .values(claimed_by=owner, claimed_until=now + lease)
+            .returning(StudyRow)
+            .execution_options(synchronize_session=False)
+        )
+        with self.db.write("claim_due") as session:
+            rows = session.scalars(claim).all()
+            tasks = [task_of(r) for r in rows]
+        return sorted(tasks, key=lambda t: (t.dirty_since or 0, t.id))
 
     def next_due(self, source: str) -> float | None:
         """When the earliest waiting study becomes due (None when none waits)."""
@@ -158,35 +224,6 @@ class Queue:
                     StudyRow.source == source, StudyRow.status == "dirty"
                 )
             )
-
-    def claim_many(
-        self, tasks: Sequence[StudyTask], owner: str, lease: float, now: float | None = None
-    ) -> list[StudyTask]:
-        """Claim several studies in one transaction; returns those this owner got."""
-        if not tasks:
-            return []
-        now = time.time() if now is None else now
-        until = now + lease
-        ids = [t.id for t in tasks]
-        with self.db.write("claim_many") as session:
-            session.execute(
-                update(StudyRow)
-                .where(
-                    StudyRow.id.in_(ids),
-                    (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
-                )
-                .values(claimed_by=owner, claimed_until=until)
-            )
-            got = set(
-                session.scalars(
-                    select(StudyRow.id).where(
-                        StudyRow.id.in_(ids),
-                        StudyRow.claimed_by == owner,
-                        StudyRow.claimed_until == until,
-                    )
-                ).all()
-            )
-        return [t for t in tasks if t.id in got]
 
     def release_claims(self, source: str, owner: str) -> int:
         """Free the claims a previous run of this same worker left behind (it was killed)."""

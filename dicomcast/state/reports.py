@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
 
 from dicomcast.model import SourceSummary
+from dicomcast.state.backfills import runs
 from dicomcast.state.db import Database
 from dicomcast.state.models import FeedSkipRow, SourceRow, StudyRow
 
@@ -78,11 +80,13 @@ class Reports:
     def summary(self, source: str) -> SourceSummary:
         with self.db.read("summary") as session:
             row = session.get(SourceRow, source)
+            # Lag is the live changes' (a backfill's studies wait on purpose: see `backfill`).
             oldest_event, oldest_dirty = session.execute(
                 select(func.min(StudyRow.event_time), func.min(StudyRow.dirty_since)).where(
-                    StudyRow.source == source, StudyRow.status == "dirty"
+                    StudyRow.source == source, StudyRow.status == "dirty", StudyRow.priority == 0
                 )
             ).one()
+            backfill = runs(session, source, time.time(), unfinished=True)
             skips = session.scalar(
                 select(func.count()).select_from(FeedSkipRow).where(FeedSkipRow.source == source)
             )
@@ -100,4 +104,5 @@ class Reports:
             last_poll_at=row.last_poll_at if row else None,
             resets=row.resets if row else 0,
             feed_skips=int(skips or 0),
+            backfill=backfill[0] if backfill else None,
         )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from dicomcast.state.backfills import Backfills
 from dicomcast.state.contributions import Contributions
 from dicomcast.state.cursors import Cursors
 from dicomcast.state.db import Database
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from dicomcast.config import Settings
 
 
-class StateStore(Cursors, Queue, Contributions, Received, Reports):
+class StateStore(Cursors, Queue, Contributions, Received, Reports, Backfills):
     """All reads and writes of the state DB; each method is one short transaction, and a
     database failure in any of them is `StateUnavailable`."""
 

@@ -58,7 +58,12 @@ class FeedState(Protocol):
     def known_studies(self, source: str) -> dict[str, int | None]: ...
 
     def mark_dirty(
-        self, source: str, marks: Iterable[DirtyMark], now: float | None = None
+        self,
+        source: str,
+        marks: Iterable[DirtyMark],
+        now: float | None = None,
+        *,
+        lift: bool = True,
     ) -> int: ...
 
     def record_skip(self, source: str, cursor: str, skipped: Skipped) -> None: ...
@@ -208,7 +213,9 @@ class Feed:
         ]
         # A study synced moments ago may still be marked with an older count; re-syncing
         # it is a cheap no-op (content hash), so no special case is needed.
-        self.state.mark_dirty(name, marks, now)
+        # Where the listing is the change feed (a PACS polled by C-FIND) a study it finds is
+        # news, and goes ahead of a backfill; a reconcile scan only fills gaps.
+        self.state.mark_dirty(name, marks, now, lift=source.lists_changes)
         if marks:
             log.info(
                 "reconcile found %d studies to sync",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -82,9 +83,9 @@ def test_the_store_keeps_its_promises_on_postgresql(pg_url: str) -> None:
         store.migrate()
         store.ensure_source("pg", "orthanc")
         assert store.record_page("pg", "10", "10", [DirtyMark("a"), DirtyMark("b")]) == 2
-        tasks = store.claim_many(store.due("pg", 10), "w1", 60)
+        tasks = store.claim_due("pg", "w1", 60, 10)
         assert {t.study_key for t in tasks} == {"a", "b"}
-        assert store.claim_many(store.due("pg", 10), "w2", 60) == []  # held by w1
+        assert store.claim_due("pg", "w2", 60, 10) == []  # held by w1
         task = next(t for t in tasks if t.study_key == "a")
         store.mark_dirty("pg", [DirtyMark("a")])  # new data while it synced
         assert not store.finish_clean(task, Written("1.2", "h", "p", "s", 3))
@@ -179,3 +180,29 @@ def test_a_study_lock_dies_with_its_holders_connection(pg_url: str) -> None:
     finally:
         store.close()
         other.close()
+
+
+def test_workers_claiming_at_once_get_different_studies(cluster: Cluster) -> None:
+    url = cluster.database("claims")
+    stores = [StateStore(url) for _ in range(3)]
+    try:
+        stores[0].migrate()
+        stores[0].ensure_source("pg", "orthanc")
+        stores[0].mark_dirty("pg", [DirtyMark(f"s{n}") for n in range(300)])
+        got: dict[int, list[str]] = {n: [] for n in range(3)}
+
+        def claim(n: int) -> None:
+            while tasks := stores[n].claim_due("pg", f"w{n}", 60, 7):
+                got[n] += [t.study_key for t in tasks]
+
+        threads = [threading.Thread(target=claim, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        claimed = [key for keys in got.values() for key in keys]
+        assert sorted(claimed) == sorted(f"s{n}" for n in range(300))  # each exactly once
+        assert all(got.values())  # and none of them waited the others out
+    finally:
+        for store in stores:
+            store.close()

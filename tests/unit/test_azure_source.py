@@ -3,6 +3,8 @@ v2 time windows split inside one instant, partitions, Entra ID tokens, throttlin
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import importlib.util
 import itertools
 import time
@@ -18,6 +20,7 @@ from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
 from dicomcast.http import RetryPolicy
 from dicomcast.sandbox.samples import bulk_studies
 from dicomcast.sources.azure import AzureDicomSource, instant, parse_v2_cursor
+from dicomcast.sources.base import DateSpan
 from tests.azure_fake import CLIENT_ID, CLIENT_SECRET, SERVICE, TENANT, FakeDicomService
 from tests.fakes import dicom_json
 
@@ -310,3 +313,28 @@ def test_the_head_is_where_only_changes_still_to_come_are_read(version: str) -> 
     # puts three entries in each instant), at least once rather than never.
     assert older[0].study_uid not in uids and older[1].study_uid not in uids
     assert len(uids) == (1 if version == "v1" else 3)
+
+
+def test_a_backfill_lists_each_partition_by_study_date_in_pages() -> None:
+    service = FakeDicomService(partitioned=True)
+    specs = [
+        dataclasses.replace(spec, study_date=f"2020010{n + 1}")
+        for n, spec in enumerate(bulk_studies(5, 1, patients=1, prefix="bfaz", series=1))
+    ]
+    for n, spec in enumerate(specs):
+        service.store(dicom_json(spec), "alpha" if n % 2 else "beta")
+    source = source_for(service, partitions=["*"])
+    span = DateSpan(dt.date(2020, 1, 2), dt.date(2020, 1, 5))
+    keys, after, pages = [], None, 0
+    while True:
+        page = source.archive(span, after, 1)
+        keys += page.keys
+        pages += 1
+        after = page.after
+        if after is None:
+            break
+    wanted = {f"{'alpha' if n % 2 else 'beta'}/{s.study_uid}" for n, s in enumerate(specs)}
+    assert sorted(keys) == sorted(wanted - {f"beta/{specs[0].study_uid}"})  # Jan 1 is out
+    assert pages >= 4
+    query = service.requests[-1].url.params
+    assert query["StudyDate"] == "20200102-20200105" and query["limit"] == "1"

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from dicomcast.cli import app
@@ -43,7 +42,7 @@ def test_broken_mapping_folder_is_fatal_with_file_and_line(tmp_path: Path) -> No
     assert "patient.yaml:" in result.stderr and "unknown converter 'da_to_dat'" in result.stderr
 
 
-def test_backfill_progress_line_counts_done_and_waiting(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_once_progress_counts_settled_of_settled_and_waiting() -> None:
     from collections import Counter
 
     from dicomcast.cli.worker import _Progress
@@ -56,8 +55,10 @@ def test_backfill_progress_line_counts_done_and_waiting(capsys: pytest.CaptureFi
     store.ensure_source("s", "orthanc")
     store.mark_dirty("s", [DirtyMark(k) for k in "abc"])
     progress = _Progress(store, ["s"])
-    progress(RoundStats(Counter({"synced": 4, "failed": 1})))
-    line = capsys.readouterr().err
-    assert "studies 5/8 (1 failed, 4 synced)" in line and "left" in line
-    progress.done()
-    assert capsys.readouterr().err == "\r\x1b[K"
+    try:
+        progress(RoundStats(Counter({"synced": 4, "failed": 1})))
+        (task,) = progress.bar.tasks
+        assert (task.completed, task.total) == (5, 8)
+        assert task.fields["detail"] == "1 failed, 4 synced"
+    finally:
+        progress.done()

@@ -42,9 +42,8 @@ def test_newer_change_during_a_sync_keeps_the_study_dirty() -> None:
     store.migrate()
     store.ensure_source("s", "orthanc")
     store.record_page("s", "1", "1", [DirtyMark("a", 100.0)])
-    (task,) = store.due("s", 10)
-    assert store.claim_many([task], "w", 60) == [task]
-    assert store.claim_many([task], "other-worker", 60) == []  # one holder at a time
+    (task,) = store.claim_due("s", "w", 60, 10)
+    assert store.claim_due("s", "other-worker", 60, 10) == []  # one holder at a time
     store.record_page("s", "2", "2", [DirtyMark("a", 200.0)])  # arrives mid-sync
     assert store.finish_clean(task, Written("1.2", "h", "p", "i", 3)) is False
     (again,) = store.due("s", 10)

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, OperatorError
 from dicomcast.model import StudyLocation
-from dicomcast.sources.base import FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
 from dicomcast.sources.dimse.network import Peer
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
@@ -157,6 +157,25 @@ class DimseSource:
                     counts[key] = read if now - at < RECOUNT_AFTER else -1
         self._covered = [(f"{a:%Y%m%d}", f"{b:%Y%m%d}") for a, b in covered]
         return counts
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        """One C-FIND per 30 days of StudyDate, newest first; the position is the last day
+        of the next window (`limit` is the PACS's to keep: one window is one answer)."""
+        if self.peer is None:
+            raise OperatorError(
+                f"source {self.name!r} only receives pushes: it has no archive to list "
+                "(send the studies to its listener instead)"
+            )
+        first = max(SWEEP_FROM, span.since or SWEEP_FROM)
+        end = (
+            dt.datetime.strptime(after, "%Y%m%d").date() if after else (span.until or self.today())
+        )
+        if end < first:
+            return ArchivePage([], None)
+        start = max(first, end - dt.timedelta(days=SWEEP_PAGE_DAYS - 1))
+        found, _ = listed(self._find(self.keys.window(start, end)))
+        following = start - dt.timedelta(days=1)
+        return ArchivePage(list(found), f"{following:%Y%m%d}" if following >= first else None)
 
     def covers(self, key: str) -> bool:
         """Whether the last listing spoke for this study: its date lies in a listed range

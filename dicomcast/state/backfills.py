@@ -1,0 +1,227 @@
+"""Backfill runs: the archive's existing studies, marked dirty behind live changes.
+
+A run lists the archive page by page; each page's studies are marked and the run's resume
+point saved in one transaction, so a run that crashed resumes after its last saved page and
+marks nothing twice. A study the state DB has synced already is left alone (it is the live
+path's); one it only knows as seen (`cursor set head`) is synced now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from dicomcast.model import BackfillProgress
+from dicomcast.state.db import Database
+from dicomcast.state.models import BackfillRow, StudyRow
+
+BACKFILL = 1  # the priority of a study only a backfill asked for (live changes are 0)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A running backfill's pace (per worker); None is unlimited."""
+
+    studies: float | None
+    requests: float | None
+
+
+class Backfills:
+    db: Database
+
+    def open_backfill(
+        self,
+        source: str,
+        since: str | None,
+        until: str | None,
+        max_rate: float | None,
+        max_requests: float | None,
+        now: float | None = None,
+    ) -> BackfillRow:
+        """The unfinished run of this source and span (its limits updated), or a new one."""
+        now = time.time() if now is None else now
+        self.backfills(source, now, unfinished=True)  # a settled run is over: start anew
+        with self.db.write("open_backfill") as session:
+            row = session.scalars(
+                select(BackfillRow).where(
+                    BackfillRow.source == source,
+                    BackfillRow.since.is_(since) if since is None else BackfillRow.since == since,
+                    BackfillRow.until.is_(until) if until is None else BackfillRow.until == until,
+                    BackfillRow.finished_at.is_(None),
+                )
+            ).first()
+            if row is None:
+                row = BackfillRow(
+                    source=source, since=since, until=until, listed=0, marked=0, started_at=now
+                )
+                session.add(row)
+            row.max_rate, row.max_requests = max_rate, max_requests
+            session.flush()
+            return row
+
+    def mark_backfill(
+        self,
+        run: BackfillRow,
+        keys: Sequence[str],
+        after: str | None,
+        now: float | None = None,
+    ) -> int:
+        """Mark a listed page for the run and move its resume point past it, at once;
+        returns how many of the page's studies it marked."""
+        now = time.time() if now is None else now
+        unique = list(dict.fromkeys(keys))
+        rows = [
+            {
+                "source": run.source,
+                "study_key": key,
+                "status": "dirty",
+                "generation": 1,
+                "dirty_since": now,
+                "event_time": now,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "priority": BACKFILL,
+                "backfill": run.id,
+            }
+            for key in unique
+        ]
+        marked = 0
+        with self.db.write("mark_backfill") as session:
+            insert = self.db.insert()(StudyRow)
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                known = set(
+                    session.scalars(
+                        select(StudyRow.study_key).where(
+                            StudyRow.source == run.source,
+                            StudyRow.study_key.in_([r["study_key"] for r in chunk]),
+                        )
+                    ).all()
+                )
+                fresh = [r for r in chunk if r["study_key"] not in known]
+                if fresh:
+                    session.execute(insert.on_conflict_do_nothing(), fresh)
+                    marked += len(fresh)
+                # Seen but never synced (`cursor set head`): the backfill syncs it now.
+                seen = [r["study_key"] for r in chunk if r["study_key"] in known]
+                if seen:
+                    result = session.execute(
+                        update(StudyRow)
+                        .where(
+                            StudyRow.source == run.source,
+                            StudyRow.study_key.in_(seen),
+                            StudyRow.status == "clean",
+                            StudyRow.last_synced_at.is_(None),
+                        )
+                        .values(
+                            status="dirty",
+                            generation=StudyRow.generation + 1,
+                            dirty_since=now,
+                            event_time=now,
+                            attempts=0,
+                            next_attempt_at=now,
+                            priority=BACKFILL,
+                            backfill=run.id,
+                        )
+                    )
+                    marked += int(getattr(result, "rowcount", 0) or 0)
+            session.execute(
+                update(BackfillRow)
+                .where(BackfillRow.id == run.id)
+                .values(
+                    after=after,
+                    listed=BackfillRow.listed + len(unique),
+                    marked=BackfillRow.marked + marked,
+                    listed_at=now if after is None else None,
+                )
+            )
+        return marked
+
+    def backfill_limits(self) -> dict[str, Limits]:
+        """The pace of each source's running backfill (the strictest, if several run);
+        runs found settled on the way are recorded as finished."""
+        running = [r.id for r in self.backfills(unfinished=True) if r.finished_at is None]
+        with self.db.read("backfill_limits") as session:
+            rows = session.execute(
+                select(BackfillRow.source, BackfillRow.max_rate, BackfillRow.max_requests).where(
+                    BackfillRow.id.in_(running)
+                )
+            ).all()
+        limits: dict[str, Limits] = {}
+        for source, rate, requests in rows:
+            prior = limits.get(source, Limits(None, None))
+            limits[source] = Limits(_least(prior.studies, rate), _least(prior.requests, requests))
+        return limits
+
+    def backfills(
+        self, source: str | None = None, now: float | None = None, *, unfinished: bool = False
+    ) -> list[BackfillProgress]:
+        """Every run's progress, newest first; a run whose listing ended and whose studies
+        all settled is recorded as finished on the way."""
+        now = time.time() if now is None else now
+        with self.db.write("backfills") as session:
+            found = []
+            for run in runs(session, source, now, unfinished=unfinished):
+                if run.finished_at is None and not run.listing and not run.waiting:
+                    session.execute(
+                        update(BackfillRow).where(BackfillRow.id == run.id).values(finished_at=now)
+                    )
+                    run = replace(run, finished_at=now)
+                found.append(run)
+            return found
+
+
+def runs(
+    session: Session, source: str | None, now: float, *, unfinished: bool = False
+) -> list[BackfillProgress]:
+    """The backfill runs (of one source, unfinished only), newest first, with progress.
+    A study deleted meanwhile has no row left: it counts as done."""
+    query = select(BackfillRow).order_by(BackfillRow.id.desc())
+    if source is not None:
+        query = query.where(BackfillRow.source == source)
+    if unfinished:
+        query = query.where(BackfillRow.finished_at.is_(None))
+    rows = session.scalars(query).all()
+    counts = {
+        run_id: (int(waiting or 0), int(failed or 0))
+        for run_id, waiting, failed in session.execute(
+            select(
+                StudyRow.backfill,
+                func.sum(case((StudyRow.status == "dirty", 1), else_=0)),
+                func.sum(case((StudyRow.status == "failed", 1), else_=0)),
+            )
+            .where(StudyRow.backfill.in_([r.id for r in rows]))
+            .group_by(StudyRow.backfill)
+        ).all()
+    }
+    found = []
+    for row in rows:
+        waiting, failed = counts.get(row.id, (0, 0))
+        done = max(0, row.marked - waiting - failed)
+        elapsed = (row.finished_at or now) - row.started_at
+        found.append(
+            BackfillProgress(
+                row.id,
+                row.source,
+                row.since,
+                row.until,
+                row.listed,
+                row.marked,
+                done,
+                failed,
+                row.listed_at is None,
+                row.started_at,
+                row.finished_at,
+                (done + failed) / elapsed if elapsed > 0 else 0.0,
+            )
+        )
+    return found
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    present = [v for v in (a, b) if v is not None]
+    return min(present) if present else None
