@@ -9,7 +9,7 @@ FHIR resources, which is what makes no-op detection and replays work.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -34,31 +34,53 @@ _VIEW_TAGS = frozenset(
 )
 
 
-def dataset_filter(
-    keep: frozenset[str], content_of: frozenset[str] = frozenset()
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A `json.loads` object hook that drops, while parsing, every tag of a dataset that is
-    not in `keep`: a large study's metadata then never sits whole in memory. An instance
-    keeps its SR content tree (ContentSequence) only when its SOP class is in `content_of`
-    (the dose reports a mapping reads), so no other instance pays for it."""
+class DatasetFilter:
+    """Keeps, of every dataset, only the tags in `keep`: as a `json.loads` object hook it
+    drops them while parsing (a large study's metadata then never sits whole in memory);
+    `tree` does the same to an answer already decoded (a fast decoder has no hook). An
+    instance keeps its SR content tree (ContentSequence) only when its SOP class is in
+    `content_of` (the dose reports a mapping reads), so no other instance pays for it."""
 
-    def hook(obj: dict[str, Any]) -> dict[str, Any]:
+    def __init__(self, keep: frozenset[str], content_of: frozenset[str] = frozenset()) -> None:
+        self.keep = keep
+        self.content_of = content_of
+
+    def __call__(self, obj: dict[str, Any]) -> dict[str, Any]:
         # Elements ({"vr": ...}) and person names ({"Alphabetic": ...}) pass untouched; a
         # dataset's keys are tags, all eight hex digits.
         if "vr" in obj or not _is_tag(next(iter(obj), "")):
             return obj
+        keep = self.keep
         kept = {tag: element for tag, element in obj.items() if tag in keep}
         # An instance (it has a SOP class, a content item has not) keeps its tree only when
         # a mapping reads reports of its class.
         if (
             CONTENT_SEQUENCE in kept
             and SOP_CLASS in kept
-            and text_value(kept, SOP_CLASS) not in content_of
+            and text_value(kept, SOP_CLASS) not in self.content_of
         ):
             del kept[CONTENT_SEQUENCE]
         return kept
 
-    return hook
+    def tree(self, value: Any) -> Any:
+        """`value` filtered as the hook filters while parsing; only sequences that are kept
+        are walked (datasets sit in SQ elements only)."""
+        if isinstance(value, list):
+            return [self.tree(item) for item in value]
+        if not isinstance(value, dict) or "vr" in value:
+            return value
+        kept = self(value)
+        for element in kept.values():
+            if isinstance(element, dict) and element.get("vr") == "SQ":
+                items = element.get("Value")
+                if isinstance(items, list):
+                    element["Value"] = [self.tree(item) for item in items]
+        return kept
+
+
+def dataset_filter(keep: frozenset[str], content_of: frozenset[str] = frozenset()) -> DatasetFilter:
+    """The filter of datasets that keeps only `keep` (see `DatasetFilter`)."""
+    return DatasetFilter(keep, content_of)
 
 
 def _is_tag(key: str) -> bool:

@@ -28,7 +28,7 @@ from dicomcast import runner
 from dicomcast.errors import StateUnavailable, failure_class, failure_label
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
-from dicomcast.ops.memory import release_free_memory
+from dicomcast.ops.memory import release_free_memory, settle_heap
 from dicomcast.parts import App
 from dicomcast.sources.base import Source
 from dicomcast.state.locks import StudyLocks
@@ -102,6 +102,7 @@ class Worker:
             recheck=self.tick,
         )
         self.pace = BackfillPace(per_round=2 * settings.concurrency)
+        self._settled = False
         self._tailed_at = -1e9  # monotonic time of the last feed read in the loop
         self._unrecorded: list[StudyTask] = []  # claims the state DB failed to release
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="sync")
@@ -162,6 +163,7 @@ class Worker:
             location = source.default_location()
             if location is not None:
                 self.endpoints.ref(name, location)
+        settle_heap()
 
     def hold_source(self) -> bool:
         """Take or renew the leases that make this worker the sources' one tailer; True
@@ -212,6 +214,9 @@ class Worker:
             stats.outcomes[outcome] += 1
         if claimed:
             release_free_memory()
+            if not self._settled:  # the FHIR models the first syncs imported live on too
+                settle_heap()
+                self._settled = True
         return stats
 
     def sync_one(self, task: StudyTask, wait_for_stable: bool = False) -> str:

@@ -124,9 +124,9 @@ class Compiler:
             out: dict[str, Any] = {}
             for name, fn in fields:
                 value = fn(scope, run)
-                if not empty(value):
+                if value is not None and (value or not isinstance(value, str | list | dict)):
                     out[name] = value
-            missing = [n for n in needs if n not in out]
+            missing = [n for n in needs if n not in out] if needs else None
             if missing:
                 run.warnings.append(f"{where} {path}: left out, no value for {', '.join(missing)}")
                 out = {}
@@ -212,6 +212,8 @@ class Compiler:
         has_default = "default" in keys
         default = self.plain(keys["default"]) if has_default else None
         required = bool(self.plain(keys["required"])) if "required" in keys else False
+        if when is None and not steps and not has_default and not required:
+            return produce  # nothing to modify: no wrapper to call per value
 
         def directive(scope: Scope, run: Run) -> Any:
             if when is not None and not when(scope, run):

@@ -12,6 +12,7 @@ from dicomcast.mapping.converters import ConversionError, ConvertContext
 from dicomcast.studyview import DicomJson, SeriesView, StudyView, values
 
 MAX_TEXT = 65_536  # characters of one DICOM text value: no real element needs more
+_SHORT = frozenset({int, float, bool})
 # A converter that trips over malformed input must cost one element, never the study.
 _CONVERTER_FAULTS = (ConversionError, ValueError, TypeError, KeyError, AttributeError, IndexError)
 
@@ -42,7 +43,8 @@ Node = Callable[[Scope, Run], Any]
 
 
 def empty(value: Any) -> bool:
-    return value is None or value == "" or value == [] or value == {}
+    """None, or an empty text, list or object (0 and False are values)."""
+    return value is None or (not value and isinstance(value, str | list | dict))
 
 
 def computed_value(name: str) -> Node:
@@ -84,6 +86,14 @@ def joined(items: Node) -> Node:
 
 
 def read_path(data: DicomJson, tags: list[str], many: bool) -> Any:
+    if len(tags) == 1 and not many:  # most reads: one top-level element's first value
+        element = data.get(tags[0]) if isinstance(data, Mapping) else None
+        listed = element.get("Value") if isinstance(element, Mapping) else None
+        for value in listed if isinstance(listed, list) else ():
+            value = clean(value)
+            if not empty(value):
+                return value
+        return None
     current: list[Any] = [data]
     last = len(tags) - 1
     for index, tag in enumerate(tags):
@@ -157,7 +167,13 @@ def _too_long(value: Any) -> int:
 def bounded(value: Any, where: str, run: Run) -> Any:
     """A value read from DICOM, or None (with a warning naming it) when a text in it is
     longer than any real one: refused, never cut short (which would change what it says)."""
-    longest = _too_long(value) if value is not None else 0
+    if (
+        value is None
+        or value.__class__ in _SHORT
+        or (value.__class__ is str and len(value) <= MAX_TEXT)
+    ):
+        return value
+    longest = _too_long(value)
     if longest:
         run.warnings.append(f"{where}: dropped: {longest:,} characters, over {MAX_TEXT:,}")
         return None

@@ -1,4 +1,5 @@
-"""Give freed memory back to the operating system.
+"""Give freed memory back to the operating system, and keep the garbage collector off
+what lives as long as the process.
 
 CPython frees objects into the C allocator, and glibc keeps freed heap pages for reuse. In a
 worker that parses studies of very different sizes those pages fragment, and the resident
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 from collections.abc import Callable
 
 _trim: Callable[[int], int] | None = None
@@ -23,3 +25,11 @@ except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
 def release_free_memory() -> None:
     if _trim is not None:
         _trim(0)
+
+
+def settle_heap() -> None:
+    """After start-up: move what exists now (modules, compiled mappings, FHIR models) out of
+    the cyclic garbage collector's sight. Those objects live as long as the process, and
+    each full collection walked all of them again: a quarter of a catch-up's CPU time."""
+    gc.collect()
+    gc.freeze()

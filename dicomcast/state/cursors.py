@@ -14,8 +14,8 @@ from sqlalchemy import update
 
 from dicomcast.errors import OperatorError
 from dicomcast.model import DirtyMark, Skipped
-from dicomcast.state import queue
 from dicomcast.state.db import Database, changed
+from dicomcast.state.marks import mark
 from dicomcast.state.models import FeedSkipRow, SourceRow
 
 
@@ -108,7 +108,7 @@ class Cursors:
         now = time.time() if now is None else now
         marks = list(marks)
         with self.db.write("record_page") as session:
-            queue.mark(self.db, session, source, marks, now)
+            mark(self.db, session, source, marks, now)
             session.add_all(_skip_row(source, s, now) for s in skipped)
             session.execute(
                 update(SourceRow)

@@ -107,9 +107,9 @@ def translated(what: str) -> Iterator[None]:
         ) from exc
 
 
-def changed(session: Session, statement: Executable) -> int:
+def changed(session: Session, statement: Executable, params: dict[str, Any] | None = None) -> int:
     """Run an UPDATE/DELETE and say how many rows it touched."""
-    result = session.execute(statement)
+    result = session.execute(statement, params)
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 

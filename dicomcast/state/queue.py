@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, bindparam, delete, func, select, update
 
 from dicomcast.model import DirtyMark, StudyTask, Written
 from dicomcast.state.db import Database, changed
+from dicomcast.state.marks import mark
 from dicomcast.state.models import SourceRow, StudyRow
 
 
@@ -40,85 +40,51 @@ def task_of(row: StudyRow) -> StudyTask:
     )
 
 
-def _merged(marks: Iterable[DirtyMark]) -> list[DirtyMark]:
-    """One mark per study: the earliest event time is the one lag is measured from."""
-    merged: dict[str, DirtyMark] = {}
-    for mark in marks:
-        prior = merged.get(mark.study_key)
-        if prior is None:
-            merged[mark.study_key] = mark
-        else:
-            times = [t for t in (prior.event_time, mark.event_time) if t is not None]
-            merged[mark.study_key] = DirtyMark(
-                mark.study_key, min(times) if times else None, prior.study_uid or mark.study_uid
-            )
-    return list(merged.values())
-
-
-def mark(
-    db: Database,
-    session: Session,
-    source: str,
-    marks: list[DirtyMark],
-    now: float,
-    *,
-    lift: bool = True,
-) -> None:
-    """Mark studies dirty inside the caller's transaction (an upsert per study). A live
-    change `lift`s a study a backfill queued to live priority; a reconcile scan does not
-    (it finds every study a backfill queued "changed", as none was synced yet)."""
-    if not marks:
-        return
-    rows = [
-        {
-            "source": source,
-            "study_key": m.study_key,
-            "study_uid": m.study_uid,
-            "status": "dirty",
-            "generation": 1,
-            "dirty_since": now,
-            "event_time": m.event_time if m.event_time is not None else now,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "priority": 0,
-        }
-        for m in _merged(marks)
-    ]
-    stmt = db.insert()(StudyRow)
-    # Dirty for a live change already: keep its times and schedule. Dirty only for a
-    # backfill: the live change is news, due now and timed from now.
-    was_dirty = (StudyRow.status == "dirty") & (StudyRow.priority == 0 if lift else True)
-    priority = 0 if lift else case((StudyRow.status == "dirty", StudyRow.priority), else_=0)
-    # Two-argument scalar minimum: min() on SQLite, least() on PostgreSQL.
-    smaller = func.least if db.dialect == "postgresql" else func.min
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["source", "study_key"],
-        set_={
-            "status": "dirty",
-            "generation": StudyRow.generation + 1,
-            "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
-            "priority": priority,  # a live change is never left behind a backfill
-            "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),
-            "event_time": case(
-                (was_dirty, smaller(StudyRow.event_time, stmt.excluded.event_time)),
-                else_=stmt.excluded.event_time,
-            ),
-            # New data deserves a fresh try, but a study already backing off keeps its
-            # schedule so that a busy feed cannot turn its retries into a hot loop.
-            "attempts": case((was_dirty, StudyRow.attempts), else_=0),
-            "next_attempt_at": case(
-                (was_dirty, StudyRow.next_attempt_at), else_=stmt.excluded.next_attempt_at
-            ),
-        },
+# What a successful sync records, built once (statement building is a sync's cost too).
+_STUDIES = cast(Table, StudyRow.__table__)
+_SOURCES = cast(Table, SourceRow.__table__)
+_WRITTEN = (
+    "study_uid",
+    "content_hash",
+    "fhir_patient_id",
+    "fhir_imagingstudy_id",
+    "instance_count",
+    "match_key",
+    "warnings",
+    "last_synced_at",
+)
+_CLEAN = {
+    "status": "clean",
+    "attempts": 0,
+    "next_attempt_at": None,
+    "dirty_since": None,
+    "event_time": None,
+}
+_KEEP_WRITTEN = (
+    update(_STUDIES)
+    .where(_STUDIES.c.id == bindparam("row"))
+    .values(
+        **{name: bindparam(f"w_{name}") for name in _WRITTEN},
+        claimed_by=None,
+        claimed_until=None,
+        last_error=None,
+        error_detail=None,
+        error_kind=None,
     )
-    for start in range(0, len(rows), 500):
-        session.execute(stmt, rows[start : start + 500])
+)
+_FINISH_CLEAN = _KEEP_WRITTEN.where(_STUDIES.c.generation == bindparam("gen")).values(**_CLEAN)
+_LAST_SUCCESS = (
+    update(_SOURCES)
+    .where(_SOURCES.c.name == bindparam("source"))
+    .values(last_success_at=bindparam("at"))
+)
 
 
 class Queue:
     """The dirty set: what is due, who holds it, and how each attempt ended."""
 
     db: Database
+    _success_at: dict[str, float]  # when each source's last_success_at was last written
 
     def baseline(self, source: str, present: dict[str, int]) -> None:
         """Record studies the archive holds as seen, without syncing them (`cursor set head`
@@ -246,41 +212,29 @@ class Queue:
     def finish_clean(self, task: StudyTask, written: Written, now: float | None = None) -> bool:
         """Record a successful sync. Clean only if no newer change arrived while it ran."""
         now = time.time() if now is None else now
-        common = {
-            "study_uid": written.study_uid or task.study_uid,
-            "content_hash": written.content_hash,
-            "fhir_patient_id": written.fhir_patient_id,
-            "fhir_imagingstudy_id": written.fhir_imagingstudy_id,
-            "instance_count": written.instance_count,
-            "match_key": written.match_key or task.match_key,
-            "warnings": json.dumps(list(written.warnings)) if written.warnings else None,
-            "last_synced_at": now,
-            "claimed_by": None,
-            "claimed_until": None,
-            "last_error": None,
-            "error_detail": None,
-            "error_kind": None,
+        params = {
+            "row": task.id,
+            "gen": task.generation,
+            "w_study_uid": written.study_uid or task.study_uid,
+            "w_content_hash": written.content_hash,
+            "w_fhir_patient_id": written.fhir_patient_id,
+            "w_fhir_imagingstudy_id": written.fhir_imagingstudy_id,
+            "w_instance_count": written.instance_count,
+            "w_match_key": written.match_key or task.match_key,
+            "w_warnings": json.dumps(list(written.warnings)) if written.warnings else None,
+            "w_last_synced_at": now,
         }
+        # `last_success_at` is for alerts: once a second is enough, and it spares a hot row.
+        success = abs(now - self._success_at.get(task.source, -1e18)) >= 1.0
         with self.db.write("finish_clean") as session:
-            done = changed(
-                session,
-                update(StudyRow)
-                .where(StudyRow.id == task.id, StudyRow.generation == task.generation)
-                .values(
-                    status="clean",
-                    attempts=0,
-                    next_attempt_at=None,
-                    dirty_since=None,
-                    event_time=None,
-                    **common,
-                ),
-            )
+            done = changed(session, _FINISH_CLEAN, params)
             if not done:  # newer data came in: keep it dirty, but remember what was written
-                session.execute(update(StudyRow).where(StudyRow.id == task.id).values(**common))
-            session.execute(
-                update(SourceRow).where(SourceRow.name == task.source).values(last_success_at=now)
-            )
-            return bool(done)
+                session.execute(_KEEP_WRITTEN, params)
+            if success:
+                session.execute(_LAST_SUCCESS, {"source": task.source, "at": now})
+        if success:
+            self._success_at[task.source] = now
+        return bool(done)
 
     def finish_gone(self, task: StudyTask) -> bool:
         """The study no longer exists and FHIR reflects that: forget it (unless it came back)."""

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import delete, func, select
 
 from dicomcast.model import DirtyMark
-from dicomcast.state import queue
 from dicomcast.state.db import Database, pack, unpack
+from dicomcast.state.marks import mark
 from dicomcast.state.models import ReceivedRow
 
 
@@ -39,7 +39,7 @@ class Received:
             session.execute(
                 stmt.on_conflict_do_update(index_elements=["source", "sop_uid"], set_=values)
             )
-            queue.mark(self.db, session, source, [DirtyMark(key, now, study_uid)], now)
+            mark(self.db, session, source, [DirtyMark(key, now, study_uid)], now)
 
     def received(self, source: str, key: str) -> list[dict[str, Any]]:
         """The headers received for one study, oldest first."""

@@ -38,6 +38,7 @@ class StateStore(Cursors, Queue, Contributions, Received, Reports, Backfills):
         self.db = Database(
             url, pool_size=pool_size, overflow=overflow, statement_timeout=statement_timeout
         )
+        self._success_at = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> StateStore:
