@@ -5,11 +5,12 @@ deletes are not logged at all; a `Last` below our cursor means the database was 
 Study keys are Orthanc study IDs (they already separate two patients' studies that share a
 StudyInstanceUID).
 
-`NewInstance` entries are read past, not looked up. Finding an instance's study costs one
-request per instance (it was 3/4 of a catch-up's time), and it is never needed: every new
-series logs `NewSeries`, every study logs `NewStudy`, and any change to a study, late
-instances included, logs `StableSeries`/`StableStudy` again `StableAge` seconds later. The
-one gap, Stable events still pending when Orthanc restarts, is what the reconcile scan's
+Only study-level entries are used; instance and series entries are read past, not looked
+up. Finding an instance's or a series' study costs a request each (instances were 3/4 of a
+catch-up's time, series lookups a tenth of its CPU), and it is never needed: a new study
+logs `NewStudy`, and every stored instance, late ones and new series included, makes its
+study unstable, so Orthanc logs `StableStudy` again `StableAge` seconds later. The one
+gap, Stable events still pending when Orthanc restarts, is what the reconcile scan's
 instance counts catch.
 """
 
@@ -19,12 +20,11 @@ import calendar
 import logging
 import re
 import time
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, failure_class
+from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable
 from dicomcast.http import Bounds, send
 from dicomcast.model import DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
@@ -34,7 +34,6 @@ from dicomcast.studyview import build_study_views, is_uid, text_value
 log = logging.getLogger(__name__)
 
 STUDY_CHANGES = frozenset({"NewStudy", "StableStudy", "UpdatedAttachment", "UpdatedMetadata"})
-SERIES_CHANGES = frozenset({"NewSeries", "StableSeries"})
 PATIENT_ID = "00100020"
 ORTHANC_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # never a path: IDs go into URLs
 
@@ -55,8 +54,6 @@ class OrthancSource(RestSource):
     def __init__(self, settings: SourceSettings, **options: Any) -> None:
         super().__init__(settings, **options)
         self._location = StudyLocation(settings.published_url, settings.name)
-        # series -> study; series are few and immutable in parentage, so caching is safe.
-        self._series_study: OrderedDict[str, str] = OrderedDict()
 
     def location(self, key: str) -> StudyLocation:
         return self._location
@@ -144,31 +141,9 @@ class OrthancSource(RestSource):
         kind, resource_id = change.get("ChangeType"), change.get("ID")
         if not isinstance(resource_id, str) or not ORTHANC_ID.fullmatch(resource_id):
             return None, "change entry without a valid Orthanc ID"
-        try:
-            if change.get("ResourceType") == "Study" and kind in STUDY_CHANGES:
-                return resource_id, None
-            if kind in SERIES_CHANGES:
-                return self._series_parent(resource_id), None
-        except NotFound:
-            return None, None  # deleted since; the reconcile scan covers what it leaves
-        except (SourceRejected, SourceUnavailable) as exc:
-            if exc.status is None or not 400 <= exc.status < 500:
-                raise  # the server is failing: read the page again later
-            return None, f"its series could not be read ({failure_class(exc)})"
-        except (KeyError, TypeError, AttributeError):
-            return None, "Orthanc's answer about its series has no ParentStudy"
+        if change.get("ResourceType") == "Study" and kind in STUDY_CHANGES:
+            return resource_id, None
         return None, None
-
-    def _series_parent(self, series_id: str) -> str:
-        study = self._series_study.get(series_id)
-        if study is None:
-            study = str(self.rest.get(f"series/{series_id}")["ParentStudy"])
-            if not ORTHANC_ID.fullmatch(study):
-                raise KeyError("ParentStudy")
-            self._series_study[series_id] = study
-            if len(self._series_study) > 50_000:
-                self._series_study.popitem(last=False)
-        return study
 
     # --- one study
 
@@ -264,7 +239,6 @@ class OrthancSource(RestSource):
                 parent = str(series.get("ParentStudy", ""))
                 if parent:
                     counts[parent] = counts.get(parent, 0) + len(series.get("Instances", []))
-                    self._series_study.setdefault(str(series.get("ID")), parent)
             if len(page) < limit:
                 return counts
             since += limit

@@ -1,5 +1,5 @@
-"""The Orthanc source's change feed: series and study changes become studies without
-per-instance lookups, a feed behind the cursor is a reset, empty pages and gaps."""
+"""The Orthanc source's change feed: study changes become studies without a lookup of any
+instance or series, a feed behind the cursor is a reset, empty pages and gaps."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def orthanc(handler: Any) -> OrthancSource:
     return OrthancSource(settings, transport=httpx.MockTransport(handler))
 
 
-def test_feed_maps_series_and_study_changes_to_studies_without_instance_lookups() -> None:
+def test_feed_marks_studies_from_study_changes_alone_with_no_lookups() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/changes":
@@ -62,6 +62,7 @@ def test_feed_maps_series_and_study_changes_to_studies_without_instance_lookups(
                             "ID": "st2",
                             "ResourceType": "Study",
                             "Seq": 17,
+                            "Date": "20261123T182242",
                         },
                         {
                             "ChangeType": "NewPatient",
@@ -75,18 +76,16 @@ def test_feed_maps_series_and_study_changes_to_studies_without_instance_lookups(
                     "Last": 19,
                 },
             )
-        if path == "/series/s1":
-            series_reads.append(path)
-            return httpx.Response(200, json={"ParentStudy": "st1"})
-        assert not path.startswith("/instances"), "instances are never looked up one by one"
+        lookups.append(path)
         return httpx.Response(404)
 
-    series_reads: list[str] = []
+    lookups: list[str] = []
     page = orthanc(handler).read_changes("10", 100)
-    assert [m.study_key for m in page.marks] == ["st1", "st1", "st2"]
+    # A series entry needs no lookup: its study logs StableStudy too (st2 here).
+    assert [m.study_key for m in page.marks] == ["st2"]
     assert page.marks[0].event_time == calendar.timegm((2026, 11, 23, 18, 22, 42, 0, 0, 0))
     assert (page.cursor, page.done, page.reset, page.changes_read) == ("19", True, False, 7)
-    assert series_reads == ["/series/s1"]  # a series' study is read once, then remembered
+    assert lookups == []  # no instance, series or study was read to find a study
 
 
 def test_feed_behind_the_cursor_is_reported_as_a_reset() -> None:
