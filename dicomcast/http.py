@@ -10,6 +10,7 @@ backoff in the state DB, so a worker never sleeps minutes inside one request.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ssl
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import (
     RetryCallState,
-    retry,
+    Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
@@ -189,7 +190,12 @@ class RetryPolicy:
     base: float = 0.5
 
     def call(self, fn: Callable[[], T]) -> T:
-        retrying = retry(
+        return self._retrying.copy()(fn)  # a copy per call: safe in threads, and nested
+
+    @functools.cached_property
+    def _retrying(self) -> Retrying:
+        """Built once (copying it is cheaper than building it for every request)."""
+        return Retrying(
             retry=retry_if_exception(_worth_retrying),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_delay),
             wait=_wait(
@@ -197,7 +203,6 @@ class RetryPolicy:
             ),
             reraise=True,
         )
-        return retrying(fn)()
 
 
 def make_client(

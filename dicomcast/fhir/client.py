@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 
 from dicomcast.errors import FhirRejected, FhirUnavailable
 from dicomcast.http import Bounds, Observer, RetryPolicy, classify, make_client, send
@@ -68,6 +69,8 @@ class FhirClient:
 
     def _send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         observer = self._observer(url, kwargs)
+        if "json" in kwargs:  # encoded once, by orjson (bodies are large: a study's instances)
+            kwargs["content"] = orjson.dumps(kwargs.pop("json"))
 
         def attempt() -> httpx.Response:
             with self._count_lock:
@@ -92,7 +95,7 @@ class FhirClient:
 
         response = self._send(method, url, what, **kwargs)
         try:
-            return response.json()
+            return orjson.loads(response.content)
         except (ValueError, RecursionError):
             kind = response.headers.get("content-type", "no content type").split(";")[0]
             raise FhirUnavailable(
