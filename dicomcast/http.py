@@ -205,6 +205,13 @@ class RetryPolicy:
         )
 
 
+@functools.cache
+def tls_context(verify: bool | str) -> ssl.SSLContext | bool:
+    """One TLS context per verification setting, shared by every client (building one
+    loads the CA bundle: tens of milliseconds each, at every start)."""
+    return httpx.create_ssl_context(verify=verify) if verify else False
+
+
 def make_client(
     base_url: str,
     *,
@@ -218,7 +225,7 @@ def make_client(
     return httpx.Client(
         base_url=base_url.rstrip("/") + "/",
         auth=auth,
-        verify=verify,
+        verify=tls_context(verify),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         transport=transport,
         limits=httpx.Limits(

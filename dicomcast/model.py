@@ -7,6 +7,7 @@ the worker records it (a `Written` on success).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,26 @@ class StudyLocation:
     address: str
     endpoint_name: str
     scope: str | None = None
+
+
+@dataclass(frozen=True)
+class DateSpan:
+    """The StudyDate range a backfill covers; an open end is None."""
+
+    since: dt.date | None = None
+    until: dt.date | None = None
+
+    @property
+    def query(self) -> str | None:
+        """As a DICOM date range matching key (`20200101-20201231`, `20200101-`); None for
+        the whole archive."""
+        if self.since is None and self.until is None:
+            return None
+        return f"{_day(self.since)}-{_day(self.until)}"
+
+
+def _day(date: dt.date | None) -> str:
+    return f"{date:%Y%m%d}" if date else ""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from dicomcast.errors import DicomcastError, RetriableError, StateUnavailable, failure_class
 from dicomcast.sync.feed import per_source
 
@@ -128,6 +126,8 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
             signal.signal(sig, lambda signum, _frame: _on_signal(worker, signum))
     if not start(worker):
         return
+    from apscheduler.schedulers.background import BackgroundScheduler  # only for good
+
     for listener in worker.app.listeners:
         listener.start()  # pushed instances are stored and marked dirty from now on
     scheduler = BackgroundScheduler(

@@ -11,9 +11,9 @@ import httpx
 
 from dicomcast.app import build_app
 from dicomcast.config import load_settings
-from dicomcast.model import DirtyMark, StudyLocation
+from dicomcast.model import DateSpan, DirtyMark, StudyLocation
 from dicomcast.sandbox.samples import StudySpec, instances
-from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import build_study_views
 from dicomcast.worker import Worker

@@ -12,26 +12,19 @@ import datetime as dt
 import functools
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from dicomcast.app import make_source
 from dicomcast.cli.common import ConfigOption, SourceOption, guard, settings_from, source_names
-from dicomcast.config import Settings
 from dicomcast.errors import ConfigError
-from dicomcast.model import BackfillProgress
-from dicomcast.sources.base import DateSpan
+from dicomcast.model import BackfillProgress, DateSpan
 from dicomcast.state.store import StateStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dicomcast.config import Settings
 
 
 def _date(value: str | None, name: str) -> dt.date | None:
@@ -74,6 +67,8 @@ def backfill(
     span = DateSpan(_date(since, "--since"), _date(until, "--until"))
     if span.since and span.until and span.since > span.until:
         raise typer.BadParameter("--since is after --until")
+    from rich.console import Console
+
     settings = settings_from(config)
     store = StateStore.for_settings(settings)
     try:
@@ -105,6 +100,11 @@ def _list(
     page_size: int,
 ) -> None:
     """List the archive into the run's dirty set, from where an earlier try stopped."""
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn
+
+    from dicomcast.app import make_source
+
     configured = settings.find_source(name)
     since, until = (f"{d:%Y%m%d}" if d else None for d in (span.since, span.until))
     run = store.open_backfill(name, since, until, *limits)
@@ -153,6 +153,15 @@ def _line(run: BackfillProgress) -> str:
 
 def _follow(store: StateStore, names: list[str], console: Console) -> int:
     """A progress bar per source until every run is finished; 1 when studies failed."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

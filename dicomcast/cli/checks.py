@@ -7,20 +7,18 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
-from dicomcast.app import load_mappings, make_fhir, make_source, mapping_config
 from dicomcast.cli.common import ConfigOption, guard, settings_from
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import DicomcastError, StudyError
-from dicomcast.fhir.entries import create_entry
-from dicomcast.mapping.mapper import MappedStudy, placeholder
 from dicomcast.model import source_dependency
-from dicomcast.sources.files import read_studies
 from dicomcast.state.store import StateStore
+
+if TYPE_CHECKING:
+    from dicomcast.mapping.mapper import MappedStudy
 
 
 def map_files(
@@ -31,6 +29,10 @@ def map_files(
     ] = None,
 ) -> None:
     """Dry run: print the FHIR transaction Bundle each study would become. No server needed."""
+    from dicomcast.app import load_mappings, mapping_config
+    from dicomcast.mapping.mapper import placeholder
+    from dicomcast.sources.files import read_studies
+
     settings = settings_from(config, patient_id_system=patient_id_system)
     mappings = guard(lambda: load_mappings(settings))
     cfg = mapping_config(settings)
@@ -66,6 +68,8 @@ def _dry_run_bundle(
 ) -> dict[str, Any]:
     """What would be sent to an empty server: conditional creates (Endpoint, Patient,
     ImagingStudy, one Observation per dose report), linked by urn:uuid."""
+    from dicomcast.fhir.entries import create_entry
+
     return {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -80,6 +84,10 @@ def _dry_run_bundle(
 
 def check_config(config: ConfigOption = None) -> None:
     """Validate settings and mappings, and check that both servers answer."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicomcast.app import load_mappings
+
     settings = settings_from(config)
     guard(settings.require_worker_settings)
     mappings = guard(lambda: load_mappings(settings))
@@ -102,6 +110,8 @@ def check_config(config: ConfigOption = None) -> None:
 
 
 def _probe_source(settings: Settings, config: SourceSettings) -> str:
+    from dicomcast.app import make_source
+
     source = make_source(settings, config)
     try:
         return source.check()
@@ -110,6 +120,8 @@ def _probe_source(settings: Settings, config: SourceSettings) -> str:
 
 
 def _probe_fhir(settings: Settings) -> str:
+    from dicomcast.app import make_fhir
+
     fhir = make_fhir(settings)
     try:
         return f"FHIR {fhir.metadata().get('fhirVersion', '?')}"

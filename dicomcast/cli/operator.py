@@ -12,7 +12,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from dicomcast.app import make_source
 from dicomcast.cli.common import (
     ConfigOption,
     SourceOption,
@@ -23,13 +22,10 @@ from dicomcast.cli.common import (
 )
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import ConfigError, DicomcastError
-from dicomcast.mapping.codes import UnknownIssuer
 from dicomcast.model import DirtyMark
 from dicomcast.ops.logging import redact
-from dicomcast.sources.azure import parse_v2_cursor
 from dicomcast.state.models import StudyRow
 from dicomcast.state.store import StateStore
-from dicomcast.studyview import is_uid
 
 T = TypeVar("T")
 failures = typer.Typer(help="Studies that failed or are backing off: list, show, retry.")
@@ -74,6 +70,9 @@ def _keys(
     """The study keys an operator means by `study`: a key or a UID the state DB knows, else
     (a UID of a study never synced, whose row has no UID yet) what the archive says that
     UID is. Without `strict`, an archive that cannot be asked just finds nothing more."""
+    from dicomcast.app import make_source
+    from dicomcast.studyview import is_uid
+
     keys = [row.study_key for row in store.find(name, study)]
     if keys or not is_uid(study):
         return keys
@@ -131,6 +130,8 @@ def failures_list(
 
 def _issuer_hint(items: list[dict[str, Any]]) -> None:
     """Studies parked for an unknown issuer of patient IDs have one fix: say it once."""
+    from dicomcast.mapping.codes import UnknownIssuer
+
     issuers = Counter(
         issuer
         for item in items
@@ -318,6 +319,8 @@ def _start_from_now(
     """The feed's head, and (for a source whose feed logs no deletes, which a reconcile
     scan would otherwise fill in from the archive's history) its present studies recorded
     as seen. Returns the position and how many studies were newly recorded."""
+    from dicomcast.app import make_source
+
     client = make_source(settings, config)
     try:
         position = client.head()
@@ -333,6 +336,8 @@ def _start_from_now(
 
 def _check_cursor(settings: Settings, name: str, value: str) -> None:
     """Refuse a position the source's feed cannot read from (a fatal error: exit 2)."""
+    from dicomcast.sources.azure import parse_v2_cursor
+
     config = _configured(settings, name)  # None: not configured here, only a number is safe
     if config is not None and config.kind == "azure-dicom" and config.api_version == "v2":
         parse_v2_cursor(value)

@@ -10,10 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dicomcast.app import build_app
 from dicomcast.cli.common import (
     ConfigOption,
     SourceOption,
@@ -25,11 +22,11 @@ from dicomcast.cli.common import (
 )
 from dicomcast.config import Settings
 from dicomcast.model import BackfillProgress, SourceSummary, source_dependency
-from dicomcast.ops.health import Health
-from dicomcast.ops.listener import Listener
 from dicomcast.state.store import StateStore
 
 if TYPE_CHECKING:
+    from dicomcast.ops.health import Health
+    from dicomcast.ops.listener import Listener
     from dicomcast.worker import RoundStats, Worker
 
 
@@ -41,6 +38,7 @@ def run(
 ) -> None:
     """Run the worker: follow the change feed and keep FHIR in sync."""
     settings = settings_from(config)
+    from dicomcast.app import build_app
     from dicomcast.worker import Worker
 
     built = guard(lambda: build_app(settings))
@@ -79,6 +77,8 @@ def run(
 def _listen(settings: Settings, worker: Worker) -> Listener | None:
     if not settings.http_port:
         return None
+    from dicomcast.ops.listener import Listener
+
     try:
         return Listener(_health(worker).start(), settings.http_host, settings.http_port).start()
     except OSError as exc:
@@ -93,6 +93,8 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
 def _health(worker: Worker) -> Health:
     """What the health endpoints look at: a quick probe of every dependency, the worker's
     heartbeat, and its pauses."""
+    from dicomcast.ops.health import Health
+
     app = worker.app
     probes: dict[str, Callable[[], object]] = {"state": app.store.ping}
     for name, source in app.sources.items():
@@ -112,6 +114,15 @@ class _Progress:
     """A progress bar for `run --once` on a terminal: studies settled of those waiting."""
 
     def __init__(self, store: StateStore, sources: list[str]) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self.store = store
         self.sources = sources
         self.outcomes: dict[str, int] = {}

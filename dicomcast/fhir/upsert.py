@@ -124,18 +124,26 @@ class FhirWriter:
 
     # --- Endpoint
 
-    def ensure_endpoint(self, endpoint: dict[str, Any]) -> str:
-        """Find (or create, or update) the source's Endpoint; returns `Endpoint/{id}`."""
+    def ensure_endpoint(
+        self,
+        endpoint: dict[str, Any],
+        check: Callable[[dict[str, Any]], dict[str, Any]] = lambda e: e,
+    ) -> str:
+        """Find (or create, or update) the source's Endpoint; returns `Endpoint/{id}`.
+        `check` validates what is written; one the server holds as it is needs none."""
         token = search_token(endpoint)
         for _ in range(CONFLICT_ATTEMPTS):
             current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
             if current is None:
-                (response,) = self.client.transaction([create_entry(endpoint)])
+                (response,) = self.client.transaction([create_entry(check(endpoint))])
                 resource_id, _ = created_id(response)
                 if resource_id:
                     return f"Endpoint/{resource_id}"
                 continue
             merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
+            if comparable(merged) != comparable(current):
+                endpoint = check(endpoint)
+                merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
             if comparable(merged) != comparable(current):
                 try:
                     self.client.transaction([update_entry(merged, current)])

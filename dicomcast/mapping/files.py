@@ -34,6 +34,10 @@ class ResourceMapping:
     top_tags: frozenset[str] = frozenset()  # read as attributes of an instance
 
 
+# libyaml's parser where PyYAML was built with it (node marks, hence file:line, are kept).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def compile_file(
     path: Path,
     resource_type: str,
@@ -45,7 +49,7 @@ def compile_file(
     except OSError as exc:
         raise MappingFileError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise MappingFileError(f"{path.name}: not valid YAML: {exc}") from None
     if not isinstance(root, yaml.MappingNode):

@@ -288,8 +288,15 @@ class Mappings:
             study_ref,
         )
 
-    def map_endpoint(self, config: Mapping[str, Any]) -> dict[str, Any]:
+    def map_endpoint(self, config: Mapping[str, Any], *, validate: bool = True) -> dict[str, Any]:
+        """The source's Endpoint; `validate=False` leaves the R4B check to `check_endpoint`,
+        for a caller that validates only what it writes (start-up need not load the models
+        when the server holds the Endpoint already)."""
         run = self._run(config)
         endpoint = scrub(self._build("Endpoint", Scope({}), run), run.warnings)
         match_key(endpoint)
-        return checked(endpoint, run.warnings)
+        return checked(endpoint, run.warnings) if validate else endpoint
+
+    @staticmethod
+    def check_endpoint(endpoint: dict[str, Any]) -> dict[str, Any]:
+        return checked(endpoint, [])

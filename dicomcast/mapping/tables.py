@@ -40,6 +40,8 @@ def read_table(path: Path) -> dict[str, Any]:
     if not rows or len(rows[0]) < 2:
         raise MappingFileError(f"{path.name}:1: a table needs a header with >= 2 columns")
     header = [h.strip() for h in rows[0]]
+    if len(header) == 2 and all(len(row) == 2 for row in rows):  # code -> text: most rows
+        return {k.strip(): v.strip() or None for k, v in rows[1:] if k.strip()}
     table: dict[str, Any] = {}
     for number, row in enumerate(rows[1:], start=2):
         if not row or not row[0].strip():

@@ -33,8 +33,8 @@ from typing import Any
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
 from dicomcast.http import Bounds
-from dicomcast.model import DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
+from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import STUDY_UID, build_study_views, text_value
 

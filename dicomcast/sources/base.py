@@ -7,12 +7,11 @@ ID, or `partition/StudyInstanceUID` for the Microsoft DICOM service."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dicomcast.model import DirtyMark, Skipped, StudyLocation
+from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.studyview import StudyView
 
 
@@ -31,26 +30,6 @@ class FeedPage:
     reset: bool = False
     changes_read: int = 0
     skipped: list[Skipped] = field(default_factory=list)  # entries that could not be used
-
-
-@dataclass(frozen=True)
-class DateSpan:
-    """The StudyDate range a backfill covers; an open end is None."""
-
-    since: dt.date | None = None
-    until: dt.date | None = None
-
-    @property
-    def query(self) -> str | None:
-        """As a DICOM date range matching key (`20200101-20201231`, `20200101-`); None for
-        the whole archive."""
-        if self.since is None and self.until is None:
-            return None
-        return f"{_day(self.since)}-{_day(self.until)}"
-
-
-def _day(date: dt.date | None) -> str:
-    return f"{date:%Y%m%d}" if date else ""
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from urllib.parse import quote
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable
 from dicomcast.http import Bounds, send
-from dicomcast.model import DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
+from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, is_uid, text_value
 

@@ -14,14 +14,9 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, make_url, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
@@ -29,8 +24,14 @@ from sqlalchemy.pool import NullPool, StaticPool
 from dicomcast.errors import ConfigError, StateSchemaError, StateUnavailable
 from dicomcast.urls import mask_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATE_LOCK = 0x6463_6D69  # a PostgreSQL advisory lock key of our own ("dcmi")
+# The newest migration. A database already there is opened without loading alembic (a
+# fifth of start-up); tests/unit/test_state_store.py checks this against the scripts.
+SCHEMA_HEAD = "0006"
 
 
 def pack(body: dict[str, Any]) -> bytes:
@@ -149,7 +150,13 @@ class Database:
 
     def insert(self) -> Any:
         """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL alike)."""
-        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert
 
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Session]:
@@ -199,6 +206,8 @@ class Database:
         self._file_id = file_id
 
     def _alembic(self) -> Config:
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         return cfg
@@ -206,6 +215,12 @@ class Database:
     def migrate(self) -> bool:
         """Bring the schema to this version's head; refuse a DB written by a newer version.
         Returns True when the database was new (empty)."""
+        if self._at_head():
+            return False
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
         cfg = self._alembic()
         scripts = ScriptDirectory.from_config(cfg)
         heads = set(scripts.get_heads())
@@ -233,6 +248,24 @@ class Database:
             self._file_id = (stat.st_dev, stat.st_ino)
         return not current
 
+    def _at_head(self) -> bool:
+        """The schema is this version's (read straight from alembic's table); the identity
+        and file checks `migrate` makes are made here too."""
+        with translated("migrate"), self.engine.connect() as connection:
+            try:
+                found = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+            except SQLAlchemyError:
+                return False  # no table yet: a new database
+            if [tuple(row) for row in found] != [(SCHEMA_HEAD,)]:
+                return False
+            self.identity = connection.execute(text("SELECT id FROM identity")).scalar()
+        if self.file is not None:
+            stat = self.file.stat()
+            self._file_id = (stat.st_dev, stat.st_ino)
+        return True
+
     def schema_revision(self) -> set[str]:
+        from alembic.runtime.migration import MigrationContext
+
         with translated("schema_revision"), self.engine.connect() as connection:
             return set(MigrationContext.configure(connection).get_current_heads())

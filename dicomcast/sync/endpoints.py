@@ -34,8 +34,9 @@ class Endpoints:
             with self._lock:
                 ref = self.known.get(location.address)
                 if ref is None:
-                    endpoint = self.mappings.map_endpoint(self.configs.of(source, location))
-                    ref = self.writer.ensure_endpoint(endpoint)
+                    config = self.configs.of(source, location)
+                    endpoint = self.mappings.map_endpoint(config, validate=False)
+                    ref = self.writer.ensure_endpoint(endpoint, self.mappings.check_endpoint)
                     self.known[location.address] = ref
                     log.info("endpoint ready", extra={"source": source, "endpoint": ref})
         return ref

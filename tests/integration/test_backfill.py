@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from dicomcast.config import Settings
+from dicomcast.model import DateSpan
 from dicomcast.sandbox.samples import bulk_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
-from dicomcast.sources.base import DateSpan
 from dicomcast.sources.dimse.source import DimseSource
 from dicomcast.state.store import StateStore
 from tests.conftest import env_for, run_once_cli

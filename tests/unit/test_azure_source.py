@@ -18,9 +18,9 @@ from dicomcast.auth import AzureCredential
 from dicomcast.config import SourceSettings, load_settings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
 from dicomcast.http import RetryPolicy
+from dicomcast.model import DateSpan
 from dicomcast.sandbox.samples import bulk_studies
 from dicomcast.sources.azure import AzureDicomSource, instant, parse_v2_cursor
-from dicomcast.sources.base import DateSpan
 from tests.azure_fake import CLIENT_ID, CLIENT_SECRET, SERVICE, TENANT, FakeDicomService
 from tests.fakes import dicom_json
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicomcast.model import DirtyMark, Written
+from dicomcast.model import DateSpan, DirtyMark, Written
 from dicomcast.sandbox.samples import bulk_studies
-from dicomcast.sources.base import DateSpan
 from dicomcast.state.backfills import BACKFILL, Limits
 from dicomcast.state.store import StateStore
 from dicomcast.sync.pace import BackfillPace

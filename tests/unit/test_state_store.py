@@ -77,3 +77,19 @@ def test_a_received_header_is_stored_with_its_dirty_mark_and_a_resend_replaces_i
     assert task.study_key == "20261130/1.2.3" and task.study_uid == "1.2.3"
     assert store.forget_received("pacs", "20261130/1.2.3") == 2
     assert store.received("pacs", "20261130/1.2.3") == []
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from dicomcast.state.db import SCHEMA_HEAD
+
+    store = StateStore("sqlite://")
+    try:
+        scripts = ScriptDirectory.from_config(store.db._alembic())
+        assert set(scripts.get_heads()) == {SCHEMA_HEAD}  # bump it with every migration
+        assert store.migrate() is True  # new: migrated by alembic
+        assert store.migrate() is False  # at head: alembic not needed
+        assert store.schema_revision() == {SCHEMA_HEAD}
+    finally:
+        store.close()

@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, OperatorError
-from dicomcast.model import StudyLocation
-from dicomcast.sources.base import ArchivePage, DateSpan, FeedPage, FetchedStudy
+from dicomcast.model import DateSpan, StudyLocation
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.dimse.network import Peer
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
