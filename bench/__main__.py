@@ -12,7 +12,13 @@ target passes. Every ratio compares figures measured in this same run, on this m
    plus the large studies;
 6. mapping alone, on one core;
 7. what dose reports cost: images' metadata and mapping with dose Observations on and off;
-8. a PACS over DIMSE: `run --once` by C-FIND polling, and storescu into the C-STORE listener.
+8. a PACS over DIMSE: `run --once` by C-FIND polling, and storescu into the C-STORE listener;
+9-12. the worker itself against in-memory stand-ins (`bench.itself`): its ceiling in
+   instances per CPU-second, start-up, 1/2/4 workers on PostgreSQL, and a backfill while
+   live studies arrive.
+
+The replay limit (2.) is reported, not a target: on two cores Orthanc and the FHIR server
+share the CPU with the worker, so the worker's own ceiling is measured apart (9.).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from bench import dimse
+from bench import dimse, itself
 from bench.measure import (
     CatchUp,
     catch_up,
@@ -117,6 +123,9 @@ def main() -> int:
         )
         query = dimse.query_mode(root / "dimse-query", 20, 20)
         push = dimse.push_mode(root / "dimse-push", 20, 20)
+        own_rows, own_targets, _ = itself.measure(
+            root / "itself", quick=args.quick, rss_1k=small.peak_rss_mb
+        )
     mapping_rate = mapping_alone(maps)
     dose = dose_cost()
 
@@ -135,7 +144,7 @@ def main() -> int:
                                         f"{run.requests / run.instances:.3f} overall"),
         ("   worker CPU / 1,000 instances", f"{run.cpu_seconds / run.instances * 1000:.2f} s"),
         ("2. limit (replay, no worker)", f"{limit_rate:,.0f} instances/s ({limit:.1f} s)"),
-        ("   ratio catch-up / limit", f"{run.rate / limit_rate:.2f}"),
+        ("   ratio catch-up / limit", f"{run.rate / limit_rate:.2f} (servers share 2 cores)"),
         ("3. per-event (anchor's way)", f"{base_rate:,.0f} instances/s, "
                                         f"{base_requests / base.instances:.2f} requests/instance"),
         ("   ratio catch-up / per-event", f"{run.rate / base_rate:.1f}x"),
@@ -158,11 +167,11 @@ def main() -> int:
         ("   DIMSE push (C-STORE in)", f"{push.studies / push.seconds:.1f} studies/s, "
                                        f"{push.rate:,.0f} instances/s, storescu to FHIR "
                                        "(StableAge 1 s)"),
+        *own_rows,
     ]  # fmt: skip
     targets = [
-        (run.rate / limit_rate >= 0.8, f"ratio to the limit {run.rate / limit_rate:.2f} >= 0.8"),
         (per_instance <= 0.05, f"FHIR requests per instance {per_instance:.3f} <= 0.05"),
-        (run.rate / base_rate >= 10, f"{run.rate / base_rate:.1f}x the per-event baseline >= 10x"),
+        (run.rate / base_rate >= 20, f"{run.rate / base_rate:.1f}x the per-event baseline >= 20x"),
         (
             lag.p99 <= lag_bound and lag.unseen == 0,
             f"lag p99 {lag.p99:.1f} s <= {lag_bound:.0f} s, {lag.unseen} instances never seen",
@@ -192,6 +201,7 @@ def main() -> int:
             dose.map_on >= 0.9 * dose.map_off,
             f"mapping images with dose on {dose.map_on / dose.map_off:.2f}x of off >= 0.90x",
         ),
+        *own_targets,
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
