@@ -113,10 +113,10 @@ def describe_tag(tag: str) -> str:
 def values(data: DicomJson, tag: str) -> list[Any]:
     """The `Value` list of an element; [] when absent, empty, or not shaped as DICOM JSON."""
     element = data.get(tag)
-    if not isinstance(element, Mapping):
+    if element.__class__ is not dict and not isinstance(element, Mapping):  # dict: fast
         return []
     found = element.get("Value")
-    return found if isinstance(found, list) else []
+    return found if found.__class__ is list or isinstance(found, list) else []
 
 
 def first_value(data: DicomJson, tag: str) -> Any:

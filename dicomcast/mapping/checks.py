@@ -10,11 +10,11 @@ a `MappingError`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -53,7 +53,10 @@ def _clean(resource: dict[str, Any]) -> bool:
     """Nothing to scrub, seen at C speed on the resource's JSON (ASCII control characters
     show there as escapes, the others as themselves; an empty text as `""`). A false alarm
     only costs the element-by-element walk."""
-    text = json.dumps(resource, ensure_ascii=False)
+    try:
+        text = orjson.dumps(resource).decode()
+    except TypeError:  # a value JSON cannot hold as it is: walk it
+        return False
     return text.isprintable() and '""' not in text and _JSON_ESCAPE.search(text) is None
 
 

@@ -86,28 +86,43 @@ def joined(items: Node) -> Node:
 
 
 def read_path(data: DicomJson, tags: list[str], many: bool) -> Any:
-    if len(tags) == 1 and not many:  # most reads: one top-level element's first value
-        element = data.get(tags[0]) if isinstance(data, Mapping) else None
-        listed = element.get("Value") if isinstance(element, Mapping) else None
-        for value in listed if isinstance(listed, list) else ():
+    if not many:  # most reads: the first usable value, through each sequence's first item
+        item: Any = data
+        for tag in tags[:-1]:
+            listed = _listed(item, tag)
+            if not listed:
+                return None
+            item = clean(listed[0])
+            if empty(item):
+                return None
+        for value in _listed(item, tags[-1]):
             value = clean(value)
             if not empty(value):
                 return value
         return None
     current: list[Any] = [data]
-    last = len(tags) - 1
-    for index, tag in enumerate(tags):
+    for tag in tags:  # many: every value, through every item of each sequence
         found: list[Any] = []
-        for item in current:
-            if not isinstance(item, Mapping):
-                continue
-            item_values = values(item, tag)
-            found.extend(item_values if (many or index == last) else item_values[:1])
+        for entry in current:
+            if isinstance(entry, Mapping):
+                found.extend(values(entry, tag))
         current = [clean(v) for v in found]
         current = [v for v in current if not empty(v)]
         if not current:
             return None
-    return current if many else current[0]
+    return current
+
+
+def _listed(item: Any, tag: str) -> list[Any]:
+    """`item`'s element `tag`'s Value list, [] if there is none (dicts take the fast way:
+    an ABC isinstance check costs more than the read)."""
+    if item.__class__ is not dict and not isinstance(item, Mapping):
+        return []
+    element = item.get(tag)
+    if element.__class__ is not dict and not isinstance(element, Mapping):
+        return []
+    listed = element.get("Value")
+    return listed if listed.__class__ is list or isinstance(listed, list) else []
 
 
 def clean(value: Any) -> Any:
