@@ -76,7 +76,8 @@ class Worker:
         self.pauses = Pauses(names, min(settings.backoff_base, 5.0), settings.backoff_max)
         self.leases = SourceLeases(self.store, self.owner, self.sources, settings.source_lease)
         configs = MappingConfigs(settings)
-        self.endpoints = Endpoints(app.mappings, app.writer, configs)
+        locks = StudyLocks(self.store.db)
+        self.endpoints = Endpoints(app.mappings, app.writer, configs, locks)
         self.feed = Feed(
             self.store,
             self.sources,
@@ -93,7 +94,7 @@ class Worker:
             endpoints=self.endpoints,
             configs=configs,
             multi=MultiSource(self.store, list(self.sources)),
-            locks=StudyLocks(self.store.db),
+            locks=locks,
             policy=FailurePolicy(
                 settings.max_attempts, settings.backoff_base, settings.backoff_max
             ),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -24,6 +28,7 @@ from dicomcast.state.locks import LOCK_SPACE, StudyLocks, lock_key
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
 from tests.conftest import env_for
+from tests.fakes import FakeSource, fake_worker
 from tests.integration.fhir_state import all_resources, duplicates
 
 pytestmark = pytest.mark.integration
@@ -206,3 +211,43 @@ def test_workers_claiming_at_once_get_different_studies(cluster: Cluster) -> Non
     finally:
         for store in stores:
             store.close()
+
+
+class RacyFhir(httpx.MockTransport):
+    """A FHIR server whose conditional create is not atomic: it searches, waits, creates."""
+
+    def __init__(self) -> None:
+        self.endpoints: list[dict[str, Any]] = []
+        super().__init__(self._answer)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith("/Endpoint"):
+            entries = [{"resource": e} for e in self.endpoints]
+            return httpx.Response(200, json={"resourceType": "Bundle", "entry": entries})
+        body = json.loads(request.content)
+        time.sleep(0.2)  # between its own search for ifNoneExist and the create
+        resource = {**body["entry"][0]["resource"], "id": f"e{len(self.endpoints) + 1}"}
+        self.endpoints.append({**resource, "meta": {"versionId": "1"}})
+        entry = {"response": {"status": "201 Created", "location": f"Endpoint/{resource['id']}"}}
+        return httpx.Response(200, json={"resourceType": "Bundle", "entry": [entry]})
+
+
+def test_workers_starting_together_create_one_endpoint(cluster: Cluster, tmp_path: Path) -> None:
+    url = cluster.database("endpoints")
+    fhir = RacyFhir()
+    workers = [
+        fake_worker(tmp_path, fhir, FakeSource({}), state_url=url, worker_id=f"w{n}")
+        for n in range(3)
+    ]
+    try:
+        threads = [threading.Thread(target=w.prepare) for w in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(fhir.endpoints) == 1  # the others waited, then found it
+        assert {w.endpoints.known[FakeSource.location_.address] for w in workers} == {"Endpoint/e1"}
+    finally:
+        for worker in workers:
+            worker.close()
+            worker.app.close()
