@@ -164,7 +164,6 @@ class Worker:
             location = source.default_location()
             if location is not None:
                 self.endpoints.ref(name, location)
-        settle_heap()
 
     def hold_source(self) -> bool:
         """Take or renew the leases that make this worker the sources' one tailer; True

@@ -80,7 +80,7 @@ class RestReader:
         )
 
 
-FAST_DECODE_MAX = 8 << 20  # larger answers are filtered while parsed, to bound memory
+FAST_DECODE_MAX = 1 << 20  # larger answers are filtered while parsed, to bound memory
 
 
 def decode(content: bytes, object_hook: Callable[[dict[str, Any]], Any] | None) -> Any:
