@@ -179,8 +179,10 @@ class Worker:
         return per_source(held, self.feed.tail, self.pauses, strict=strict, failed=failed)
 
     def follow_backfills(self) -> None:
-        """Learn which backfills run and their limits (at every poll of the feed)."""
-        self.pace.update(self.store.backfill_limits())
+        """Say this worker is alive, and learn which backfills run, their limits and how
+        many workers share them (at every poll of the feed)."""
+        live = self.store.heartbeat(self.owner, within=3 * self.settings.poll_interval + 10)
+        self.pace.update(self.store.backfill_limits(), workers=live)
 
     # --- syncing
 

@@ -46,12 +46,15 @@ def backfill(
         str | None, typer.Option(help="Only studies with a StudyDate on or before (YYYY-MM-DD).")
     ] = None,
     max_rate: Annotated[
-        float | None, typer.Option(min=0.001, help="Backfill studies per second, per worker.")
+        float | None,
+        typer.Option(min=0.001, help="Backfill studies per second, all workers together."),
     ] = None,
     max_requests: Annotated[
         float | None,
         typer.Option(
-            min=0.1, help="FHIR requests per second (all of a worker's), above which it pauses."
+            min=0.1,
+            help="FHIR requests per second (live ones too), all workers together, above "
+            "which the backfill pauses.",
         ),
     ] = None,
     page_size: Annotated[

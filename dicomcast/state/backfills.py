@@ -24,7 +24,7 @@ BACKFILL = 1  # the priority of a study only a backfill asked for (live changes 
 
 @dataclass(frozen=True)
 class Limits:
-    """A running backfill's pace (per worker); None is unlimited."""
+    """A running backfill's pace (all workers together); None is unlimited."""
 
     studies: float | None
     requests: float | None

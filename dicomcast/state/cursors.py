@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from dicomcast.errors import OperatorError
 from dicomcast.model import DirtyMark, Skipped
 from dicomcast.state.db import Database, changed
 from dicomcast.state.marks import mark
-from dicomcast.state.models import FeedSkipRow, SourceRow
+from dicomcast.state.models import FeedSkipRow, SourceRow, WorkerRow
 
 
 class Cursors:
@@ -63,6 +63,19 @@ class Cursors:
                     .values(holder=owner, held_until=now + lease),
                 )
             )
+
+    def heartbeat(self, owner: str, within: float, now: float | None = None) -> int:
+        """Record that `owner` is alive; returns how many workers were seen within the
+        last `within` seconds (this one included)."""
+        now = time.time() if now is None else now
+        stmt = self.db.insert()(WorkerRow).values(name=owner, seen_at=now)
+        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"seen_at": now})
+        with self.db.write("heartbeat") as session:
+            session.execute(stmt)
+            seen = session.scalar(
+                select(func.count()).select_from(WorkerRow).where(WorkerRow.seen_at >= now - within)
+            )
+        return max(1, int(seen or 0))
 
     def release_source(self, name: str, owner: str) -> None:
         with self.db.write("release_source") as session:

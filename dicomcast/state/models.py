@@ -67,6 +67,15 @@ class StudyRow(Base):
     backfill: Mapped[int | None] = mapped_column(Integer, index=True)  # the run that marked it
 
 
+class WorkerRow(Base):
+    """A worker's last poll (migration 0007): how many share a deployment's limits."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float)
+
+
 class BackfillRow(Base):
     """One `dicomcast backfill` run (migration 0006)."""
 
@@ -76,8 +85,8 @@ class BackfillRow(Base):
     source: Mapped[str] = mapped_column(String(100), index=True)
     since: Mapped[str | None] = mapped_column(String(8))  # YYYYMMDD StudyDate bounds
     until: Mapped[str | None] = mapped_column(String(8))
-    max_rate: Mapped[float | None] = mapped_column(Float)  # studies/s, per worker
-    max_requests: Mapped[float | None] = mapped_column(Float)  # FHIR requests/s, per worker
+    max_rate: Mapped[float | None] = mapped_column(Float)  # studies/s, all workers
+    max_requests: Mapped[float | None] = mapped_column(Float)  # FHIR requests/s, all workers
     after: Mapped[str | None] = mapped_column(String(200))  # where the listing resumes
     listed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     marked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

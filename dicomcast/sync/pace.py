@@ -4,7 +4,8 @@ Live changes are always claimed first and in full. A backfill's studies fill in 
 them, a few per round (so a live change arriving meanwhile waits one short round at most),
 and no faster than the run's limits: studies per second, and FHIR requests per second
 counted over everything this worker sends (a backfill yields to live traffic, never the
-other way round). Limits are per worker, as each worker can only pace itself.
+other way round). Limits are for the whole deployment: each worker takes an even share,
+by the number of workers the state DB has seen polling lately.
 """
 
 from __future__ import annotations
@@ -27,9 +28,17 @@ class BackfillPace:
         self._requests_at = clock()
         self._at: dict[str, float] = {}
 
-    def update(self, limits: Mapping[str, Limits]) -> None:
-        """The running backfills' limits, as the state DB has them now."""
-        self.limits = dict(limits)
+    def update(self, limits: Mapping[str, Limits], workers: int = 1) -> None:
+        """The running backfills' limits, as the state DB has them now, and how many
+        workers share them."""
+        share = max(1, workers)
+        self.limits = {
+            name: Limits(
+                None if limit.studies is None else limit.studies / share,
+                None if limit.requests is None else limit.requests / share,
+            )
+            for name, limit in limits.items()
+        }
 
     def running(self, source: str) -> bool:
         return source in self.limits
@@ -45,6 +54,8 @@ class BackfillPace:
         rates = [v.requests for v in self.limits.values() if v.requests is not None]
         if rates:
             rate = min(rates)
+            if self._requests_seen is None:  # the first look: a second's worth to start
+                self._requests = rate
             seen = requests_sent if self._requests_seen is None else self._requests_seen
             elapsed, self._requests_at = max(0.0, now - self._requests_at), now
             self._requests_seen = requests_sent

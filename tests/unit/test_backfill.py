@@ -128,3 +128,19 @@ def test_a_worker_syncs_a_backfill_and_its_live_changes(tmp_path: Path) -> None:
     finally:
         worker.close()
         worker.app.close()
+
+
+def test_a_deployments_limits_are_shared_by_the_workers_seen_lately() -> None:
+    store = store_with()
+    assert store.heartbeat("w1", within=10, now=100.0) == 1
+    assert store.heartbeat("w2", within=10, now=101.0) == 2
+    assert store.heartbeat("w3", within=10, now=102.0) == 3
+    assert store.heartbeat("w1", within=10, now=115.0) == 1  # w2 and w3 fell silent
+    now = [0.0]
+    pace = BackfillPace(per_round=100, clock=lambda: now[0])
+    pace.update({"s": Limits(30.0, 90.0)}, workers=3)
+    assert pace.limits == {"s": Limits(10.0, 30.0)}  # each takes a third
+    assert pace.admit("s", 0) == 1  # a bucket starts with one study
+    pace.spend("s", 1)
+    now[0] = 1.0
+    assert pace.admit("s", 0) == 10  # then a third of 30 a second
