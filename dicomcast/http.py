@@ -50,19 +50,26 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 def outcome_text(response: httpx.Response) -> str:
-    """The diagnostics of an OperationOutcome body, or the start of whatever came back."""
+    """The words of an OperationOutcome body (severity, code, `details.text` where many
+    servers put the message, diagnostics), or the start of whatever came back."""
     try:
         body = response.json()
     except ValueError:
         return response.text[:500]
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         parts = [
-            " ".join(str(i.get(k)) for k in ("severity", "code", "diagnostics") if i.get(k))
+            " ".join(str(text) for text in _issue_words(i) if text)
             for i in body.get("issue", [])
             if isinstance(i, dict)
         ]
         return "; ".join(parts)[:2000]
     return str(body)[:500]
+
+
+def _issue_words(issue: dict[str, Any]) -> list[Any]:
+    details = issue.get("details")
+    text = details.get("text") if isinstance(details, dict) else None
+    return [issue.get("severity"), issue.get("code"), text, issue.get("diagnostics")]
 
 
 # FHIR's IssueType codes: a fixed vocabulary, safe to log (a server's diagnostics are not).

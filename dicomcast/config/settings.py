@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         0.5, gt=0, description="First in-process retry delay in seconds; doubles, with jitter."
     )
 
+    fhir_prefer_minimal: bool = Field(
+        True,
+        description="Send `Prefer: return=minimal` with transactions (the answers leave "
+        "the written resources out); turn off for a server or proxy that mishandles it.",
+    )
+
     # --- state
     state_url: str = Field("sqlite:///dicomcast.db", description="SQLAlchemy URL of the state DB.")
     state_pool_size: int = Field(

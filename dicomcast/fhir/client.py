@@ -30,8 +30,10 @@ class FhirClient:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 16,
         retry: RetryPolicy | None = None,
+        prefer_minimal: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.prefer_minimal = prefer_minimal
         self.retry = retry or RetryPolicy()
         self.bounds = Bounds(deadline=timeout)
         self.http = make_client(
@@ -93,7 +95,10 @@ class FhirClient:
         """The decoded JSON answer. Anything else (an HTML page from a proxy, a login
         form) means the server we reach is not a working FHIR server: an outage."""
 
-        response = self._send(method, url, what, **kwargs)
+        return self._decode(self._send(method, url, what, **kwargs), what)
+
+    @staticmethod
+    def _decode(response: httpx.Response, what: str) -> Any:
         try:
             return orjson.loads(response.content)
         except (ValueError, RecursionError):
@@ -177,15 +182,23 @@ class FhirClient:
     def transaction(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send a transaction; returns the response entries, in request order.
 
-        `Prefer: return=minimal`: only status and location come back, not every resource
-        written (a large ImagingStudy would otherwise travel twice)."""
+        `Prefer: return=minimal` (unless turned off): only status and location come back,
+        not every resource written (a large ImagingStudy would otherwise travel twice). A
+        server that takes it to mean an empty body (Medplum) gets entries with no status:
+        callers re-read what they need. Every entry's status is checked: a server that does
+        not run transactions atomically answers 200 with a failed entry inside, and that
+        entry's failure is the transaction's (the next attempt repairs what was stored)."""
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        body = self._json(
-            "POST", "", "transaction", json=bundle, headers={"Prefer": "return=minimal"}
-        )
+        headers = {"Prefer": "return=minimal"} if self.prefer_minimal else {}
+        response = self._send("POST", "", "transaction", json=bundle, headers=headers)
+        if not response.content.strip():
+            return [{"response": {}} for _ in entries]  # stored, but nothing said: re-read
+        body = self._decode(response, "transaction")
         found = _entries(body, "transaction")
         if len(found) != len(entries):
             raise FhirUnavailable("transaction: response has the wrong number of entries")
+        for number, (sent, answer) in enumerate(zip(entries, found, strict=True), start=1):
+            _check_entry(sent, answer, f"transaction entry {number}")
         return list(found)
 
     def delete(self, resource_type: str, resource_id: str) -> None:
@@ -195,6 +208,23 @@ class FhirClient:
         except FhirRejected as exc:
             if exc.status not in (404, 410):
                 raise
+
+
+def _check_entry(sent: dict[str, Any], answer: dict[str, Any], what: str) -> None:
+    """Raise what a failed entry of a transaction-response means (as if it were the
+    answer); a DELETE of what is gone already (404/410) succeeded."""
+    response = answer.get("response")
+    status = str(response.get("status", "")) if isinstance(response, dict) else ""
+    code = int(status[:3]) if status[:3].isdigit() else 0
+    if code < 300:
+        return  # no status at all: unknown, the callers re-read
+    method = (sent.get("request") or {}).get("method")
+    if method == "DELETE" and code in (404, 410):
+        return
+    outcome = response.get("outcome") if isinstance(response, dict) else None
+    body = outcome if isinstance(outcome, dict) else answer.get("resource")
+    failed = httpx.Response(code, json=body if isinstance(body, dict) else {})
+    classify(failed, what, FhirUnavailable, FhirRejected)
 
 
 def _entries(bundle: Any, what: str) -> list[dict[str, Any]]:

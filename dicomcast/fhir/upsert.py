@@ -297,6 +297,10 @@ class FhirWriter:
             responses.extend(answered)
             for entry, response in zip(chunk, answered, strict=False):
                 resource_id, _ = created_id(response)
+                if entry.get("fullUrl") and not resource_id and pending:
+                    # The server stored it but did not say where (an empty answer): the
+                    # next attempt finds it by identifier and writes the rest.
+                    raise FhirConflict("the server did not say where it wrote an entry")
                 if entry.get("fullUrl") and resource_id:
                     target = f"{entry['resource']['resourceType']}/{resource_id}"
                     pending = [replace_refs(e, entry["fullUrl"], target) for e in pending]
