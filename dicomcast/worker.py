@@ -74,7 +74,7 @@ class Worker:
         self.progress_at = time.time()  # the loop's heartbeat, for /livez
         names = ["fhir", "state", *(source_dependency(name) for name in self.sources)]
         self.pauses = Pauses(names, min(settings.backoff_base, 5.0), settings.backoff_max)
-        self.leases = SourceLeases(self.store, self.owner, self.sources, settings.source_lease)
+        self.leases = SourceLeases(self.store, self.owner, self.sources, settings.feed_lease)
         configs = MappingConfigs(settings)
         locks = StudyLocks(self.store.db)
         self.endpoints = Endpoints(app.mappings, app.writer, configs, locks)

@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         300.0, gt=0, description="Seconds between scans for deletions the feed does not log."
     )
-    source_lease: float = Field(
+    feed_lease: float = Field(
         30.0,
         ge=1,
         description="Seconds a worker's hold on a source's change feed lasts unrenewed (it "

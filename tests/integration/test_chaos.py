@@ -118,7 +118,7 @@ def test_three_workers_survive_kills_and_a_postgresql_restart_writing_each_study
         state_url=url,
         concurrency=2,
         poll_interval=0.3,
-        source_lease=3,
+        feed_lease=3,
         claim_lease=5,
         backoff_max=2,
     )
