@@ -67,7 +67,7 @@ def make_fhir(settings: Settings, transport: httpx.BaseTransport | None = None) 
         raise ConfigError("missing settings: DICOMCAST_FHIR_URL")
     return FhirClient(
         settings.fhir_url,
-        auth=fhir_auth(settings),
+        auth=fhir_auth(settings, transport=transport),
         verify=tls_verify(settings),
         timeout=settings.http_timeout,
         transport=transport,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from dicomcast import __version__
-from dicomcast.cli import backfill, checks, operator, worker
+from dicomcast.cli import backfill, checks, keys, operator, worker
 
 app = typer.Typer(
     help="Keep a FHIR R4 server in sync with a DICOM archive.",
@@ -37,6 +37,7 @@ app.command()(operator.resync)
 app.command()(backfill.backfill)
 app.add_typer(operator.failures, name="failures")
 app.add_typer(operator.cursor, name="cursor")
+app.add_typer(keys.keys, name="keys")
 
 
 def main() -> None:

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     fhir_managed_identity: bool = Field(
         False, description="Log in to the FHIR server with an Azure managed identity."
     )
+    fhir_private_key: SecretStr | None = Field(
+        None,
+        description="SMART Backend Services: the client's private key, PEM (RSA for RS384, "
+        "EC P-384 for ES384); with FHIR_CLIENT_ID.",
+    )
+    fhir_key_id: str | None = Field(
+        None, description="The `kid` the EHR knows the key by (default: its thumbprint)."
+    )
     transaction_max_entries: int = Field(100, ge=1, description="Largest transaction Bundle sent.")
 
     # --- HTTP
@@ -308,6 +316,12 @@ class Settings(BaseSettings):
         ]
         if missing:
             raise ConfigError(f"missing settings: {', '.join(missing)}")
+        if self.fhir_private_key is not None:
+            if not self.fhir_client_id:
+                raise ConfigError(
+                    "SMART Backend Services needs DICOMCAST_FHIR_CLIENT_ID with _FHIR_PRIVATE_KEY"
+                )
+            return
         oauth = [self.fhir_token_url, self.fhir_client_id, self.fhir_client_secret]
         if any(oauth) and not all(oauth) and not self.fhir_managed_identity:
             raise ConfigError(

@@ -69,11 +69,14 @@ class ClientCredentials(RenewingToken):
         self.client_secret = client_secret
         self.scope = scope
         self._token: str | None = None
+        self.granted = ""  # the scopes the last token was granted (for check-config)
         self._expires_at = 0.0
         self._lock = threading.Lock()
         self._http = httpx.Client(verify=verify, transport=transport, timeout=30)
 
-    def _fetch(self) -> str:
+    def _form(self) -> dict[str, str]:
+        """The token request's form: the client's id and secret (see `smart` for a signed
+        assertion in their place)."""
         data = {
             "grant_type": "client_credentials",
             "client_id": self.client_id,
@@ -81,6 +84,10 @@ class ClientCredentials(RenewingToken):
         }
         if self.scope:
             data["scope"] = self.scope
+        return data
+
+    def _fetch(self) -> str:
+        data = self._form()
         try:
             response = self._http.post(self.token_url, data=data)
         except httpx.HTTPError as exc:
@@ -103,6 +110,7 @@ class ClientCredentials(RenewingToken):
         try:
             self._token = str(body["access_token"])
             lifetime = float(body.get("expires_in", 3600))
+            self.granted = str(body.get("scope") or "")
         except (KeyError, TypeError, ValueError):
             raise RetriableError("token endpoint answer has no access_token", outage=True) from None
         self._expires_at = time.monotonic() + lifetime - min(300.0, lifetime / 5)
@@ -222,8 +230,22 @@ def source_auth(
 def fhir_auth(
     settings: Settings, transport: httpx.BaseTransport | None = None
 ) -> httpx.Auth | None:
-    """Client credentials (any OAuth2 server, or Entra ID by tenant), a managed identity,
-    or a static token; for Azure the scope defaults to the FHIR service's `/.default`."""
+    """SMART Backend Services (a private key), client credentials (any OAuth2 server, or
+    Entra ID by tenant), a managed identity, or a static token; for Azure the scope
+    defaults to the FHIR service's `/.default`."""
+    if settings.fhir_private_key is not None and settings.fhir_url and settings.fhir_client_id:
+        from dicomcast.auth.smart import BackendServices
+
+        return BackendServices(
+            settings.fhir_url,
+            settings.fhir_client_id,
+            settings.fhir_private_key.get_secret_value(),
+            settings.fhir_key_id,
+            settings.fhir_scope,
+            token_url=settings.fhir_token_url,
+            verify=tls_verify(settings),
+            transport=transport,
+        )
     azure_scope = f"{settings.fhir_url}/.default" if settings.fhir_url else None
     credentials = settings.fhir_client_secret is not None and settings.fhir_token_url
     return make_auth(

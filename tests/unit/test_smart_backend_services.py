@@ -1,0 +1,196 @@
+"""SMART Backend Services against a test authorization server that really verifies the
+signed assertion with the registered public key (signature, iss/sub/aud/exp/jti, a
+replayed jti refused), and a FHIR server that admits only the tokens it issued."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import time
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from typer.testing import CliRunner
+
+from dicomcast.auth.smart import ASSERTION_TYPE, BackendServices, generate_key, public_jwks
+from dicomcast.cli import app
+from dicomcast.config import load_settings
+from dicomcast.errors import ConfigError, RetriableError
+from dicomcast.sandbox.samples import bulk_studies
+from tests.fakes import FakeSource, dicom_json, fake_worker
+from tests.fhir_fake import FakeFhir
+
+FHIR = "http://fhir.test/fhir"
+TOKEN_URL = "http://auth.test/token"
+CLIENT = "dicomcast-backend"
+
+
+class AuthServer:
+    """The EHR's authorization server: registered clients' JWKS, issued tokens."""
+
+    def __init__(self, jwks: dict[str, Any], lifetime: int = 300) -> None:
+        self.keys = KeySet.import_key_set(cast(Any, jwks))
+        self.lifetime = lifetime
+        self.used_jti: set[str] = set()
+        self.tokens: dict[str, float] = {}  # token -> expiry
+        self.revoked = False
+        self.assertions: list[dict[str, Any]] = []
+
+    def token(self, request: httpx.Request) -> httpx.Response:
+        form = {k: v[-1] for k, v in parse_qs(request.content.decode()).items()}
+        if self.revoked:
+            return httpx.Response(401, json={"error": "invalid_client"})
+        if form.get("grant_type") != "client_credentials" or (
+            form.get("client_assertion_type") != ASSERTION_TYPE
+        ):
+            return httpx.Response(400, json={"error": "invalid_request"})
+        try:
+            decoded = jwt.decode(form["client_assertion"], self.keys, algorithms=["RS384", "ES384"])
+        except (JoseError, KeyError, ValueError):
+            return httpx.Response(401, json={"error": "invalid_client"})
+        claims, now = decoded.claims, time.time()
+        exp = float(claims.get("exp", 0))
+        if (
+            claims.get("iss") != CLIENT
+            or claims.get("sub") != CLIENT
+            or claims.get("aud") != TOKEN_URL
+            or not now < exp <= now + 300
+            or claims.get("jti") in self.used_jti
+        ):
+            return httpx.Response(401, json={"error": "invalid_client"})
+        self.used_jti.add(str(claims["jti"]))
+        self.assertions.append({"header": decoded.header, "claims": claims})
+        token = secrets.token_hex(8)
+        self.tokens[token] = now + self.lifetime
+        body = {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": self.lifetime,
+            "scope": form.get("scope", ""),
+        }
+        return httpx.Response(200, json=body)
+
+
+def network(auth: AuthServer, fhir: FakeFhir) -> httpx.MockTransport:
+    """The EHR: its SMART configuration, its token endpoint, and a FHIR API that admits
+    only unexpired tokens the authorization server issued."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        if url == f"{FHIR}/.well-known/smart-configuration":
+            return httpx.Response(200, json={"token_endpoint": TOKEN_URL})
+        if url == TOKEN_URL:
+            return auth.token(request)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if auth.tokens.get(token, 0) < time.time():
+            return httpx.Response(401, json={"resourceType": "OperationOutcome", "issue": []})
+        return fhir.handle_request(request)
+
+    return httpx.MockTransport(answer)
+
+
+def one_study() -> FakeSource:
+    (spec,) = bulk_studies(1, 2, patients=1, prefix="smart")
+    return FakeSource({spec.study_uid: dicom_json(spec)})
+
+
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+def test_a_study_is_written_with_a_token_got_by_a_signed_assertion(
+    tmp_path: Path, alg: str
+) -> None:
+    pem = generate_key(alg)
+    auth, fhir = AuthServer(public_jwks(pem, "key-1")), FakeFhir()
+    worker = fake_worker(
+        tmp_path,
+        network(auth, fhir),
+        one_study(),
+        fhir_url=FHIR,
+        fhir_client_id=CLIENT,
+        fhir_private_key=pem,
+        fhir_key_id="key-1",
+    )
+    try:
+        assert worker.run_once() == 0
+    finally:
+        worker.close()
+        worker.app.close()
+    assert len(fhir.all("ImagingStudy")) == 1
+    (assertion,) = auth.assertions  # one token served the whole run
+    assert assertion["header"] == {"alg": alg, "kid": "key-1", "typ": "JWT"}
+    claims = assertion["claims"]
+    assert claims["exp"] - claims["iat"] <= 300
+
+
+def test_an_expired_or_revoked_token_is_renewed_with_a_fresh_assertion() -> None:
+    pem = generate_key("ES384")
+    auth = AuthServer(public_jwks(pem, None), lifetime=300)
+    client = BackendServices(FHIR, CLIENT, pem, None, None, transport=network(auth, FakeFhir()))
+    first = client.token()
+    assert client.token() == first  # cached
+    auth.tokens.clear()  # the EHR forgot it (revoked, or expired early)
+    with httpx.Client(transport=network(auth, FakeFhir()), auth=client) as http:
+        assert http.get(f"{FHIR}/metadata").status_code == 200  # a 401, then a new token
+    assert len(auth.assertions) == 2
+    assert len({a["claims"]["jti"] for a in auth.assertions}) == 2  # never the same jti
+    assert "system/ImagingStudy.cruds" in client.granted  # the default SMART v2 scopes
+
+
+def test_a_revoked_client_is_an_outage_that_says_why() -> None:
+    pem = generate_key("ES384")
+    auth = AuthServer(public_jwks(pem, None))
+    auth.revoked = True
+    client = BackendServices(FHIR, CLIENT, pem, None, None, transport=network(auth, FakeFhir()))
+    with pytest.raises(RetriableError, match="token endpoint answered 401 invalid_client") as err:
+        client.token()
+    assert err.value.outage
+
+
+def test_an_assertion_signed_by_another_key_is_refused() -> None:
+    registered, other = generate_key("ES384"), generate_key("ES384")
+    auth = AuthServer(public_jwks(registered, "k"))
+    client = BackendServices(FHIR, CLIENT, other, "k", None, transport=network(auth, FakeFhir()))
+    with pytest.raises(RetriableError, match="401 invalid_client"):
+        client.token()
+
+
+def test_keys_the_smart_spec_does_not_name_are_refused() -> None:
+    p256 = ECKey.generate_key("P-256").as_pem(private=True).decode()
+    with pytest.raises(ConfigError, match="P-384"):
+        BackendServices(FHIR, CLIENT, p256, None, None)
+    public = json.dumps(public_jwks(generate_key("ES384"), None))
+    with pytest.raises(ConfigError, match="not an RSA or EC private key"):
+        BackendServices(FHIR, CLIENT, public, None, None)
+    settings = load_settings(
+        None,
+        source_url="http://dicom.test",
+        fhir_url=FHIR,
+        patient_id_system="urn:oid:1.2.3",
+        fhir_private_key=generate_key("ES384"),
+    )
+    with pytest.raises(ConfigError, match="FHIR_CLIENT_ID"):
+        settings.require_worker_settings()
+
+
+def test_keys_generate_writes_a_private_key_and_jwks_prints_only_its_public_half(
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    out = tmp_path / "fhir-key.pem"
+    made = runner.invoke(app, ["keys", "generate", "--alg", "RS384", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    again = runner.invoke(app, ["keys", "generate", "--out", str(out)])
+    assert again.exit_code == 3  # never overwritten
+    shown = runner.invoke(app, ["keys", "jwks", "--key-file", str(out)])
+    assert shown.exit_code == 0, shown.output
+    (key,) = json.loads(shown.stdout)["keys"]
+    assert key["alg"] == "RS384" and key["kty"] == "RSA" and key["kid"]
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # nothing private
