@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import ConfigError, RetriableError
+from dicomcast.urls import mask_url
 
 
 class BearerToken(httpx.Auth):
@@ -199,6 +200,29 @@ def make_auth(
             transport=transport,
         )
     return None
+
+
+def describe(auth: httpx.Auth | None) -> str:
+    """How requests log in, in words for `check-config`: the method, and for a grant the
+    scopes the last token was granted and any asked for but not granted. No secrets."""
+    if auth is None:
+        return "no login"
+    if isinstance(auth, BearerToken):
+        return "static bearer token"
+    if isinstance(auth, httpx.BasicAuth):
+        return "basic auth"
+    if isinstance(auth, AzureCredential):
+        return f"Azure managed identity (scope {auth.scope})"
+    if isinstance(auth, ClientCredentials):
+        method = getattr(auth, "method", "OAuth2 client credentials")
+        words = f"{method}, token URL {mask_url(auth.token_url)}"
+        if auth.granted:
+            words += f"; granted: {auth.granted}"
+            missing = sorted(set((auth.scope or "").split()) - set(auth.granted.split()))
+            if missing:
+                words += f"; NOT granted: {' '.join(missing)}"
+        return words
+    return type(auth).__name__
 
 
 def tls_verify(settings: Settings) -> bool | str:

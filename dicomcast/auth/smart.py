@@ -103,6 +103,7 @@ class BackendServices(ClientCredentials):
         self.fhir_url = fhir_url.rstrip("/")
         self.key, self.alg = signing_key(private_key)
         self.key_id = key_id or self.key.thumbprint()
+        self.method = f"SMART Backend Services ({self.alg}, kid {self.key_id})"
 
     def _form(self) -> dict[str, str]:
         if not self.token_url:

@@ -121,10 +121,12 @@ def _probe_source(settings: Settings, config: SourceSettings) -> str:
 
 def _probe_fhir(settings: Settings) -> str:
     from dicomcast.app import make_fhir
+    from dicomcast.auth import describe
 
     fhir = make_fhir(settings)
     try:
-        return f"FHIR {fhir.metadata().get('fhirVersion', '?')}"
+        version = fhir.metadata().get("fhirVersion", "?")
+        return f"FHIR {version}; login: {describe(fhir.http.auth)}"
     finally:
         fhir.close()
 

@@ -174,3 +174,23 @@ def test_metrics_readiness_and_outages_of_either_server(
     for spec in specs:  # names, IDs and birth dates never reach the log
         for secret in (spec.patient_id, spec.patient_name.split("^")[0], spec.birth_date):
             assert secret not in logs, secret
+
+
+def test_check_config_says_what_each_server_is_and_how_dicomcast_logs_in(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from dicomcast.state.db import SCHEMA_HEAD
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "dicomcast", "check-config"],
+        env=env_for(make_settings()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = {line.split()[0]: line for line in checked.stdout.splitlines() if line.strip()}
+    assert "ok (Orthanc" in lines["source:default"]
+    assert lines["fhir"].endswith("ok (FHIR 4.0.1; login: no login)")
+    assert lines["state"].endswith(f"ok (schema {SCHEMA_HEAD})")

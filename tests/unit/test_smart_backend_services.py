@@ -20,6 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 from typer.testing import CliRunner
 
+from dicomcast.auth import describe
 from dicomcast.auth.smart import ASSERTION_TYPE, BackendServices, generate_key, public_jwks
 from dicomcast.cli import app
 from dicomcast.config import load_settings
@@ -43,6 +44,7 @@ class AuthServer:
         self.tokens: dict[str, float] = {}  # token -> expiry
         self.revoked = False
         self.assertions: list[dict[str, Any]] = []
+        self.grant: str | None = None  # the scopes granted (None: all those asked for)
 
     def token(self, request: httpx.Request) -> httpx.Response:
         form = {k: v[-1] for k, v in parse_qs(request.content.decode()).items()}
@@ -74,7 +76,7 @@ class AuthServer:
             "access_token": token,
             "token_type": "bearer",
             "expires_in": self.lifetime,
-            "scope": form.get("scope", ""),
+            "scope": form.get("scope", "") if self.grant is None else self.grant,
         }
         return httpx.Response(200, json=body)
 
@@ -194,3 +196,16 @@ def test_keys_generate_writes_a_private_key_and_jwks_prints_only_its_public_half
     (key,) = json.loads(shown.stdout)["keys"]
     assert key["alg"] == "RS384" and key["kty"] == "RSA" and key["kid"]
     assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # nothing private
+
+
+def test_check_config_names_the_login_and_scopes_not_granted() -> None:
+    pem = generate_key("ES384")
+    auth = AuthServer(public_jwks(pem, "k1"))
+    auth.grant = "system/Patient.crus system/ImagingStudy.cruds"
+    client = BackendServices(FHIR, CLIENT, pem, "k1", None, transport=network(auth, FakeFhir()))
+    client.token()
+    said = describe(client)
+    assert said.startswith("SMART Backend Services (ES384, kid k1), token URL http://auth.test")
+    assert "granted: system/Patient.crus system/ImagingStudy.cruds" in said
+    assert "NOT granted: system/Endpoint.crus system/Observation.cruds" in said
+    assert pem.split("\n")[1] not in said  # nothing of the key
