@@ -74,6 +74,7 @@ def make_fhir(settings: Settings, transport: httpx.BaseTransport | None = None) 
         max_connections=max(4, settings.concurrency * 2),
         retry=retry_policy(settings),
         prefer_minimal=settings.fhir_prefer_minimal,
+        client_cert=settings.fhir_client_certificate(),
     )
 
 

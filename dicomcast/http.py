@@ -212,11 +212,27 @@ class RetryPolicy:
         )
 
 
+ClientCert = tuple[str, str]  # (certificate chain PEM file, private key PEM file)
+
+
 @functools.cache
-def tls_context(verify: bool | str) -> ssl.SSLContext | bool:
-    """One TLS context per verification setting, shared by every client (building one
-    loads the CA bundle: tens of milliseconds each, at every start)."""
-    return httpx.create_ssl_context(verify=verify) if verify else False
+def tls_context(verify: bool | str, client_cert: ClientCert | None = None) -> ssl.SSLContext | bool:
+    """One TLS context per verification setting and client certificate, shared by every
+    client (building one loads the CA bundle: tens of milliseconds each, at every start).
+    A client certificate is presented to servers behind a mutual-TLS gateway."""
+    if verify is False and client_cert is None:
+        return False
+    if isinstance(verify, str):  # a CA bundle file
+        context = ssl.create_default_context(cafile=verify)
+    elif verify:
+        context = httpx.create_ssl_context()  # certifi's CAs, as httpx would use
+    else:  # verification off (warned at start-up), but a certificate to present
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if client_cert is not None:
+        context.load_cert_chain(*client_cert)
+    return context
 
 
 def make_client(
@@ -228,11 +244,12 @@ def make_client(
     transport: httpx.BaseTransport | None = None,
     max_connections: int = 16,
     headers: dict[str, str] | None = None,
+    client_cert: ClientCert | None = None,
 ) -> httpx.Client:
     return httpx.Client(
         base_url=base_url.rstrip("/") + "/",
         auth=auth,
-        verify=tls_context(verify),
+        verify=tls_context(verify, client_cert),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         transport=transport,
         limits=httpx.Limits(

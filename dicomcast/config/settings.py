@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         description="SMART Backend Services: the client's private key, PEM (RSA for RS384, "
         "EC P-384 for ES384); with FHIR_CLIENT_ID.",
     )
+    fhir_client_cert: Path | None = Field(
+        None,
+        description="Mutual TLS: the client certificate (PEM) the FHIR server's gateway asks for.",
+    )
+    fhir_client_key: Path | None = Field(
+        None, description="Mutual TLS: its private key (PEM, unencrypted)."
+    )
     fhir_key_id: str | None = Field(
         None, description="The `kid` the EHR knows the key by (default: its thumbprint)."
     )
@@ -243,12 +250,20 @@ class Settings(BaseSettings):
             raise ValueError("unknown_issuer=derive needs issuer_system_base, an absolute URI")
         return self
 
-    @field_validator("ca_bundle")
+    @field_validator("ca_bundle", "fhir_client_cert", "fhir_client_key")
     @classmethod
-    def _readable_ca_file(cls, value: Path | None) -> Path | None:
+    def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
-            raise ValueError(f"CA bundle {value} is not a readable file")
+            raise ValueError(f"{value} is not a readable file")
         return value
+
+    def fhir_client_certificate(self) -> tuple[str, str] | None:
+        """The mutual-TLS client certificate and key, when both are set."""
+        if (self.fhir_client_cert is None) != (self.fhir_client_key is None):
+            raise ConfigError("mutual TLS needs DICOMCAST_FHIR_CLIENT_CERT and _FHIR_CLIENT_KEY")
+        if self.fhir_client_cert is None or self.fhir_client_key is None:
+            return None
+        return str(self.fhir_client_cert), str(self.fhir_client_key)
 
     @field_validator("fhir_url", "fhir_oauth_token_url")
     @classmethod

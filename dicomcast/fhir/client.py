@@ -12,7 +12,15 @@ import httpx
 import orjson
 
 from dicomcast.errors import FhirRejected, FhirUnavailable
-from dicomcast.http import Bounds, Observer, RetryPolicy, classify, make_client, send
+from dicomcast.http import (
+    Bounds,
+    ClientCert,
+    Observer,
+    RetryPolicy,
+    classify,
+    make_client,
+    send,
+)
 
 FHIR_JSON = "application/fhir+json"
 
@@ -31,6 +39,7 @@ class FhirClient:
         max_connections: int = 16,
         retry: RetryPolicy | None = None,
         prefer_minimal: bool = True,
+        client_cert: ClientCert | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.prefer_minimal = prefer_minimal
@@ -44,6 +53,7 @@ class FhirClient:
             transport=transport,
             max_connections=max_connections,
             headers={"Accept": FHIR_JSON, "Content-Type": FHIR_JSON},
+            client_cert=client_cert,
         )
         self._counter = itertools.count(1)
         self._count_lock = threading.Lock()

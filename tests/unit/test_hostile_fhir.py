@@ -186,3 +186,19 @@ def test_a_server_whose_certificate_does_not_verify_says_so(tmp_path: Path) -> N
         with pytest.raises(FhirUnavailable, match="TLS certificate verification failed"):
             client.ping()
         client.close()
+
+
+def test_a_client_certificate_opens_a_mutual_tls_gateway(tmp_path: Path) -> None:
+    from dicomcast.fhir.client import FhirClient
+    from tests.tls import https_server, self_signed
+
+    client_cert, client_key = self_signed(tmp_path, "client")
+    with https_server(tmp_path, client_ca=client_cert) as url:
+        trusted = str(tmp_path / "server-cert.pem")
+        with_cert = FhirClient(url, verify=trusted, client_cert=(str(client_cert), str(client_key)))
+        assert with_cert.ping() == "FHIR 4.0.1"
+        with_cert.close()
+        without = FhirClient(url, verify=trusted)
+        with pytest.raises(FhirUnavailable, match=r"TLS|ConnectError|ReadError|RemoteProtocol"):
+            without.ping()  # the gateway refuses the handshake: an outage, said as such
+        without.close()
