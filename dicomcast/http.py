@@ -27,7 +27,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from dicomcast.errors import FhirConflict, Rejected, RetriableError
+from dicomcast.errors import ConfigError, FhirConflict, Rejected, RetriableError
 
 T = TypeVar("T")
 Observer = Callable[[int | None, float], None]
@@ -222,16 +222,19 @@ def tls_context(verify: bool | str, client_cert: ClientCert | None = None) -> ss
     A client certificate is presented to servers behind a mutual-TLS gateway."""
     if verify is False and client_cert is None:
         return False
-    if isinstance(verify, str):  # a CA bundle file
-        context = ssl.create_default_context(cafile=verify)
-    elif verify:
-        context = httpx.create_ssl_context()  # certifi's CAs, as httpx would use
-    else:  # verification off (warned at start-up), but a certificate to present
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if client_cert is not None:
-        context.load_cert_chain(*client_cert)
+    try:
+        if isinstance(verify, str):  # a CA bundle file
+            context = ssl.create_default_context(cafile=verify)
+        elif verify:
+            context = httpx.create_ssl_context()  # certifi's CAs, as httpx would use
+        else:  # verification off (warned at start-up), but a certificate to present
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if client_cert is not None:
+            context.load_cert_chain(*client_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS files cannot be used: {exc}") from None
     return context
 
 

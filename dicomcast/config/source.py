@@ -105,9 +105,13 @@ class SourceSettings(BaseModel):
     stable_age: float = Field(
         30.0, ge=0, description="Seconds without a new instance before a pushed study is read."
     )
-    tls_ca_bundle: str | None = Field(None, description="DICOM TLS: CA certificates (PEM).")
-    tls_cert: str | None = Field(None, description="DICOM TLS: our certificate (PEM).")
-    tls_key: str | None = Field(None, description="DICOM TLS: our private key (PEM).")
+    tls_ca_bundle: str | None = Field(
+        None, description="TLS (DICOM TLS, or HTTPS to this source): CA certificates (PEM)."
+    )
+    tls_cert: str | None = Field(
+        None, description="TLS: our certificate (PEM), for DICOM TLS or a mutual-TLS gateway."
+    )
+    tls_key: str | None = Field(None, description="TLS: our private key (PEM).")
     timeout: float = Field(30.0, gt=0, description="Seconds a DIMSE association may wait.")
 
     @field_validator("url", "public_url", "oauth_token_url")

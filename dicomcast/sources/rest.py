@@ -136,8 +136,20 @@ class RestSource:
         self.content_of: frozenset[str] = frozenset()  # SOP classes whose SR tree is kept
         self.inside_items: frozenset[str] = frozenset()  # unused: DICOMweb answers whole
         auth = auth or source_auth(settings, verify=verify, transport=transport)
+        # The source's own TLS files, as for DICOM TLS: its CA bundle, and a certificate for
+        # a server behind a mutual-TLS gateway.
+        cert = (
+            (settings.tls_cert, settings.tls_key)
+            if settings.tls_cert and settings.tls_key
+            else None
+        )
         self.http = make_client(
-            settings.url, auth=auth, verify=verify, timeout=timeout, transport=transport
+            settings.url,
+            auth=auth,
+            verify=settings.tls_ca_bundle or verify,
+            timeout=timeout,
+            transport=transport,
+            client_cert=cert,
         )
         bounds = Bounds(deadline=timeout, max_bytes=max_bytes)
         self.rest = RestReader(self.http, self.server, retry or RetryPolicy(), bounds)

@@ -202,3 +202,24 @@ def test_a_client_certificate_opens_a_mutual_tls_gateway(tmp_path: Path) -> None
         with pytest.raises(FhirUnavailable, match=r"TLS|ConnectError|ReadError|RemoteProtocol"):
             without.ping()  # the gateway refuses the handshake: an outage, said as such
         without.close()
+
+
+def test_a_source_behind_a_mutual_tls_gateway_presents_its_certificate(tmp_path: Path) -> None:
+    from dicomcast.config import SourceSettings
+    from dicomcast.errors import ConfigError, SourceUnavailable
+    from dicomcast.sources.orthanc import OrthancSource
+    from tests.tls import https_server, self_signed
+
+    cert, key = self_signed(tmp_path, "client")
+    with https_server(tmp_path, client_ca=cert) as url:
+        trusted = str(tmp_path / "server-cert.pem")
+        given = {"name": "o", "kind": "orthanc", "url": url, "tls_ca_bundle": trusted}
+        with_cert = OrthancSource(SourceSettings(**given, tls_cert=str(cert), tls_key=str(key)))
+        assert with_cert.rest.get("system")["fhirVersion"] == "4.0.1"  # what this server says
+        with_cert.close()
+        without = OrthancSource(SourceSettings(**given))
+        with pytest.raises(SourceUnavailable):
+            without.rest.get("system")
+        without.close()
+    with pytest.raises(ConfigError, match="TLS files cannot be used"):
+        OrthancSource(SourceSettings(**given, tls_cert=str(tmp_path / "no.pem"), tls_key="x"))
