@@ -184,6 +184,8 @@ class BackfillProgress:
     started_at: float
     finished_at: float | None
     rate: float
+    max_rate: float | None = None  # its pace: studies/s, all workers together
+    max_requests: float | None = None  # FHIR requests/s, all workers together
 
     @property
     def waiting(self) -> int:

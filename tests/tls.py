@@ -18,7 +18,7 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
          "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,

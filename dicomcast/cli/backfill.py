@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import sys
 import time
 from typing import TYPE_CHECKING, Annotated
 
@@ -81,7 +80,7 @@ def backfill(
         for name in names:
             guard(
                 functools.partial(
-                    _list, settings, store, name, span, (max_rate, max_requests), page_size
+                    _list, settings, store, name, span, (max_rate, max_requests), page_size, console
                 )
             )
         if wait:
@@ -101,9 +100,9 @@ def _list(
     span: DateSpan,
     limits: tuple[float | None, float | None],
     page_size: int,
+    console: Console,
 ) -> None:
     """List the archive into the run's dirty set, from where an earlier try stopped."""
-    from rich.console import Console
     from rich.progress import Progress, TextColumn
 
     from dicomcast.app import make_source
@@ -115,13 +114,12 @@ def _list(
         return
     client = make_source(settings, configured)
     after = run.after
-    shown = sys.stderr.isatty()
     try:
         with Progress(
             TextColumn(f"listing {name}"),
             TextColumn("{task.completed} studies"),
-            console=Console(stderr=True),
-            disable=not shown,
+            console=console,
+            disable=not console.is_terminal,
             transient=True,
         ) as bar:
             task = bar.add_task("listing", total=None, completed=run.listed)

@@ -167,22 +167,13 @@ class FhirClient:
             else:
                 results = []
                 for entry in _entries(answer, "batch search"):
-                    response = entry.get("response")
-                    status = str(
-                        response.get("status", "200") if isinstance(response, dict) else ""
-                    )
-                    code = int(status[:3]) if status[:3].isdigit() else 0
+                    code = _entry_status(entry, missing="200")
                     if not 200 <= code < 600:
                         raise FhirUnavailable(
                             "batch search: an entry has no valid status", outage=True
                         )
                     if code >= 400:
-                        classify(
-                            httpx.Response(code, json=entry.get("resource")),
-                            "batch search",
-                            FhirUnavailable,
-                            FhirRejected,
-                        )
+                        _raise_for_entry(entry, code, "batch search")
                     results.append(_matches(entry.get("resource"), "batch search"))
                 if len(results) == len(queries):
                     return results
@@ -223,16 +214,29 @@ class FhirClient:
 def _check_entry(sent: dict[str, Any], answer: dict[str, Any], what: str) -> None:
     """Raise what a failed entry of a transaction-response means (as if it were the
     answer); a DELETE of what is gone already (404/410) succeeded."""
-    response = answer.get("response")
-    status = str(response.get("status", "")) if isinstance(response, dict) else ""
-    code = int(status[:3]) if status[:3].isdigit() else 0
+    code = _entry_status(answer, missing="")
     if code < 300:
         return  # no status at all: unknown, the callers re-read
     method = (sent.get("request") or {}).get("method")
     if method == "DELETE" and code in (404, 410):
         return
+    _raise_for_entry(answer, code, what)
+
+
+def _entry_status(entry: dict[str, Any], *, missing: str) -> int:
+    """The HTTP status of a batch- or transaction-response entry (`missing` when it has
+    none); 0 when it is not one."""
+    response = entry.get("response")
+    status = str(response.get("status", missing)) if isinstance(response, dict) else ""
+    return int(status[:3]) if status[:3].isdigit() else 0
+
+
+def _raise_for_entry(entry: dict[str, Any], code: int, what: str) -> None:
+    """Raise what a failed entry means, as if its status and OperationOutcome (the
+    response's `outcome`, else the entry's resource) had been the answer."""
+    response = entry.get("response")
     outcome = response.get("outcome") if isinstance(response, dict) else None
-    body = outcome if isinstance(outcome, dict) else answer.get("resource")
+    body = outcome if isinstance(outcome, dict) else entry.get("resource")
     failed = httpx.Response(code, json=body if isinstance(body, dict) else {})
     classify(failed, what, FhirUnavailable, FhirRejected)
 

@@ -144,17 +144,13 @@ class Backfills:
     def backfill_limits(self) -> dict[str, Limits]:
         """The pace of each source's running backfill (the strictest, if several run);
         runs found settled on the way are recorded as finished."""
-        running = [r.id for r in self.backfills(unfinished=True) if r.finished_at is None]
-        with self.db.read("backfill_limits") as session:
-            rows = session.execute(
-                select(BackfillRow.source, BackfillRow.max_rate, BackfillRow.max_requests).where(
-                    BackfillRow.id.in_(running)
-                )
-            ).all()
         limits: dict[str, Limits] = {}
-        for source, rate, requests in rows:
-            prior = limits.get(source, Limits(None, None))
-            limits[source] = Limits(_least(prior.studies, rate), _least(prior.requests, requests))
+        for run in self.backfills(unfinished=True):
+            if run.finished_at is None:
+                prior = limits.get(run.source, Limits(None, None))
+                limits[run.source] = Limits(
+                    _least(prior.studies, run.max_rate), _least(prior.requests, run.max_requests)
+                )
         return limits
 
     def backfills(
@@ -217,6 +213,8 @@ def runs(
                 row.started_at,
                 row.finished_at,
                 (done + failed) / elapsed if elapsed > 0 else 0.0,
+                row.max_rate,
+                row.max_requests,
             )
         )
     return found

@@ -16,7 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, make_url, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Executable,
+    create_engine,
+    event,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
@@ -242,10 +251,7 @@ class Database:
             if current != heads:
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
-            self.identity = connection.execute(text("SELECT id FROM identity")).scalar()
-        if self.file is not None:
-            stat = self.file.stat()
-            self._file_id = (stat.st_dev, stat.st_ino)
+            self._opened(connection)
         return not current
 
     def _at_head(self) -> bool:
@@ -258,11 +264,16 @@ class Database:
                 return False  # no table yet: a new database
             if [tuple(row) for row in found] != [(SCHEMA_HEAD,)]:
                 return False
-            self.identity = connection.execute(text("SELECT id FROM identity")).scalar()
+            self._opened(connection)
+        return True
+
+    def _opened(self, connection: Connection) -> None:
+        """Remember which database this is (its `identity` row, and its file), for `ping`
+        to notice it being replaced."""
+        self.identity = connection.execute(text("SELECT id FROM identity")).scalar()
         if self.file is not None:
             stat = self.file.stat()
             self._file_id = (stat.st_dev, stat.st_ino)
-        return True
 
     def schema_revision(self) -> set[str]:
         from alembic.runtime.migration import MigrationContext

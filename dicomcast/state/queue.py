@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, delete, func, select, update
 
 from dicomcast.model import DirtyMark, StudyTask, Written
 from dicomcast.state.db import Database, changed
@@ -80,6 +80,17 @@ _LAST_SUCCESS = (
 )
 
 
+def _due(source: str, now: float) -> tuple[ColumnElement[bool], ...]:
+    """A study of `source` that is dirty, whose time has come, and that no live worker
+    holds (a claim past its lease is nobody's)."""
+    return (
+        StudyRow.source == source,
+        StudyRow.status == "dirty",
+        StudyRow.next_attempt_at <= now,
+        (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
+    )
+
+
 class Queue:
     """The dirty set: what is due, who holds it, and how each attempt ended."""
 
@@ -128,12 +139,7 @@ class Queue:
         with self.db.read("due") as session:
             rows = session.scalars(
                 select(StudyRow)
-                .where(
-                    StudyRow.source == source,
-                    StudyRow.status == "dirty",
-                    StudyRow.next_attempt_at <= now,
-                    (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
-                )
+                .where(*_due(source, now))
                 .order_by(StudyRow.priority, StudyRow.next_attempt_at, StudyRow.id)
                 .limit(limit)
             ).all()
@@ -158,13 +164,7 @@ class Queue:
         now = time.time() if now is None else now
         pick = (
             select(StudyRow.id)
-            .where(
-                StudyRow.source == source,
-                StudyRow.status == "dirty",
-                StudyRow.priority == priority,
-                StudyRow.next_attempt_at <= now,
-                (StudyRow.claimed_until.is_(None)) | (StudyRow.claimed_until < now),
-            )
+            .where(*_due(source, now), StudyRow.priority == priority)
             .order_by(StudyRow.next_attempt_at, StudyRow.id)
             .limit(limit)
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from dicomcast.sandbox.servers import free_port
 from dicomcast.sources.dimse.listener import StoreListener
 from dicomcast.sources.dimse.query import Keys, key_parts, study_key
 from dicomcast.sources.dimse.source import DimseSource
+from tests.tls import self_signed
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -231,14 +231,7 @@ def test_a_pacs_that_fails_refuses_or_stalls_gives_a_reason_and_releases_associa
 
 
 def test_dicom_tls_is_mutual_and_a_plain_peer_is_not_let_in(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path, "dicom")
     port = free_port()
     tls = {"tls_ca_bundle": str(cert), "tls_cert": str(cert), "tls_key": str(key)}
     address = {"url": f"dicom://127.0.0.1:{port}", "remote_ae": "DICOMCAST"}
