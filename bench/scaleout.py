@@ -12,9 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.ceiling import StandIn, env_for, quantile, settings_for
+from bench.ceiling import StandIn, quantile, settings_for
 from bench.measure import PeakRss
 from bench.standins import Template
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.postgres import Cluster
 from dicomcast.state.store import StateStore
 
@@ -127,13 +128,13 @@ def backfill(template: Template, studies: int, live_rate: float, folder: Path) -
             )
             if done.returncode != 0:
                 raise SystemExit(f"{args[0]} failed: {done.stderr.decode()[-2000:]}")
+        started = time.time()  # the backfill's time includes the worker's start-up
         (proc,) = _workers(env, 1, folder / "worker.log")
         peak = PeakRss(proc.pid)
         store = StateStore(settings.state_url)
         try:
-            time.sleep(1.5)  # start-up is not lag
+            time.sleep(1.5)  # live arrivals begin once it runs: start-up is not lag
             standin.go_live()
-            started = time.time()
             deadline = time.monotonic() + 1800
             while (run := store.backfills("default")[0]).finished_at is None:
                 if time.monotonic() > deadline or proc.poll() is not None:
