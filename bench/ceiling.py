@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 from bench.standins import Archive, Fhir, Template, transport
 from dicomcast.app import build_app, make_source
 from dicomcast.config import Settings, load_settings
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import DEMO_ISSUERS, DEMO_PATIENT_SYSTEM
 from dicomcast.worker import Worker
 
@@ -42,22 +42,6 @@ def settings_for(state: str, orthanc: str = ORTHANC, fhir: str = FHIR, **more: A
         log_level="WARNING",
         **more,
     )
-
-
-def env_for(settings: Settings, **more: str) -> dict[str, str]:
-    """The environment of a `dicomcast` process with these (flat, single-source) settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMCAST_")}
-    for key, value in settings.model_dump(exclude_none=True).items():
-        if key == "source":
-            for sub, item in value.items():
-                env[f"DICOMCAST_SOURCE_{sub.upper()}"] = str(item)
-        elif isinstance(value, dict | list):
-            env[f"DICOMCAST_{key.upper()}"] = json.dumps(value)
-        elif hasattr(value, "get_secret_value"):
-            continue
-        else:
-            env[f"DICOMCAST_{key.upper()}"] = str(value)
-    return {**env, **more}
 
 
 @dataclass(frozen=True)

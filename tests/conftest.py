@@ -3,7 +3,6 @@ on free ports with fresh folders, and stop them afterwards."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -92,26 +91,6 @@ def sync_once(make_settings: Callable[..., Settings]) -> Callable[..., tuple[int
         return code, worker
 
     return run
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    """Environment variables that give a `dicomcast` subprocess the same settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMCAST_")}
-    for name in ("DICOMCAST_SEKMET",):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    values = settings.model_dump(exclude_none=True)
-    for key, value in (values.pop("source", None) or {}).items():  # the flat shorthand
-        values[f"source_{key}"] = value
-    for key, value in values.items():
-        if key == "source_partitions":
-            value = ",".join(value)
-        elif isinstance(value, dict | list):
-            value = json.dumps(value)
-        elif hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"DICOMCAST_{key.upper()}"] = str(value)
-    return env
 
 
 def run_once_cli(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -16,11 +16,12 @@ import pytest
 
 from dicomcast.config import Settings
 from dicomcast.model import DateSpan
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import bulk_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.sources.dimse.source import DimseSource
 from dicomcast.state.store import StateStore
-from tests.conftest import env_for, run_once_cli
+from tests.conftest import run_once_cli
 from tests.integration.fhir_state import all_resources, duplicates, first_identifier
 from tests.integration.test_dimse import ct_study, dimse
 

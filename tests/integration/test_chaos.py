@@ -19,11 +19,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from dicomcast.config import Settings
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.postgres import Cluster, postgres
 from dicomcast.sandbox.samples import bulk_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.state.store import StateStore
-from tests.conftest import env_for
 from tests.integration.fhir_state import all_resources, duplicates, first_identifier
 
 pytestmark = pytest.mark.integration

@@ -22,6 +22,7 @@ import pytest
 from dicomcast.app import build_app
 from dicomcast.config import Settings
 from dicomcast.errors import SourceUnavailable
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
     SeriesSpec,
@@ -33,7 +34,6 @@ from dicomcast.sandbox.samples import (
 from dicomcast.sandbox.servers import FhirServer, OrthancServer, free_port
 from dicomcast.sources.dimse.source import DimseSource
 from dicomcast.worker import Worker
-from tests.conftest import env_for
 from tests.integration.fhir_state import all_resources, comparable_state, duplicates
 
 pytestmark = pytest.mark.integration

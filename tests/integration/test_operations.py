@@ -18,10 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomcast.config import Settings
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import StudySpec, demo_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer, free_port
 from dicomcast.state.store import StateStore
-from tests.conftest import env_for
 from tests.integration.fhir_state import all_resources, duplicates
 
 pytestmark = pytest.mark.integration

@@ -302,7 +302,7 @@ def test_resync_repairs_a_hand_edited_study_and_finds_studies_the_state_never_sa
     from typer.testing import CliRunner
 
     from dicomcast.cli import app
-    from tests.conftest import env_for
+    from dicomcast.sandbox.environment import env_for
 
     spec = by_key("cr-hand-yamada")
     upload(orthanc, spec)
@@ -340,8 +340,8 @@ def test_failures_show_and_retry_take_the_uid_of_a_study_that_never_synced(
 
     from dicomcast.cli import app
     from dicomcast.model import DirtyMark
+    from dicomcast.sandbox.environment import env_for
     from dicomcast.state.store import StateStore
-    from tests.conftest import env_for
 
     spec = demo_studies()[0]
     upload(orthanc, spec)
@@ -384,7 +384,7 @@ def test_cursor_set_head_on_a_fresh_state_starts_from_now(
     from typer.testing import CliRunner
 
     from dicomcast.cli import app
-    from tests.conftest import env_for
+    from dicomcast.sandbox.environment import env_for
 
     history, late, new = by_key("mr-brain-doe"), by_key("cr-hand-yamada"), by_key("mr-knee-garcia")
     upload(orthanc, history)

@@ -21,13 +21,13 @@ from sqlalchemy.exc import OperationalError
 from dicomcast.app import build_app
 from dicomcast.config import Settings
 from dicomcast.model import DirtyMark, Written
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.postgres import Cluster, postgres
 from dicomcast.sandbox.samples import bulk_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.state.locks import LOCK_SPACE, StudyLocks, lock_key
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
-from tests.conftest import env_for
 from tests.fakes import FakeSource, fake_worker
 from tests.integration.fhir_state import all_resources, duplicates
 

@@ -16,11 +16,12 @@ import pydicom
 import pytest
 
 from dicomcast.config import Settings
+from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import bulk_studies, demo_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
-from tests.conftest import env_for, run_once_cli
+from tests.conftest import run_once_cli
 from tests.integration.fhir_state import all_resources, duplicates, first_identifier
 
 pytestmark = pytest.mark.integration
