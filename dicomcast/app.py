@@ -3,6 +3,7 @@ and the tests alike. Only this module (and the CLI) turns settings into HTTP cli
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import httpx
 from dicomcast.auth import fhir_auth, tls_verify
 from dicomcast.config import Settings, SourceSettings
 from dicomcast.errors import ConfigError
+from dicomcast.fhir.capabilities import WriteMode, configured, from_statement
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.http import RetryPolicy
@@ -21,6 +23,7 @@ from dicomcast.parts import App
 from dicomcast.sources.azure import AzureDicomSource
 from dicomcast.sources.base import Source
 from dicomcast.sources.orthanc import OrthancSource
+from dicomcast.state.locks import PATIENT_SPACE, StudyLocks
 from dicomcast.state.store import StateStore
 from dicomcast.urls import mask_url
 
@@ -78,6 +81,24 @@ def make_fhir(settings: Settings, transport: httpx.BaseTransport | None = None) 
     )
 
 
+def write_mode(settings: Settings, fhir: FhirClient, observations: bool) -> WriteMode:
+    """How the FHIR server takes writes: as configured, else as its CapabilityStatement
+    says (read once, with the interactions dicomcast will use on each resource type)."""
+    size = settings.transaction_max_entries
+    given = configured(settings.fhir_writes)
+    if given is not None:
+        return dataclasses.replace(given, max_entries=size if given.bundle != "single" else 1)
+    retire = "delete" if settings.deleted_study_policy == "delete" else "update"
+    written = frozenset({"create", "update", "search-type"})
+    needs = {
+        "Patient": written,
+        "ImagingStudy": written | {retire},
+        "Endpoint": written,
+        **({"Observation": written | {retire}} if observations else {}),
+    }
+    return from_statement(fhir.metadata(), needs, size)
+
+
 def build_app(
     settings: Settings,
     *,
@@ -106,6 +127,7 @@ def build_app(
             mask_url(settings.state_url),
         )
     fhir = make_fhir(settings, transport=fhir_transport)
+    observations = bool(mappings.owned("Observation"))
     writer = FhirWriter(
         fhir,
         patient_owned=mappings.owned("Patient"),
@@ -115,6 +137,8 @@ def build_app(
         max_entries=settings.transaction_max_entries,
         based_on=settings.based_on,
         observation_owned=mappings.owned("Observation"),
+        mode=lambda: write_mode(settings, fhir, observations),
+        guard=StudyLocks(store.db, space=PATIENT_SPACE).hold,
     )
     metrics = metrics or Metrics()
     fhir.observe = metrics.observe_fhir

@@ -8,7 +8,11 @@ FHIR REST spec says a server does:
   creates, 1 returns it with 200, 2+ fails with 412), `PUT` with `If-Match` (412 when the
   version moved), `DELETE`; `urn:uuid:` fullUrls resolved in references; all or nothing
   (any failing entry rolls the whole transaction back);
-- `DELETE Type/id`.
+- `DELETE Type/id`; batches of writes (each entry on its own); single requests
+  (`POST Type` with `If-None-Exist`, `PUT Type/id` with `If-Match`).
+Capabilities: `bundles` (the Bundle types run; others are refused with 400),
+`conditional_create` and `if_match` (off: the server ignores them, as one without them
+does) and `statement` (the CapabilityStatement it answers; default: an empty one).
 Faults: `fail_next` answers the next requests with the given statuses (or responses), and
 `echo` makes those error answers quote the request body, as some servers do; `reject` is asked
 about every resource a transaction writes and may refuse it (400 with an OperationOutcome);
@@ -65,6 +69,10 @@ class FakeFhir(httpx.MockTransport):
         self.reject: Callable[[Resource], str | None] = lambda _resource: None
         self.before_transaction: Callable[[Resource], None] = lambda _bundle: None
         self.status_for: Callable[[Resource], int | None] = lambda _bundle: None
+        self.bundles = {"transaction", "batch"}
+        self.conditional_create = True
+        self.if_match = True
+        self.statement: Resource = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # one request at a time, as a database would order them
         super().__init__(self._locked)
@@ -106,7 +114,8 @@ class FakeFhir(httpx.MockTransport):
     def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.rstrip("/").rsplit("/fhir", 1)[-1].lstrip("/")
         body = json.loads(request.content) if request.content else None
-        kind = body.get("type") if isinstance(body, dict) else path.split("?")[0]
+        is_bundle = isinstance(body, dict) and body.get("resourceType") == "Bundle"
+        kind = body["type"] if is_bundle and body else path.split("?")[0].split("/")[0]
         self.requests.append((request.method, str(kind)))
         if self.fail_next:
             fault = self.fail_next.pop(0)
@@ -115,9 +124,7 @@ class FakeFhir(httpx.MockTransport):
             said = request.content.decode() if self.echo else "injected fault"
             return outcome(fault, said)
         if request.method == "GET" and path == "metadata":
-            return httpx.Response(
-                200, json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
-            )
+            return httpx.Response(200, json=self.statement)
         if request.method == "GET":
             return self._search(path, request.url.query.decode())
         if request.method == "DELETE":
@@ -125,11 +132,34 @@ class FakeFhir(httpx.MockTransport):
             self.resources.get(resource_type, {}).pop(rid, None)
             return httpx.Response(204)
         if request.method == "POST" and path == "" and isinstance(body, dict):
+            if body.get("type") not in self.bundles:
+                return outcome(400, f"{body.get('type')} Bundles are not supported")
             if body.get("type") == "batch":
                 return self._batch(body)
             if body.get("type") == "transaction":
                 return self._transaction(body)
+        if request.method in ("POST", "PUT") and path and isinstance(body, dict):
+            return self._single(request, path, body)
         return outcome(400, f"not understood: {request.method} {path}")
+
+    def _single(self, request: httpx.Request, path: str, body: Resource) -> httpx.Response:
+        """One create or update, as the REST API's own interactions."""
+        entry: Resource = {"resource": body, "request": {"method": request.method, "url": path}}
+        for header, name in (("If-None-Exist", "ifNoneExist"), ("If-Match", "ifMatch")):
+            if header in request.headers:
+                entry["request"][name] = request.headers[header]
+        saved = copy.deepcopy(self.resources)
+        try:
+            (answer,) = self._apply([entry])
+        except TransactionFailed as failed:
+            self.resources = saved
+            return outcome(failed.status, str(failed))
+        status = int(answer["response"]["status"][:3])
+        headers = {"Location": answer["response"]["location"]}
+        if request.headers.get("Prefer") == "return=minimal":
+            return httpx.Response(status, headers=headers)
+        resource_type, rid = path.split("/")[0], answer["response"]["location"].split("/")[1]
+        return httpx.Response(status, headers=headers, json=self.resources[resource_type][rid])
 
     def _search(self, resource_type: str, query: str) -> httpx.Response:
         params = parse_qs(query)
@@ -150,6 +180,15 @@ class FakeFhir(httpx.MockTransport):
     def _batch(self, body: Resource) -> httpx.Response:
         entries = []
         for entry in body.get("entry", []):
+            if entry["request"]["method"] != "GET":  # a write, on its own
+                saved = copy.deepcopy(self.resources)
+                try:
+                    entries += self._apply([entry])
+                except TransactionFailed as failed:
+                    self.resources = saved
+                    failure = outcome(failed.status, str(failed)).json()
+                    entries.append({"response": {"status": str(failed.status), "outcome": failure}})
+                continue
             url = entry["request"]["url"]
             resource_type, _, query = url.partition("?")
             answer = self._search(resource_type, query)
@@ -183,7 +222,7 @@ class FakeFhir(httpx.MockTransport):
             method, url = request["method"], request["url"]
             if method == "POST":
                 resource_type = url
-                condition = request.get("ifNoneExist", "")
+                condition = request.get("ifNoneExist", "") if self.conditional_create else ""
                 matches = (
                     self.search(resource_type, parse_qs(condition)["identifier"][0])
                     if condition
@@ -211,7 +250,7 @@ class FakeFhir(httpx.MockTransport):
                 responses.append(_response("200 OK", resource_type, stored[rid]))
                 continue
             current = stored.get(rid)
-            if request["method"] == "PUT" and request.get("ifMatch"):
+            if request["method"] == "PUT" and request.get("ifMatch") and self.if_match:
                 version = current["meta"]["versionId"] if current else None
                 if request["ifMatch"] != f'W/"{version}"':
                     raise TransactionFailed(412, f"{resource_type}/{rid} is not version {version}")

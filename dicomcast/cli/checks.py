@@ -13,7 +13,7 @@ import typer
 
 from dicomcast.cli.common import ConfigOption, guard, settings_from
 from dicomcast.config import Settings, SourceSettings
-from dicomcast.errors import DicomcastError, StudyError
+from dicomcast.errors import ConfigError, DicomcastError, StudyError
 from dicomcast.model import source_dependency
 from dicomcast.state.store import StateStore
 
@@ -98,7 +98,10 @@ def check_config(config: ConfigOption = None) -> None:
         (source_dependency(source.name), functools.partial(_probe_source, settings, source))
         for source in settings.source_list()
     ]
-    probes += [("fhir", lambda: _probe_fhir(settings)), ("state", lambda: _probe_state(settings))]
+    probes += [
+        ("fhir", lambda: _probe_fhir(settings, bool(mappings.owned("Observation")))),
+        ("state", lambda: _probe_state(settings)),
+    ]
     width = max(12, *(len(name) + 2 for name, _ in probes))
     for name, probe in probes:
         try:
@@ -119,14 +122,26 @@ def _probe_source(settings: Settings, config: SourceSettings) -> str:
         source.close()
 
 
-def _probe_fhir(settings: Settings) -> str:
-    from dicomcast.app import make_fhir
-    from dicomcast.auth import describe
+def _probe_fhir(settings: Settings, observations: bool) -> str:
+    """The FHIR version, how dicomcast logs in (a token is fetched, to name the scopes
+    granted and any not granted), and how it will write; interactions it needs that the
+    server does not list fail the check."""
+    from dicomcast.app import make_fhir, write_mode
+    from dicomcast.auth import RenewingToken, describe
 
     fhir = make_fhir(settings)
     try:
         version = fhir.metadata().get("fhirVersion", "?")
-        return f"FHIR {version}; login: {describe(fhir.http.auth)}"
+        if isinstance(fhir.http.auth, RenewingToken):
+            fhir.http.auth.token()
+        mode = write_mode(settings, fhir, observations)
+        words = f"FHIR {version}; login: {describe(fhir.http.auth)}; writes: {mode.describe()}"
+        if mode.missing:
+            raise ConfigError(
+                f"{words}; the server does not list what dicomcast needs: "
+                + ", ".join(mode.missing)
+            )
+        return words
     finally:
         fhir.close()
 

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from dicomcast.config.source import SourceSettings
 from dicomcast.errors import ConfigError
+from dicomcast.urls import mask_url
 
 PREFIX = "source_"
 SOURCE_FIELDS = frozenset(SourceSettings.model_fields)
@@ -142,3 +144,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a table of settings at the top level")
     dicomcast_table = data.get("dicomcast")
     return dict(dicomcast_table) if isinstance(dicomcast_table, dict) else dict(data)
+
+
+def public_value(value: Any) -> Any:
+    """A setting as `public_dict` shows it: secrets masked, credentials cut from URLs."""
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: public_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_value(v) for v in value]
+    return value

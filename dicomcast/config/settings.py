@@ -17,8 +17,14 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from dicomcast.config.loading import config_file_values, precedence, read_config_file
+from dicomcast.config.loading import (
+    config_file_values,
+    precedence,
+    public_value,
+    read_config_file,
+)
 from dicomcast.config.source import SourceSettings, resolve_token_url
+from dicomcast.config.writes import split_writes
 from dicomcast.errors import ConfigError
 from dicomcast.model import (
     BasedOnPolicy,
@@ -26,7 +32,7 @@ from dicomcast.model import (
     PatientPolicy,
     UnknownIssuerPolicy,
 )
-from dicomcast.urls import is_absolute_uri, mask_url
+from dicomcast.urls import is_absolute_uri
 
 
 class Settings(BaseSettings):
@@ -82,6 +88,12 @@ class Settings(BaseSettings):
         None, description="The `kid` the EHR knows the key by (default: its thumbprint)."
     )
     transaction_max_entries: int = Field(100, ge=1, description="Largest transaction Bundle sent.")
+    fhir_writes: str = Field(
+        "auto",
+        description="How writes go to the FHIR server: `auto` (as its CapabilityStatement "
+        "says), or `transaction`, `batch` or `single` followed by the features to use, "
+        "e.g. `batch,conditional-create,if-match`.",
+    )
 
     # --- HTTP
     verify_tls: bool = Field(
@@ -225,6 +237,12 @@ class Settings(BaseSettings):
         # Highest first: command-line flags (init), environment, config file, secrets dir.
         return precedence(settings_cls, init_settings, env_settings, file_secret_settings)
 
+    @field_validator("fhir_writes")
+    @classmethod
+    def _known_writes(cls, value: str) -> str:
+        split_writes(value)
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -348,22 +366,8 @@ class Settings(BaseSettings):
         """Settings as plain values, secrets masked, credentials stripped from URLs."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
-            out[name] = _public(value)
+            out[name] = public_value(value)
         return out
-
-
-def _public(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return "**********" if value.get_secret_value() else ""
-    if isinstance(value, str):
-        return mask_url(value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_public(v) for v in value]
-    return value
 
 
 def _problems(exc: ValidationError) -> str:

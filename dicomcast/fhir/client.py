@@ -189,18 +189,54 @@ class FhirClient:
         callers re-read what they need. Every entry's status is checked: a server that does
         not run transactions atomically answers 200 with a failed entry inside, and that
         entry's failure is the transaction's (the next attempt repairs what was stored)."""
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        return self._bundle("transaction", entries)
+
+    def batch(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send writes as a batch (each entry on its own, none pointing at another); checked
+        as a transaction's: a failed entry raises, after the others were stored."""
+        return self._bundle("batch", entries)
+
+    def _bundle(self, kind: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        bundle = {"resourceType": "Bundle", "type": kind, "entry": entries}
         headers = {"Prefer": "return=minimal"} if self.prefer_minimal else {}
-        response = self._send("POST", "", "transaction", json=bundle, headers=headers)
+        response = self._send("POST", "", kind, json=bundle, headers=headers)
         if not response.content.strip():
             return [{"response": {}} for _ in entries]  # stored, but nothing said: re-read
-        body = self._decode(response, "transaction")
-        found = _entries(body, "transaction")
+        body = self._decode(response, kind)
+        found = _entries(body, kind)
         if len(found) != len(entries):
-            raise FhirUnavailable("transaction: response has the wrong number of entries")
+            raise FhirUnavailable(f"{kind}: response has the wrong number of entries")
         for number, (sent, answer) in enumerate(zip(entries, found, strict=True), start=1):
-            _check_entry(sent, answer, f"transaction entry {number}")
+            _check_entry(sent, answer, f"{kind} entry {number}")
         return list(found)
+
+    def entry_request(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """One Bundle entry sent as its own request (for a server without transactions or
+        batches); answered as a transaction-response entry would be."""
+        request = entry["request"]
+        method, url = str(request["method"]), str(request["url"])
+        headers = {"Prefer": "return=minimal"} if self.prefer_minimal else {}
+        if request.get("ifNoneExist"):
+            headers["If-None-Exist"] = str(request["ifNoneExist"])
+        if request.get("ifMatch"):
+            headers["If-Match"] = str(request["ifMatch"])
+        body = {"json": entry["resource"]} if "resource" in entry else {}
+        what = f"{method.lower()} {url.split('/')[0].split('?')[0]}"
+        try:
+            response = self._send(method, url, what, headers=headers, **body)
+        except FhirRejected as exc:
+            if method == "DELETE" and exc.status in (404, 410):
+                return {"response": {"status": str(exc.status)}}
+            raise
+        location = response.headers.get("Location") or response.headers.get("Content-Location")
+        answer: dict[str, Any] = {
+            "response": {"status": str(response.status_code), "location": location or ""}
+        }
+        if response.content.strip():
+            resource = self._decode(response, what)
+            if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
+                answer["resource"] = resource
+        return answer
 
     def delete(self, resource_type: str, resource_id: str) -> None:
         """Delete by id; a resource already gone (404/410) counts as deleted."""

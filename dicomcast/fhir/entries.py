@@ -30,6 +30,22 @@ def replace_refs(value: Any, old: str, new: str) -> Any:
     return value
 
 
+def references(value: Any) -> set[str]:
+    """Every Reference target in `value` (to find which entries wait for which)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        target = value.get("reference")
+        if isinstance(target, str):
+            found.add(target)
+        for item in value.values():
+            if isinstance(item, (dict, list)):
+                found |= references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= references(item)
+    return found
+
+
 def merge_owned(
     current: dict[str, Any], desired: dict[str, Any], owned: frozenset[str]
 ) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from dicomcast.errors import FhirConflict, MappingError
 from dicomcast.fhir import observations
+from dicomcast.fhir.capabilities import WriteMode
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.entries import (
     comparable,
@@ -37,6 +38,7 @@ from dicomcast.fhir.entries import (
     update_entry,
 )
 from dicomcast.fhir.orders import Orders
+from dicomcast.fhir.writes import Guard, Writes, unguarded
 from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
 from dicomcast.model import BasedOnPolicy, DeletedStudyPolicy, PatientPolicy
 
@@ -105,11 +107,17 @@ class FhirWriter:
         study_owned: frozenset[str],
         patient_policy: PatientPolicy,
         deleted_policy: DeletedStudyPolicy,
-        max_entries: int,
+        max_entries: int = 100,
         based_on: BasedOnPolicy = "resolve",
         observation_owned: frozenset[str] = frozenset(),
+        mode: Callable[[], WriteMode] | None = None,
+        guard: Guard = unguarded,
     ) -> None:
+        """`mode` finds how the server takes writes (default: transactions of up to
+        `max_entries`, conditional create, If-Match); `guard(key)` holds our lock on a
+        Patient identifier when the server cannot keep twins out by itself."""
         self.client = client
+        self.writes = Writes(client, mode or (lambda: WriteMode(max_entries=max_entries)), guard)
         # The elements of dose Observations the mapping writes; empty: they are off.
         self.observation_owned = observation_owned
         self.patient_owned = patient_owned
@@ -118,7 +126,6 @@ class FhirWriter:
         self.orders = Orders(based_on, lambda query: client.search_many([query])[0])
         self.patient_policy = patient_policy
         self.deleted_policy = deleted_policy
-        self.max_entries = max_entries
         self._patients: OrderedDict[str, str] = OrderedDict()
         self._patients_lock = threading.Lock()
 
@@ -135,7 +142,7 @@ class FhirWriter:
         for _ in range(CONFLICT_ATTEMPTS):
             current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
             if current is None:
-                (response,) = self.client.transaction([create_entry(check(endpoint))])
+                (response,) = self.writes.send([create_entry(check(endpoint))])
                 resource_id, _ = created_id(response)
                 if resource_id:
                     return f"Endpoint/{resource_id}"
@@ -146,7 +153,7 @@ class FhirWriter:
                 merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
             if comparable(merged) != comparable(current):
                 try:
-                    self.client.transaction([update_entry(merged, current)])
+                    self.writes.send([update_entry(merged, current)])
                 except FhirConflict:
                     continue
             return f"Endpoint/{current['id']}"
@@ -169,7 +176,7 @@ class FhirWriter:
         after each read: a conflict then merges what another source wrote meanwhile.
         `study_id`, the ImagingStudy's id as last written, lets the read of its dose
         Observations go in the same batch (it is checked against what the read finds)."""
-        if new and self.max_entries >= 2:
+        if new and self.writes.mode().blind_creates:
             try:
                 created = self._create_all(mapped)
             except FhirConflict:
@@ -183,7 +190,8 @@ class FhirWriter:
     ) -> UpsertResult:
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                result = self._upsert_once(mapped, compose, study_id)
+                with self.writes.guarded(f"Patient {search_token(mapped.patient)}"):
+                    result = self._upsert_once(mapped, compose, study_id)
                 self._remember(mapped.patient)
                 return result
             except FhirConflict:
@@ -272,7 +280,7 @@ class FhirWriter:
         entries = [e for e in (patient_entry, study_entry) if e is not None] + obs_plan.entries
         if not entries:
             return UpsertResult(patient_id, study_id, wrote=False)
-        responses = self._send(entries)
+        responses = self.writes.send(entries)
         # Responses come back in entry order: the Patient's, the ImagingStudy's, then the rest.
         if patient_entry is not None:
             patient_id = created_id(responses[0])[0] or patient_id
@@ -284,28 +292,6 @@ class FhirWriter:
         observations.check_creates(entries, responses)
         return UpsertResult(patient_id, study_id, wrote=True)
 
-    def _send(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One transaction, or (past the server's size limit) several in order, each later
-        one pointing at the ids the earlier ones created."""
-        if len(entries) <= self.max_entries:
-            return self.client.transaction(entries)
-        responses: list[dict[str, Any]] = []
-        pending = list(entries)
-        while pending:
-            chunk, pending = pending[: self.max_entries], pending[self.max_entries :]
-            answered = self.client.transaction(chunk)
-            responses.extend(answered)
-            for entry, response in zip(chunk, answered, strict=False):
-                resource_id, _ = created_id(response)
-                if entry.get("fullUrl") and not resource_id and pending:
-                    # The server stored it but did not say where (an empty answer): the
-                    # next attempt finds it by identifier and writes the rest.
-                    raise FhirConflict("the server did not say where it wrote an entry")
-                if entry.get("fullUrl") and resource_id:
-                    target = f"{entry['resource']['resourceType']}/{resource_id}"
-                    pending = [replace_refs(e, entry["fullUrl"], target) for e in pending]
-        return responses
-
     def _create_all(self, mapped: MappedStudy) -> UpsertResult | None:
         """Conditional creates of Patient, ImagingStudy and its dose Observations in one
         transaction; None when the ImagingStudy already existed (the caller reads and
@@ -315,10 +301,10 @@ class FhirWriter:
             create_entry(mapped.patient, mapped.patient_placeholder),
             create_entry(self.orders.apply(mapped.imaging_study, None), mapped.study_placeholder),
         ]
-        inline = len(entries) + len(wanted_obs) <= self.max_entries
+        inline = len(entries) + len(wanted_obs) <= self.writes.mode().max_entries
         if inline:
             entries += [create_entry(o) for o in wanted_obs]
-        responses = self.client.transaction(entries)
+        responses = self.writes.send(entries)
         patient_id, patient_created = created_id(responses[0])
         study_id, study_created = created_id(responses[1])
         if not study_created:
@@ -343,7 +329,7 @@ class FhirWriter:
             if comparable(merged) == comparable(current):
                 return str(current["id"])
             try:
-                self.client.transaction([update_entry(merged, current)])
+                self.writes.send([update_entry(merged, current)])
             except FhirConflict:
                 continue
             return str(current["id"])
@@ -377,7 +363,7 @@ class FhirWriter:
                     if self.deleted_policy == "delete":
                         self.client.delete("ImagingStudy", resource["id"])
                     elif (entry := retired(resource, self.deleted_policy)) is not None:
-                        self.client.transaction([entry])
+                        self.writes.send([entry])
             except FhirConflict:
                 continue  # changed under us: read again
             return len(matches)
@@ -396,4 +382,4 @@ class FhirWriter:
             and (entry := retired(member, self.deleted_policy)) is not None
         ]
         if entries:
-            self._send(entries)
+            self.writes.send(entries)

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, text
 from dicomcast.state.db import Database, translated
 
 LOCK_SPACE = 0x6463_6D73  # the first key of our two-key advisory locks ("dcms")
+PATIENT_SPACE = 0x6463_6D70  # Patients' locks ("dcmp"), taken inside a study's, never around
 STRIPES = 64
 
 
@@ -35,8 +36,16 @@ class StudyLocks:
     """Hold a study's lock while it is written; `hold` yields False when another writer
     kept it for longer than `wait` seconds (the caller looks again later)."""
 
-    def __init__(self, db: Database | None, *, wait: float = 10.0, poll: float = 0.05) -> None:
+    def __init__(
+        self,
+        db: Database | None,
+        *,
+        wait: float = 10.0,
+        poll: float = 0.05,
+        space: int = LOCK_SPACE,
+    ) -> None:
         self.shared = db if db is not None and db.dialect == "postgresql" else None
+        self.space = space
         self.wait = wait
         self.poll = poll
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
@@ -61,10 +70,10 @@ class StudyLocks:
     def _advisory(self, key: int, deadline: float) -> Iterator[bool]:
         assert self.shared is not None
         with translated("study lock"), self.shared.engine.connect() as connection:
-            held = _try_lock(connection, key)
+            held = _try_lock(connection, self.space, key)
             while not held and time.monotonic() < deadline:
                 time.sleep(self.poll)
-                held = _try_lock(connection, key)
+                held = _try_lock(connection, self.space, key)
             try:
                 yield held
             finally:
@@ -72,14 +81,14 @@ class StudyLocks:
                     with contextlib.suppress(Exception):  # a lost connection dropped it anyway
                         connection.execute(
                             text("SELECT pg_advisory_unlock(:space, :key)"),
-                            {"space": LOCK_SPACE, "key": key},
+                            {"space": self.space, "key": key},
                         )
                         connection.commit()
 
 
-def _try_lock(connection: Connection, key: int) -> bool:
+def _try_lock(connection: Connection, space: int, key: int) -> bool:
     held = connection.execute(
-        text("SELECT pg_try_advisory_lock(:space, :key)"), {"space": LOCK_SPACE, "key": key}
+        text("SELECT pg_try_advisory_lock(:space, :key)"), {"space": space, "key": key}
     ).scalar()
     connection.commit()  # no transaction stays open while the study is written
     return bool(held)

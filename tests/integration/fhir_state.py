@@ -54,3 +54,12 @@ def duplicates(fhir: FhirServer) -> dict[str, int]:
         counts = Counter(first_identifier(r) for r in all_resources(fhir, kind))
         found.update({f"{kind} {k}": n for k, n in counts.items() if n > 1})
     return found
+
+
+def versions(fhir: FhirServer) -> dict[str, str]:
+    """`Type/id` -> versionId of what dicomcast writes: equal before and after = no write."""
+    return {
+        f"{kind}/{r['id']}": r["meta"]["versionId"]
+        for kind in ("Endpoint", "Patient", "ImagingStudy", "Observation")
+        for r in all_resources(fhir, kind)
+    }

@@ -37,7 +37,7 @@ from tests.azure_fake import (
     FakeDicomService,
 )
 from tests.fakes import dicom_json
-from tests.integration.fhir_state import all_resources, comparable_state, duplicates
+from tests.integration.fhir_state import all_resources, comparable_state, duplicates, versions
 
 pytestmark = pytest.mark.integration
 ALLOWED = ("alpha", "beta")
@@ -123,14 +123,6 @@ def fhir_studies(fhir: FhirServer) -> dict[tuple[str, str], dict[str, Any]]:
             "endpoints": [endpoints[e["reference"]] for e in study["endpoint"]],
         }
     return found
-
-
-def versions(fhir: FhirServer) -> dict[str, str]:
-    return {
-        f"{kind}/{r['id']}": r["meta"]["versionId"]
-        for kind in ("Endpoint", "Patient", "ImagingStudy")
-        for r in all_resources(fhir, kind)
-    }
 
 
 @pytest.mark.parametrize("version", ["v2", "v1"])

@@ -192,5 +192,8 @@ def test_check_config_says_what_each_server_is_and_how_dicomcast_logs_in(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = {line.split()[0]: line for line in checked.stdout.splitlines() if line.strip()}
     assert "ok (Orthanc" in lines["source:default"]
-    assert lines["fhir"].endswith("ok (FHIR 4.0.1; login: no login)")
+    assert lines["fhir"].endswith(
+        "ok (FHIR 4.0.1; login: no login; writes: transaction Bundles of up to 100 entries;"
+        " conditional create, If-Match)"
+    )
     assert lines["state"].endswith(f"ok (schema {SCHEMA_HEAD})")

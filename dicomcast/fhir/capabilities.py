@@ -1,0 +1,132 @@
+"""How to write into one FHIR server, from what its CapabilityStatement (`/metadata`) says.
+
+Servers differ: some run no transactions (only batch, or only single requests), some have
+no conditional create or no version-aware update (`If-Match`). The same no-duplicate
+guarantee holds in every mode: without conditional create a resource is searched for and
+created under our own lock on its identifier (the study's, or the Patient's), and without
+`If-Match` an update is made under that lock too. What the lock cannot cover is another
+system (an EHR) updating the same Patient meanwhile; `describe` says so.
+
+`DICOMCAST_FHIR_WRITES` overrides the statement (a server may under- or over-state):
+`auto`, or the bundle kind followed by the features to use, e.g. `batch,if-match` or
+`transaction,conditional-create,if-match`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from dicomcast.config.writes import split_writes
+
+BundleKind = Literal["transaction", "batch", "single"]
+
+
+@dataclass(frozen=True)
+class WriteMode:
+    """How writes go out: `bundle` kind, the features used, the largest Bundle sent, and
+    why (each reason one short sentence for `check-config` and the start-up log)."""
+
+    bundle: BundleKind = "transaction"
+    conditional_create: bool = True
+    if_match: bool = True
+    max_entries: int = 100
+    reasons: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # interactions we need that the server does not list
+
+    @property
+    def needs_lock(self) -> bool:
+        """Shared resources (a Patient of several studies) need our own lock around their
+        read and write: the server alone cannot stop a twin or a lost update."""
+        return not (self.conditional_create and self.if_match)
+
+    @property
+    def blind_creates(self) -> bool:
+        """A study never written may go out as conditional creates without a read first."""
+        return self.bundle == "transaction" and self.conditional_create and self.max_entries >= 2
+
+    def describe(self) -> str:
+        kind = {
+            "transaction": f"transaction Bundles of up to {self.max_entries} entries",
+            "batch": f"batch Bundles of up to {self.max_entries} entries, in dependency order",
+            "single": "single requests, in dependency order",
+        }[self.bundle]
+        features = [
+            "conditional create" if self.conditional_create else "search, then create",
+            "If-Match" if self.if_match else "updates without If-Match",
+        ]
+        words = f"{kind}; {', '.join(features)}"
+        if self.needs_lock:
+            words += (
+                "; Patients are written under dicomcast's own lock (an EHR updating one "
+                "at the same moment can lose its change)"
+                if not self.if_match
+                else "; Patients are created under dicomcast's own lock"
+            )
+        if self.reasons:
+            words += f" ({' '.join(self.reasons)})"
+        return words
+
+
+def configured(value: str) -> WriteMode | None:
+    """The mode `DICOMCAST_FHIR_WRITES` names (checked by the settings); None for `auto`."""
+    split = split_writes(value)
+    if split is None:
+        return None
+    kind, features = split
+    return WriteMode(
+        bundle=cast(BundleKind, kind),
+        conditional_create="conditional-create" in features,
+        if_match="if-match" in features,
+        reasons=("As configured by DICOMCAST_FHIR_WRITES.",),
+    )
+
+
+def from_statement(
+    statement: Mapping[str, Any], needs: Mapping[str, frozenset[str]], max_entries: int
+) -> WriteMode:
+    """The mode a CapabilityStatement allows. `needs` maps each resource type written to
+    the interactions used on it (`create`, `update`, `delete`, `search-type`)."""
+    rests = [r for r in statement.get("rest") or [] if isinstance(r, dict)]
+    rest = next((r for r in rests if r.get("mode") == "server"), rests[0] if rests else {})
+    reasons: list[str] = []
+    system = _codes(rest.get("interaction"))
+    bundle: BundleKind = "transaction"
+    if system is None:
+        reasons.append("The statement lists no system interactions: transactions assumed.")
+    elif "transaction" not in system:
+        bundle = "batch" if "batch" in system else "single"
+        reasons.append(f"The statement lists no transaction interaction: {bundle} used.")
+    resources = {r.get("type"): r for r in rest.get("resource") or [] if isinstance(r, dict)}
+    missing: list[str] = []
+    conditional, versioned = True, True
+    for resource_type, interactions in sorted(needs.items()):
+        declared = resources.get(resource_type)
+        if declared is None:
+            if resources:
+                missing.append(f"{resource_type} (not supported at all)")
+            continue
+        listed = _codes(declared.get("interaction"))
+        missing += [f"{resource_type} {i}" for i in sorted(interactions - (listed or interactions))]
+        if "create" in interactions and declared.get("conditionalCreate") is not True:
+            conditional = False
+            reasons.append(f"No conditional create of {resource_type}.")
+        if "update" in interactions and declared.get("versioning") != "versioned-update":
+            versioned = False
+            reasons.append(f"No version-aware update (If-Match) of {resource_type}.")
+    return WriteMode(
+        bundle=bundle,
+        conditional_create=conditional,
+        if_match=versioned,
+        max_entries=max_entries if bundle != "single" else 1,
+        reasons=tuple(reasons),
+        missing=tuple(missing),
+    )
+
+
+def _codes(interactions: Any) -> set[str] | None:
+    """The interaction codes of a statement's list; None when it has no list at all."""
+    if not isinstance(interactions, list):
+        return None
+    return {str(i.get("code")) for i in interactions if isinstance(i, dict)}

@@ -1,0 +1,148 @@
+"""Send a study's entries the way the server can take them: one transaction, several in
+order (past its size limit), batches or single requests in dependency order.
+
+Entries are built as for a transaction (conditional creates, `If-Match`, `urn:uuid:`
+references between them); here they are fitted to the `WriteMode`. Outside a transaction
+an entry that points at another waits until that one is written and its id known. Every
+answer comes back in entry order, as a transaction-response entry would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from dicomcast.errors import FhirConflict
+from dicomcast.fhir.capabilities import WriteMode
+from dicomcast.fhir.client import FhirClient
+from dicomcast.fhir.entries import created_id, references, replace_refs
+
+log = logging.getLogger(__name__)
+Entry = dict[str, Any]
+Guard = Callable[[str], AbstractContextManager[bool]]
+
+
+@contextlib.contextmanager
+def unguarded(_key: str) -> Iterator[bool]:
+    yield True
+
+
+class Writes:
+    """The write path of one FHIR server. The mode is found once, on first use (a server
+    down at start-up is an outage of the first write, not a failed start)."""
+
+    def __init__(
+        self, client: FhirClient, find_mode: Callable[[], WriteMode], guard: Guard = unguarded
+    ) -> None:
+        self.client = client
+        self._find_mode = find_mode
+        self.guard = guard
+        self._mode: WriteMode | None = None
+        self._lock = threading.Lock()
+
+    def mode(self) -> WriteMode:
+        if self._mode is None:
+            with self._lock:
+                if self._mode is None:
+                    mode = self._find_mode()
+                    log.info("FHIR writes: %s", mode.describe())
+                    if mode.missing:
+                        log.warning(
+                            "the FHIR server does not list interactions dicomcast uses: %s",
+                            ", ".join(mode.missing),
+                        )
+                    self._mode = mode
+        return self._mode
+
+    @contextlib.contextmanager
+    def guarded(self, key: str) -> Iterator[None]:
+        """Our lock on an identifier (`guard`, e.g. a Patient's), when the server's
+        conditional create and If-Match do not stand in for it; else nothing."""
+        if not self.mode().needs_lock:
+            yield
+            return
+        with self.guard(key) as held:
+            if not held:
+                raise FhirConflict(f"another writer kept the lock of {key.split()[0]}")
+            yield
+
+    def send(self, entries: list[Entry]) -> list[Entry]:
+        """Write `entries`; the answers in the same order. A failed entry raises."""
+        mode = self.mode()
+        fitted = [_fit(entry, mode) for entry in entries]
+        if mode.bundle == "transaction":
+            return self._transactions(fitted, mode.max_entries)
+        return self._in_order(fitted, mode)
+
+    def _transactions(self, entries: list[Entry], size: int) -> list[Entry]:
+        """One transaction, or several in order, each later one pointing at the ids the
+        earlier ones created."""
+        if len(entries) <= size:
+            return self.client.transaction(entries)
+        responses: list[Entry] = []
+        pending = list(entries)
+        while pending:
+            chunk, pending = pending[:size], pending[size:]
+            answered = self.client.transaction(chunk)
+            responses.extend(answered)
+            pending = _resolved(chunk, answered, pending)
+        return responses
+
+    def _in_order(self, entries: list[Entry], mode: WriteMode) -> list[Entry]:
+        """Batches (or single requests) of the entries whose references are all known,
+        until none is left."""
+        answers: dict[int, Entry] = {}
+        pending = list(enumerate(entries))
+        while pending:
+            waiting = {e["fullUrl"] for _, e in pending if e.get("fullUrl")}
+            ready = [(n, e) for n, e in pending if not references(e.get("resource")) & waiting]
+            if not ready:  # a cycle: never built by dicomcast's mappings
+                raise FhirConflict("entries refer to each other in a cycle")
+            pending = [(n, e) for n, e in pending if (n, e) not in ready]
+            for start in range(0, len(ready), mode.max_entries):
+                part = ready[start : start + mode.max_entries]
+                sent = [e for _, e in part]
+                if mode.bundle == "batch":
+                    answered = self.client.batch(sent)
+                else:
+                    answered = [self.client.entry_request(e) for e in sent]
+                answers.update((n, a) for (n, _), a in zip(part, answered, strict=True))
+                later = _resolved(sent, answered, [e for _, e in pending])
+                pending = [(n, e) for (n, _), e in zip(pending, later, strict=True)]
+        return [answers[n] for n in range(len(entries))]
+
+
+def _resolved(sent: list[Entry], answered: list[Entry], pending: list[Entry]) -> list[Entry]:
+    """`pending` with references to what `sent` created pointing at the created ids."""
+    for entry, response in zip(sent, answered, strict=False):
+        full_url = entry.get("fullUrl")
+        if not full_url:
+            continue
+        resource_id, _ = created_id(response)
+        if not resource_id:
+            if any(full_url in references(e.get("resource")) for e in pending):
+                # Stored, but the server did not say where (an empty answer): the next
+                # attempt finds it by identifier and writes the rest.
+                raise FhirConflict("the server did not say where it wrote an entry")
+            continue
+        target = f"{entry['resource']['resourceType']}/{resource_id}"
+        pending = [replace_refs(e, full_url, target) for e in pending]
+    return pending
+
+
+def _fit(entry: Entry, mode: WriteMode) -> Entry:
+    """The entry without what the server does not support (the caller holds the lock that
+    stands in for it)."""
+    request = entry.get("request") or {}
+    drop = [
+        name
+        for name, used in (("ifNoneExist", mode.conditional_create), ("ifMatch", mode.if_match))
+        if not used and name in request
+    ]
+    if not drop:
+        return entry
+    return {**entry, "request": {k: v for k, v in request.items() if k not in drop}}
