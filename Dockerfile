@@ -6,8 +6,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Optional parts: PostgreSQL state, Azure managed identity (`--build-arg EXTRAS=` for neither).
-ARG EXTRAS=postgres,azure
+# Optional parts: PostgreSQL state, the Azure, AWS and Google logins (`--build-arg EXTRAS=`
+# for none of them).
+ARG EXTRAS=postgres,azure,aws,google
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY dicomcast ./dicomcast

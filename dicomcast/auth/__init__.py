@@ -1,8 +1,14 @@
 """How requests log in, for sources and the FHIR server alike: a static bearer token, basic
-auth, an OAuth2 client-credentials grant, or an Azure managed identity.
+auth, an OAuth2 client-credentials grant, or an Azure managed identity (and for the FHIR
+server SMART Backend Services, `smart`, and the clouds' own logins, `cloud`).
 
 Settings name the way (`dicomcast.config` only holds values); this module turns them into
 `httpx.Auth` objects. Tokens are cached and renewed before they expire, and once on a 401.
+
+The token request is written here rather than taken from authlib, measured against
+authlib 1.9: its httpx integration now warns that httpx is deprecated in favour of httpx2,
+and its `private_key_jwt` signs assertions valid for an hour where SMART allows five
+minutes. What is left here is the form and the answer; JOSE is joserfc's.
 """
 
 from __future__ import annotations
@@ -207,6 +213,8 @@ def describe(auth: httpx.Auth | None) -> str:
     scopes the last token was granted and any asked for but not granted. No secrets."""
     if auth is None:
         return "no login"
+    if callable(own := getattr(auth, "describe", None)):  # the cloud logins say themselves
+        return str(own())
     if isinstance(auth, BearerToken):
         return "static bearer token"
     if isinstance(auth, httpx.BasicAuth):
@@ -257,6 +265,12 @@ def fhir_auth(
     """SMART Backend Services (a private key), client credentials (any OAuth2 server, or
     Entra ID by tenant), a managed identity, or a static token; for Azure the scope
     defaults to the FHIR service's `/.default`."""
+    if settings.fhir_auth is not None:
+        from dicomcast.auth import cloud
+
+        if settings.fhir_auth == "aws-sigv4":
+            return cloud.AwsSigV4(settings.fhir_region)
+        return cloud.google_default(tls_verify(settings))
     if settings.fhir_private_key is not None and settings.fhir_url and settings.fhir_client_id:
         from dicomcast.auth.smart import BackendServices
 

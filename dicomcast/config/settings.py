@@ -14,17 +14,17 @@ import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from dicomcast.config.fhir import FhirServerSettings, readable_file
 from dicomcast.config.loading import (
     config_file_values,
     precedence,
     public_value,
     read_config_file,
 )
-from dicomcast.config.source import SourceSettings, resolve_token_url
-from dicomcast.config.writes import split_writes
+from dicomcast.config.source import SourceSettings
 from dicomcast.errors import ConfigError
 from dicomcast.model import (
     BasedOnPolicy,
@@ -35,7 +35,7 @@ from dicomcast.model import (
 from dicomcast.urls import is_absolute_uri
 
 
-class Settings(BaseSettings):
+class Settings(FhirServerSettings):
     """Everything the worker can be told. Defaults suit a single Orthanc on one machine."""
 
     model_config = SettingsConfigDict(
@@ -53,46 +53,6 @@ class Settings(BaseSettings):
         None,
         description="The one source of a single-source setup: `DICOMCAST_SOURCE_<FIELD>` in "
         "the environment, `source_<field>` keys or a [source] table in the config file.",
-    )
-
-    # --- the FHIR server
-    fhir_url: str | None = Field(None, description="FHIR R4 base URL.")
-    fhir_token: SecretStr | None = Field(None, description="Static bearer token.")
-    fhir_oauth_token_url: str | None = Field(
-        None, description="OAuth2 client-credentials token URL."
-    )
-    fhir_client_id: str | None = None
-    fhir_client_secret: SecretStr | None = None
-    fhir_scope: str | None = Field(
-        None, description="OAuth2 scope; for Azure Health Data Services FHIR: <fhir_url>/.default."
-    )
-    fhir_tenant_id: str | None = Field(
-        None, description="Microsoft Entra ID tenant (sets the token URL)."
-    )
-    fhir_managed_identity: bool = Field(
-        False, description="Log in to the FHIR server with an Azure managed identity."
-    )
-    fhir_private_key: SecretStr | None = Field(
-        None,
-        description="SMART Backend Services: the client's private key, PEM (RSA for RS384, "
-        "EC P-384 for ES384); with FHIR_CLIENT_ID.",
-    )
-    fhir_client_cert: Path | None = Field(
-        None,
-        description="Mutual TLS: the client certificate (PEM) the FHIR server's gateway asks for.",
-    )
-    fhir_client_key: Path | None = Field(
-        None, description="Mutual TLS: its private key (PEM, unencrypted)."
-    )
-    fhir_key_id: str | None = Field(
-        None, description="The `kid` the EHR knows the key by (default: its thumbprint)."
-    )
-    transaction_max_entries: int = Field(100, ge=1, description="Largest transaction Bundle sent.")
-    fhir_writes: str = Field(
-        "auto",
-        description="How writes go to the FHIR server: `auto` (as its CapabilityStatement "
-        "says), or `transaction`, `batch` or `single` followed by the features to use, "
-        "e.g. `batch,conditional-create,if-match`.",
     )
 
     # --- HTTP
@@ -117,12 +77,6 @@ class Settings(BaseSettings):
     )
     http_retry_base: float = Field(
         0.5, gt=0, description="First in-process retry delay in seconds; doubles, with jitter."
-    )
-
-    fhir_prefer_minimal: bool = Field(
-        True,
-        description="Send `Prefer: return=minimal` with transactions (the answers leave "
-        "the written resources out); turn off for a server or proxy that mishandles it.",
     )
 
     # --- state
@@ -237,12 +191,6 @@ class Settings(BaseSettings):
         # Highest first: command-line flags (init), environment, config file, secrets dir.
         return precedence(settings_cls, init_settings, env_settings, file_secret_settings)
 
-    @field_validator("fhir_writes")
-    @classmethod
-    def _known_writes(cls, value: str) -> str:
-        split_writes(value)
-        return value
-
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -268,25 +216,10 @@ class Settings(BaseSettings):
             raise ValueError("unknown_issuer=derive needs issuer_system_base, an absolute URI")
         return self
 
-    @field_validator("ca_bundle", "fhir_client_cert", "fhir_client_key")
+    @field_validator("ca_bundle")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a readable file")
-        return value
-
-    def fhir_client_certificate(self) -> tuple[str, str] | None:
-        """The mutual-TLS client certificate and key, when both are set."""
-        if (self.fhir_client_cert is None) != (self.fhir_client_key is None):
-            raise ConfigError("mutual TLS needs DICOMCAST_FHIR_CLIENT_CERT and _FHIR_CLIENT_KEY")
-        if self.fhir_client_cert is None or self.fhir_client_key is None:
-            return None
-        return str(self.fhir_client_cert), str(self.fhir_client_key)
-
-    @field_validator("fhir_url", "fhir_oauth_token_url")
-    @classmethod
-    def _strip_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+        return readable_file(value)
 
     # --- derived views
 
@@ -332,10 +265,6 @@ class Settings(BaseSettings):
             f"no source named {name!r} (configured: {', '.join(s.name for s in sources)})"
         )
 
-    @property
-    def fhir_token_url(self) -> str | None:
-        return resolve_token_url(self.fhir_oauth_token_url, self.fhir_tenant_id)
-
     def require_worker_settings(self) -> None:
         """Check what `run` needs beyond the mapping-only settings."""
         self.source_list()
@@ -349,18 +278,7 @@ class Settings(BaseSettings):
         ]
         if missing:
             raise ConfigError(f"missing settings: {', '.join(missing)}")
-        if self.fhir_private_key is not None:
-            if not self.fhir_client_id:
-                raise ConfigError(
-                    "SMART Backend Services needs DICOMCAST_FHIR_CLIENT_ID with _FHIR_PRIVATE_KEY"
-                )
-            return
-        oauth = [self.fhir_token_url, self.fhir_client_id, self.fhir_client_secret]
-        if any(oauth) and not all(oauth) and not self.fhir_managed_identity:
-            raise ConfigError(
-                "OAuth2 needs DICOMCAST_FHIR_OAUTH_TOKEN_URL (or _FHIR_TENANT_ID), "
-                "_FHIR_CLIENT_ID and _FHIR_CLIENT_SECRET together"
-            )
+        self.check_fhir_login()
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values, secrets masked, credentials stripped from URLs."""

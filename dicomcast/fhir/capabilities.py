@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from dicomcast.config.writes import split_writes
+from dicomcast.config.fhir import split_writes
 
 BundleKind = Literal["transaction", "batch", "single"]
 
