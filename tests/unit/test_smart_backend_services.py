@@ -6,79 +6,25 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
-import time
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
 from dicomcast.auth import describe
-from dicomcast.auth.smart import ASSERTION_TYPE, BackendServices, generate_key, public_jwks
+from dicomcast.auth.smart import BackendServices, generate_key, public_jwks
 from dicomcast.cli import app
 from dicomcast.config import load_settings
 from dicomcast.errors import ConfigError, RetriableError
 from dicomcast.sandbox.samples import bulk_studies
 from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir
+from tests.smart_ehr import CLIENT, TOKEN_URL, AuthServer
 
 FHIR = "http://fhir.test/fhir"
-TOKEN_URL = "http://auth.test/token"
-CLIENT = "dicomcast-backend"
-
-
-class AuthServer:
-    """The EHR's authorization server: registered clients' JWKS, issued tokens."""
-
-    def __init__(self, jwks: dict[str, Any], lifetime: int = 300) -> None:
-        self.keys = KeySet.import_key_set(cast(Any, jwks))
-        self.lifetime = lifetime
-        self.used_jti: set[str] = set()
-        self.tokens: dict[str, float] = {}  # token -> expiry
-        self.revoked = False
-        self.assertions: list[dict[str, Any]] = []
-        self.grant: str | None = None  # the scopes granted (None: all those asked for)
-
-    def token(self, request: httpx.Request) -> httpx.Response:
-        form = {k: v[-1] for k, v in parse_qs(request.content.decode()).items()}
-        if self.revoked:
-            return httpx.Response(401, json={"error": "invalid_client"})
-        if form.get("grant_type") != "client_credentials" or (
-            form.get("client_assertion_type") != ASSERTION_TYPE
-        ):
-            return httpx.Response(400, json={"error": "invalid_request"})
-        try:
-            decoded = jwt.decode(form["client_assertion"], self.keys, algorithms=["RS384", "ES384"])
-        except (JoseError, KeyError, ValueError):
-            return httpx.Response(401, json={"error": "invalid_client"})
-        claims, now = decoded.claims, time.time()
-        exp = float(claims.get("exp", 0))
-        if (
-            claims.get("iss") != CLIENT
-            or claims.get("sub") != CLIENT
-            or claims.get("aud") != TOKEN_URL
-            or not now < exp <= now + 300
-            or claims.get("jti") in self.used_jti
-        ):
-            return httpx.Response(401, json={"error": "invalid_client"})
-        self.used_jti.add(str(claims["jti"]))
-        self.assertions.append({"header": decoded.header, "claims": claims})
-        token = secrets.token_hex(8)
-        self.tokens[token] = now + self.lifetime
-        body = {
-            "access_token": token,
-            "token_type": "bearer",
-            "expires_in": self.lifetime,
-            "scope": form.get("scope", "") if self.grant is None else self.grant,
-        }
-        return httpx.Response(200, json=body)
 
 
 def network(auth: AuthServer, fhir: FakeFhir) -> httpx.MockTransport:
@@ -91,8 +37,7 @@ def network(auth: AuthServer, fhir: FakeFhir) -> httpx.MockTransport:
             return httpx.Response(200, json={"token_endpoint": TOKEN_URL})
         if url == TOKEN_URL:
             return auth.token(request)
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if auth.tokens.get(token, 0) < time.time():
+        if not auth.admits(request.headers.get("Authorization", "")):
             return httpx.Response(401, json={"resourceType": "OperationOutcome", "issue": []})
         return fhir.handle_request(request)
 
