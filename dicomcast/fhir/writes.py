@@ -10,13 +10,14 @@ answer comes back in entry order, as a transaction-response entry would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from dicomcast.errors import FhirConflict
+from dicomcast.errors import FhirConflict, FhirRejected
 from dicomcast.fhir.capabilities import WriteMode
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.entries import created_id, references, replace_refs
@@ -71,12 +72,24 @@ class Writes:
             yield
 
     def send(self, entries: list[Entry]) -> list[Entry]:
-        """Write `entries`; the answers in the same order. A failed entry raises."""
+        """Write `entries`; the answers in the same order. A failed entry raises.
+
+        A Bundle the server finds too large (413) halves the size sent from then on, and
+        is a conflict: the caller re-reads (part of it may be stored) and writes again."""
         mode = self.mode()
         fitted = [_fit(entry, mode) for entry in entries]
-        if mode.bundle == "transaction":
-            return self._transactions(fitted, mode.max_entries)
-        return self._in_order(fitted, mode)
+        try:
+            if mode.bundle == "transaction":
+                return self._transactions(fitted, mode.max_entries)
+            return self._in_order(fitted, mode)
+        except FhirRejected as exc:
+            if exc.status != 413 or mode.max_entries < 2 or len(entries) < 2:
+                raise
+            size = max(1, min(mode.max_entries, len(entries)) // 2)
+            with self._lock:
+                self._mode = dataclasses.replace(mode, max_entries=size)
+            log.warning("the FHIR server refused a Bundle as too large; sending %d entries", size)
+            raise FhirConflict("Bundle too large for the server: sent smaller") from None
 
     def _transactions(self, entries: list[Entry], size: int) -> list[Entry]:
         """One transaction, or several in order, each later one pointing at the ids the

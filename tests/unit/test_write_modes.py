@@ -255,3 +255,10 @@ def test_a_failed_single_request_raises_what_its_status_means() -> None:
     with pytest.raises(Exception, match="412 version conflict"):
         writes.send([create_entry(patient)])
     client.close()
+
+
+def test_a_bundle_the_server_finds_too_large_is_sent_in_smaller_ones(tmp_path: Path) -> None:
+    fhir = server()
+    fhir.status_for = lambda bundle: 413 if len(bundle.get("entry", [])) > 1 else None
+    sync(tmp_path, fhir, studies(4, 2))
+    assert [len(fhir.all(k)) for k in ("Endpoint", "Patient", "ImagingStudy")] == [1, 2, 4]
