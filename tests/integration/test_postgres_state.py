@@ -221,6 +221,8 @@ class RacyFhir(httpx.MockTransport):
         super().__init__(self._answer)
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json={"resourceType": "CapabilityStatement"})
         if request.method == "GET" and request.url.path.endswith("/Endpoint"):
             entries = [{"resource": e} for e in self.endpoints]
             return httpx.Response(200, json={"resourceType": "Bundle", "entry": entries})
