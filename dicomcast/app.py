@@ -12,7 +12,7 @@ import httpx
 
 from dicomcast.auth import fhir_auth, tls_verify
 from dicomcast.config import Settings, SourceSettings
-from dicomcast.errors import ConfigError
+from dicomcast.errors import ConfigError, FhirRejected, FhirUnavailable
 from dicomcast.fhir.capabilities import WriteMode, configured, from_statement
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.upsert import FhirWriter
@@ -96,7 +96,15 @@ def write_mode(settings: Settings, fhir: FhirClient, observations: bool) -> Writ
         "Endpoint": written,
         **({"Observation": written | {retire}} if observations else {}),
     }
-    return from_statement(fhir.metadata(), needs, size)
+    try:
+        statement = fhir.metadata()
+    except (FhirRejected, FhirUnavailable) as exc:
+        if isinstance(exc, FhirUnavailable) and exc.outage:
+            raise  # the server is down: ask again when it is back
+        # A server (or proxy) that will not show its statement: the usual mode, said so.
+        why = f"The CapabilityStatement could not be read ({exc}): transactions assumed."
+        return WriteMode(max_entries=size, reasons=(why,))
+    return from_statement(statement, needs, size)
 
 
 def build_app(

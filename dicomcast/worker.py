@@ -149,8 +149,7 @@ class Worker:
     # --- start-up
 
     def prepare(self) -> None:
-        """Register the sources, take back our stale claims, learn how the FHIR server takes
-        writes, find or create the Endpoints."""
+        """Register the sources, take back our stale claims, find or create the Endpoints."""
         for name, source in self.sources.items():
             self.store.ensure_source(name, source.kind)
             released = self.store.release_claims(name, self.owner)
@@ -161,7 +160,6 @@ class Worker:
                     extra={"source": name, "count": released},
                 )
         self.hold_source()
-        self.app.writer.writes.mode()  # how the FHIR server takes writes: asked once, here
         for name, source in self.sources.items():
             location = source.default_location()
             if location is not None:

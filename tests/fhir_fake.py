@@ -12,7 +12,8 @@ FHIR REST spec says a server does:
   (`POST Type` with `If-None-Exist`, `PUT Type/id` with `If-Match`).
 Capabilities: `bundles` (the Bundle types run; others are refused with 400),
 `conditional_create` and `if_match` (off: the server ignores them, as one without them
-does) and `statement` (the CapabilityStatement it answers; default: an empty one).
+does) and `statement` (the CapabilityStatement it answers; default: an empty one; None:
+a 404).
 Faults: `fail_next` answers the next requests with the given statuses (or responses), and
 `echo` makes those error answers quote the request body, as some servers do; `reject` is asked
 about every resource a transaction writes and may refuse it (400 with an OperationOutcome);
@@ -72,7 +73,10 @@ class FakeFhir(httpx.MockTransport):
         self.bundles = {"transaction", "batch"}
         self.conditional_create = True
         self.if_match = True
-        self.statement: Resource = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
+        self.statement: Resource | None = {
+            "resourceType": "CapabilityStatement",
+            "fhirVersion": "4.0.1",
+        }
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # one request at a time, as a database would order them
         super().__init__(self._locked)
@@ -124,6 +128,8 @@ class FakeFhir(httpx.MockTransport):
             said = request.content.decode() if self.echo else "injected fault"
             return outcome(fault, said)
         if request.method == "GET" and path == "metadata":
+            if self.statement is None:
+                return outcome(404, "this server does not show its CapabilityStatement")
             return httpx.Response(200, json=self.statement)
         if request.method == "GET":
             return self._search(path, request.url.query.decode())

@@ -2,10 +2,11 @@
 
 Servers differ: some run no transactions (only batch, or only single requests), some have
 no conditional create or no version-aware update (`If-Match`). The same no-duplicate
-guarantee holds in every mode: without conditional create a resource is searched for and
-created under our own lock on its identifier (the study's, or the Patient's), and without
-`If-Match` an update is made under that lock too. What the lock cannot cover is another
-system (an EHR) updating the same Patient meanwhile; `describe` says so.
+guarantee holds in every mode: every write holds our own lock on the study and on its
+Patient's identifier (across workers on PostgreSQL), so without conditional create a
+resource is searched for and created under it, and without `If-Match` an update is made
+under it. What the lock cannot cover is another system (an EHR) updating the same Patient
+meanwhile; `describe` says so.
 
 `DICOMCAST_FHIR_WRITES` overrides the statement (a server may under- or over-state):
 `auto`, or the bundle kind followed by the features to use, e.g. `batch,if-match` or
@@ -36,12 +37,6 @@ class WriteMode:
     missing: tuple[str, ...] = ()  # interactions we need that the server does not list
 
     @property
-    def needs_lock(self) -> bool:
-        """Shared resources (a Patient of several studies) need our own lock around their
-        read and write: the server alone cannot stop a twin or a lost update."""
-        return not (self.conditional_create and self.if_match)
-
-    @property
     def blind_creates(self) -> bool:
         """A study never written may go out as conditional creates without a read first."""
         return self.bundle == "transaction" and self.conditional_create and self.max_entries >= 2
@@ -57,13 +52,8 @@ class WriteMode:
             "If-Match" if self.if_match else "updates without If-Match",
         ]
         words = f"{kind}; {', '.join(features)}"
-        if self.needs_lock:
-            words += (
-                "; Patients are written under dicomcast's own lock (an EHR updating one "
-                "at the same moment can lose its change)"
-                if not self.if_match
-                else "; Patients are created under dicomcast's own lock"
-            )
+        if not self.if_match:
+            words += "; an EHR updating a Patient at the same moment can lose its change"
         if self.reasons:
             words += f" ({' '.join(self.reasons)})"
         return words

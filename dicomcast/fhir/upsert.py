@@ -176,22 +176,22 @@ class FhirWriter:
         after each read: a conflict then merges what another source wrote meanwhile.
         `study_id`, the ImagingStudy's id as last written, lets the read of its dose
         Observations go in the same batch (it is checked against what the read finds)."""
-        if new and self.writes.mode().blind_creates:
-            try:
-                created = self._create_all(mapped)
-            except FhirConflict:
-                created = None  # e.g. two matches for an identifier: the read path says so
-            if created is not None:
-                return created
-        return self._upsert(mapped, compose, study_id)
+        with self.writes.guarded(f"Patient {search_token(mapped.patient)}"):
+            if new and self.writes.mode().blind_creates:
+                try:
+                    created = self._create_all(mapped)
+                except FhirConflict:
+                    created = None  # e.g. two matches for an identifier: the read path says
+                if created is not None:
+                    return created
+            return self._upsert(mapped, compose, study_id)
 
     def _upsert(
         self, mapped: MappedStudy, compose: Compose | None, study_id: str | None
     ) -> UpsertResult:
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                with self.writes.guarded(f"Patient {search_token(mapped.patient)}"):
-                    result = self._upsert_once(mapped, compose, study_id)
+                result = self._upsert_once(mapped, compose, study_id)
                 self._remember(mapped.patient)
                 return result
             except FhirConflict:

@@ -13,11 +13,12 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from dicomcast.errors import FhirConflict, FhirRejected
+from dicomcast.errors import FhirConflict, FhirRejected, RetriableError
 from dicomcast.fhir.capabilities import WriteMode
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.entries import created_id, references, replace_refs
@@ -33,8 +34,12 @@ def unguarded(_key: str) -> Iterator[bool]:
 
 
 class Writes:
-    """The write path of one FHIR server. The mode is found once, on first use (a server
-    down at start-up is an outage of the first write, not a failed start)."""
+    """The write path of one FHIR server. The mode is found once, on first use (a run
+    that writes nothing never asks; a server down at start-up is an outage of the first
+    write, not a failed start). A failed attempt is remembered for `RETRY_MODE` seconds:
+    the other sync threads fail with it instead of each asking the server again."""
+
+    RETRY_MODE = 5.0
 
     def __init__(
         self, client: FhirClient, find_mode: Callable[[], WriteMode], guard: Guard = unguarded
@@ -43,13 +48,14 @@ class Writes:
         self._find_mode = find_mode
         self.guard = guard
         self._mode: WriteMode | None = None
+        self._failed: tuple[float, RetriableError] | None = None  # (until, what failed)
         self._lock = threading.Lock()
 
     def mode(self) -> WriteMode:
         if self._mode is None:
             with self._lock:
                 if self._mode is None:
-                    mode = self._find_mode()
+                    mode = self._first_mode()
                     log.info("FHIR writes: %s", mode.describe())
                     if mode.missing:
                         log.warning(
@@ -59,13 +65,24 @@ class Writes:
                     self._mode = mode
         return self._mode
 
+    def _first_mode(self) -> WriteMode:
+        """Ask (under the lock), unless the last asking failed moments ago."""
+        if self._failed is not None and time.monotonic() < self._failed[0]:
+            failed = self._failed[1]
+            raise type(failed)(
+                str(failed), outage=failed.outage, status=failed.status, detail=failed.detail
+            )
+        try:
+            return self._find_mode()
+        except RetriableError as exc:
+            self._failed = (time.monotonic() + self.RETRY_MODE, exc)
+            raise
+
     @contextlib.contextmanager
     def guarded(self, key: str) -> Iterator[None]:
-        """Our lock on an identifier (`guard`, e.g. a Patient's), when the server's
-        conditional create and If-Match do not stand in for it; else nothing."""
-        if not self.mode().needs_lock:
-            yield
-            return
+        """Our lock on an identifier (`guard`, e.g. a Patient's) while it is read and
+        written. Taken in every mode: a conditional create outside a transaction (and
+        inside one, on a server that does not run them atomically) can make twins."""
         with self.guard(key) as held:
             if not held:
                 raise FhirConflict(f"another writer kept the lock of {key.split()[0]}")

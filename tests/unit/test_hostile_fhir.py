@@ -48,15 +48,16 @@ def test_patient_data_a_server_echoes_stays_out_of_logs_health_and_failures_list
 ) -> None:
     fhir = FakeFhir()
     fhir.echo = True
-    # A 500 and a 503 quoting our request (the Patient in it), then, for the second study,
-    # two Patients that share the identifier.
-    fhir.fail_next = [500, 503]
     key = {"system": DEMO_ISSUERS["HOSP-A"], "value": MRN}
     twin = {"resourceType": "Patient", "identifier": [key]}
     fhir.resources["Patient"] = {"a": {**twin, "id": "a", "meta": {"versionId": "1"}}}
     fhir.resources["Patient"]["b"] = {**twin, "id": "b", "meta": {"versionId": "1"}}
     worker = worker_for(tmp_path, fhir, once_max_wait=5)  # through the retries
     worker.endpoints.known["http://fake.test/dicom-web"] = "Endpoint/e"
+    worker.app.writer.writes.mode()  # the statement is read before the faults begin
+    # A 500 and a 503 quoting our request (the Patient in it), then, for the second study,
+    # two Patients that share the identifier.
+    fhir.fail_next = [500, 503]
     try:
         worker.run_once()
         health = Health({}, worker, worker.pauses, worker.metrics, live_within=60)

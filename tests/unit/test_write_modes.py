@@ -67,30 +67,30 @@ def server(
 @pytest.mark.parametrize(
     ("bundles", "conditional", "versioned", "expected"),
     [
-        (("transaction", "batch"), True, True, ("transaction", True, True, False)),
-        (("batch",), True, True, ("batch", True, True, False)),
-        ((), True, True, ("single", True, True, False)),
-        (("transaction",), False, True, ("transaction", False, True, True)),
-        (("transaction",), True, False, ("transaction", True, False, True)),
+        (("transaction", "batch"), True, True, ("transaction", True, True)),
+        (("batch",), True, True, ("batch", True, True)),
+        ((), True, True, ("single", True, True)),
+        (("transaction",), False, True, ("transaction", False, True)),
+        (("transaction",), True, False, ("transaction", True, False)),
     ],
 )
 def test_the_write_mode_follows_the_capability_statement(
     bundles: tuple[str, ...],
     conditional: bool,
     versioned: bool,
-    expected: tuple[str, bool, bool, bool],
+    expected: tuple[str, bool, bool],
 ) -> None:
     said = statement(bundles, conditional=conditional, versioned=versioned)
     mode = from_statement(said, NEEDS, 50)
-    assert (mode.bundle, mode.conditional_create, mode.if_match, mode.needs_lock) == expected
+    assert (mode.bundle, mode.conditional_create, mode.if_match) == expected
     assert mode.max_entries == (1 if mode.bundle == "single" else 50)
     assert mode.missing == ()
-    assert bool(mode.reasons) == (expected != ("transaction", True, True, False))
+    assert bool(mode.reasons) == (expected != ("transaction", True, True))
 
 
 def test_a_statement_that_says_nothing_is_taken_as_the_full_mode() -> None:
     mode = from_statement({"resourceType": "CapabilityStatement"}, NEEDS, 100)
-    assert (mode.bundle, mode.needs_lock, mode.blind_creates) == ("transaction", False, True)
+    assert (mode.bundle, mode.conditional_create, mode.blind_creates) == ("transaction", True, True)
 
 
 def test_interactions_the_server_does_not_list_are_named() -> None:
@@ -262,3 +262,11 @@ def test_a_bundle_the_server_finds_too_large_is_sent_in_smaller_ones(tmp_path: P
     fhir.status_for = lambda bundle: 413 if len(bundle.get("entry", [])) > 1 else None
     sync(tmp_path, fhir, studies(4, 2))
     assert [len(fhir.all(k)) for k in ("Endpoint", "Patient", "ImagingStudy")] == [1, 2, 4]
+
+
+def test_a_statement_the_server_will_not_show_leaves_the_usual_mode(tmp_path: Path) -> None:
+    fhir = server()
+    fhir.statement = None  # a 404, as behind some gateways
+    sync(tmp_path, fhir, studies(3, 1))
+    assert len(fhir.all("ImagingStudy")) == 3
+    assert ("POST", "transaction") in fhir.requests
