@@ -48,7 +48,7 @@ class StateStore(Cursors, Queue, Contributions, Received, Reports, Backfills):
         return cls(
             settings.state_url,
             pool_size=settings.state_pool_size,
-            overflow=max(settings.state_pool_size, 2 * settings.concurrency),
+            overflow=max(settings.state_pool_size, 3 * settings.concurrency),
             statement_timeout=settings.state_statement_timeout,
         )
 
