@@ -53,6 +53,10 @@ def make_source(
         from dicomcast.sources.dimse.source import DimseSource
 
         return DimseSource(source, headers)
+    if source.kind == "aws-healthimaging":  # boto3 is imported only where it is followed
+        from dicomcast.sources.healthimaging.source import HealthImagingSource
+
+        return HealthImagingSource(source, verify=tls_verify(settings))
     kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
     return kind(
         source,

@@ -18,6 +18,7 @@ from dicomcast.config import Settings, load_settings
 from dicomcast.sandbox.samples import DEMO_ISSUERS, DEMO_PATIENT_SYSTEM
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
+from tests.sigv4 import aws_environment  # noqa: F401  (a fixture, for every test)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ and the flat `DICOMCAST_SOURCE_*` shorthand for a single source."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from dicomcast.urls import has_userinfo, without_userinfo
 
-SourceKind = Literal["orthanc", "azure-dicom", "dimse"]
+SourceKind = Literal["orthanc", "azure-dicom", "dimse", "aws-healthimaging"]
 ApiVersion = Literal["v1", "v2"]
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
@@ -21,6 +22,7 @@ PARTITION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the service's own rule
 # An AE title (PS3.5 AE): up to 16 characters of the default repertoire, no backslash or
 # control characters, not only spaces.
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+DATASTORE_ID = re.compile(r"[0-9a-z]{32}")  # the service's own pattern
 DICOM_URL = re.compile(r"dicom://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
 
 
@@ -114,6 +116,16 @@ class SourceSettings(BaseModel):
     tls_key: str | None = Field(None, description="TLS: our private key (PEM).")
     timeout: float = Field(30.0, gt=0, description="Seconds a DIMSE association may wait.")
 
+    # --- AWS HealthImaging (kind `aws-healthimaging`): `url` is an optional endpoint override
+    datastore_id: str | None = Field(None, description="The HealthImaging data store's id.")
+    region: str | None = Field(None, description="AWS region (default: AWS_REGION).")
+    search_rate: float = Field(
+        25.0, gt=0, description="SearchImageSets calls a second at most (AWS's default quota)."
+    )
+    metadata_rate: float = Field(
+        50.0, gt=0, description="GetImageSetMetadata calls a second at most (AWS's quota)."
+    )
+
     @field_validator("url", "public_url", "oauth_token_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -176,12 +188,23 @@ class SourceSettings(BaseModel):
             )
         if self.kind == "dimse":
             self._check_dimse()
+        if self.kind == "aws-healthimaging":
+            self._check_healthimaging()
         if self.kind == "orthanc" and self.partitions:
             raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
         bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
         if bad:
             raise ValueError(f"source {self.name}: not partition names: {bad}")
         return self
+
+    def _check_healthimaging(self) -> None:
+        if not self.datastore_id or not DATASTORE_ID.fullmatch(self.datastore_id):
+            raise ValueError(f"source {self.name}: aws-healthimaging needs datastore_id")
+        self.region = (
+            self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        if not self.region:
+            raise ValueError(f"source {self.name}: aws-healthimaging needs region (or AWS_REGION)")
 
     def _check_dimse(self) -> None:
         if self.url and not DICOM_URL.fullmatch(self.url):
@@ -200,7 +223,11 @@ class SourceSettings(BaseModel):
     @property
     def configured(self) -> bool:
         """Something to follow: a url, or (DIMSE push only) a C-STORE listener port."""
-        return bool(self.url) or (self.kind == "dimse" and self.store_port is not None)
+        return (
+            bool(self.url)
+            or (self.kind == "dimse" and self.store_port is not None)
+            or (self.kind == "aws-healthimaging" and bool(self.datastore_id))
+        )
 
     @property
     def querying(self) -> bool:
@@ -224,6 +251,9 @@ class SourceSettings(BaseModel):
             return self.public_url
         if self.kind == "dimse":
             return ""  # DIMSE has no Endpoint connection type in FHIR: no Endpoint
+        if self.kind == "aws-healthimaging":  # its DICOMweb API
+            host = f"https://dicom-medical-imaging.{self.region}.amazonaws.com"
+            return f"{host}/datastore/{self.datastore_id}"
         url = without_userinfo(self.url)
         return f"{url}/dicom-web" if self.kind == "orthanc" else url
 

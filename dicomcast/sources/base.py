@@ -14,6 +14,8 @@ from typing import Protocol
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.studyview import StudyView
 
+UNCOUNTED = -2  # a listed study whose instance count the source does not keep
+
 
 @dataclass(frozen=True)
 class FeedPage:
@@ -88,7 +90,8 @@ class Source(Protocol):
 
     def list_studies(self) -> dict[str, int]:
         """Every study key the server holds now, with its instance count (only called when
-        the feed does not log deletes)."""
+        the feed does not log deletes): -1 when the server cannot say for this study (it is
+        synced again), `UNCOUNTED` when it keeps no counts (only unseen studies are)."""
         ...
 
     def covers(self, key: str) -> bool:

@@ -32,7 +32,7 @@ from dicomcast.errors import (
 )
 from dicomcast.model import DirtyMark, Skipped, source_dependency
 from dicomcast.ops.metrics import Metrics
-from dicomcast.sources.base import Source
+from dicomcast.sources.base import UNCOUNTED, Source
 from dicomcast.sync.pauses import Pauses
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,12 @@ class Feed:
         known = self.state.known_studies(name)
         now = time.time()
         marks = [DirtyMark(key, now) for key in known if key not in present and source.covers(key)]
-        # A negative count: the source cannot say (a PACS without the count in C-FIND).
+        # A negative count: the source cannot say (a PACS without the count in C-FIND); one
+        # that keeps no counts at all (HealthImaging) has only its unseen studies marked.
         marks += [
-            DirtyMark(key, now) for key, n in present.items() if n < 0 or known.get(key, -1) != n
+            DirtyMark(key, now)
+            for key, n in present.items()
+            if ((key not in known) if n == UNCOUNTED else (n < 0 or known.get(key, -1) != n))
         ]
         # A study synced moments ago may still be marked with an older count; re-syncing
         # it is a cheap no-op (content hash), so no special case is needed.

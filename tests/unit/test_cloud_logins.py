@@ -5,11 +5,9 @@ service-account key and makes its JWT-bearer grant against a loopback token endp
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
 import itertools
 import json
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,6 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
@@ -29,15 +24,9 @@ from dicomcast.errors import ConfigError
 from dicomcast.sandbox.samples import bulk_studies
 from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir, outcome
+from tests.sigv4 import HEALTHLAKE, REGION, SECRET, sigv4_refusal
 
-KEY, SECRET, SESSION = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token-1"
-REGION = "eu-west-1"
 AUDIENCE = "https://oauth2.googleapis.com/token"  # what Google checks, wherever it is sent
-AUTHORIZATION = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/"
-    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<names>[a-z0-9;-]+), "
-    r"Signature=(?P<signature>[0-9a-f]{64})"
-)
 
 
 class HealthLake(httpx.MockTransport):
@@ -58,43 +47,9 @@ class HealthLake(httpx.MockTransport):
         super().__init__(answer)
 
     def refusal(self, request: httpx.Request) -> str | None:
-        said = AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
-        if said is None:
-            return "MissingAuthenticationToken"
-        if (said["key"], said["region"], said["service"]) != (KEY, REGION, "healthlake"):
-            return "InvalidClientTokenId or wrong scope"
-        if request.headers.get("X-Amz-Security-Token") != SESSION:
-            return "the session token is missing"
-        stamp = request.headers["X-Amz-Date"]
-        signed_at = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
-        if abs((dt.datetime.now(dt.UTC) - signed_at).total_seconds()) > 300:
-            return "the signature is stale"
-        names = said["names"].split(";")
-        if "host" not in names:
-            return "the host is not signed"
-        arrived = AWSRequest(
-            method=request.method,
-            url=str(request.url),
-            data=request.content,
-            headers={name: request.headers[name] for name in names},
+        return sigv4_refusal(
+            request.method, str(request.url), dict(request.headers), request.content, HEALTHLAKE
         )
-        arrived.context["timestamp"] = stamp
-        signer = SigV4Auth(Credentials(KEY, SECRET, SESSION), "healthlake", REGION)
-        canonical = signer.canonical_request(arrived)
-        expected = signer.signature(signer.string_to_sign(arrived, canonical), arrived)
-        return None if expected == said["signature"] else "SignatureDoesNotMatch"
-
-
-@pytest.fixture
-def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Credentials from the environment, the first link of the AWS chain; no files."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def one_study() -> FakeSource:

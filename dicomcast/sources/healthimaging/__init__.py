@@ -1,0 +1,1 @@
+"""AWS HealthImaging: a data store of image sets, followed through boto3."""

@@ -1,0 +1,248 @@
+"""AWS HealthImaging as a source: a data store's image sets, followed by their `updatedAt`.
+
+HealthImaging has no change feed and no study resource. Its image sets (one import job
+makes one or more, a study can be split over several) are searched by `updatedAt`, oldest
+first; each names its study (`DICOMTags.DICOMStudyInstanceUID`), which is marked dirty and
+then read whole: every image set of the StudyInstanceUID, each by `GetImageSetMetadata`.
+A study key is its StudyInstanceUID.
+
+The cursor is the newest `updatedAt` read and the image sets already read near it. Each
+read starts `OVERLAP` seconds behind the cursor, so an image set whose update became
+searchable late is still found, and skips what it read already (ties included). An update
+(`UpdateImageSetMetadata`) makes a new version with a new `updatedAt`: the study is read
+again. A deleted image set leaves search, so deletes are found by the reconcile scan,
+which lists the data store's studies.
+
+Primary image sets (`isPrimary`, where the data store has it) are what the study is: when a
+study has primary image sets, non-primary ones are left out (their instances are copies
+or conflicting versions waiting for an operator), and a warning says how many.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import MappingError, SourceUnavailable
+from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
+from dicomcast.sources.base import UNCOUNTED, ArchivePage, FeedPage, FetchedStudy
+from dicomcast.sources.healthimaging import metadata
+from dicomcast.sources.healthimaging.calls import Calls, make_client
+from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
+
+OVERLAP = 30.0  # seconds re-read behind the cursor: image sets that became searchable late
+SEEN_MAX = 5_000  # image sets remembered near the cursor (beyond it a re-read is a no-op)
+AHEAD = 60.0  # the window ends this far past our clock (clocks differ)
+SOP_INSTANCE_UID = "00080018"
+
+
+class HealthImagingSource:
+    kind = "aws-healthimaging"
+    logs_deletes = False
+    lists_changes = False
+
+    def __init__(self, config: SourceSettings, *, client: Any = None, verify: bool | str = True):
+        self.name = config.name
+        self.config = config
+        self.calls = Calls(client or make_client(config, verify), config)
+        self.keep_tags: frozenset[str] | None = None
+        self.content_of: frozenset[str] = frozenset()
+        self.inside_items: frozenset[str] = frozenset()
+        self._location = StudyLocation(config.published_url, config.name)
+        self._listed = False
+
+    @property
+    def observe(self) -> Callable[[int | None, float], None] | None:
+        return self.calls.observe
+
+    @observe.setter
+    def observe(self, value: Callable[[int | None, float], None] | None) -> None:
+        self.calls.observe = value
+
+    # --- the feed
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        at, seen = _position(cursor)
+        window = _between("updatedAt", max(0.0, at - OVERLAP), time.time() + AHEAD)
+        criteria = {"filters": [window], "sort": {"sortField": "updatedAt", "sortOrder": "ASC"}}
+        marks: list[DirtyMark] = []
+        skipped: list[Skipped] = []
+        read, token, newest = 0, None, at
+        while True:
+            answer = self.calls.search(criteria, token)
+            token = answer.get("nextToken")
+            for summary in answer.get("imageSetsMetadataSummaries") or []:
+                read += 1
+                entry, updated = _entry(summary)
+                if entry in seen:
+                    continue
+                seen[entry] = updated
+                newest = max(newest, updated)
+                uid = str((summary.get("DICOMTags") or {}).get("DICOMStudyInstanceUID") or "")
+                if is_uid(uid):
+                    marks.append(DirtyMark(uid, updated, uid))
+                else:
+                    skipped.append(Skipped(entry, "image set without a valid StudyInstanceUID"))
+            if not token or len(marks) >= limit:
+                break
+        near = sorted(((u, e) for e, u in seen.items() if u >= newest - OVERLAP), reverse=True)
+        position = {"at": newest, "seen": {e: u for u, e in near[:SEEN_MAX]}}
+        return FeedPage(
+            marks,
+            json.dumps(position, separators=(",", ":")),
+            None,
+            done=not token,
+            changes_read=read,
+            skipped=skipped,
+        )
+
+    def head(self) -> str:
+        return json.dumps({"at": time.time(), "seen": {}})
+
+    def next_position(self, cursor: str | None) -> str:
+        at, seen = _position(cursor)
+        return json.dumps({"at": at + 0.001, "seen": seen})
+
+    # --- one study
+
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        if not is_uid(key):
+            raise MappingError("not a StudyInstanceUID", detail=f"study key {key[:200]!r}")
+        summaries = self._image_sets(key)
+        primary = [s for s in summaries if s.get("isPrimary") is True]
+        chosen = primary or summaries
+        warnings = []
+        if primary and len(primary) < len(summaries):
+            warnings.append(
+                f"{len(summaries) - len(primary)} non-primary image sets of the study left out"
+            )
+        instances: dict[str, dict[str, Any]] = {}
+        for summary in sorted(chosen, key=lambda s: _entry(s)[1]):  # the newest wins
+            blob = self.calls.metadata(str(summary["imageSetId"]))
+            if blob is None:
+                continue  # deleted since the search
+            for instance in metadata.instances(_decoded(blob)):
+                instances[text_value(instance, SOP_INSTANCE_UID) or str(len(instances))] = instance
+        if not instances:
+            return FetchedStudy(key, None, study_uid=key)
+        found = list(instances.values())
+        if self.keep_tags is not None:
+            found = dataset_filter(self.keep_tags, self.content_of).tree(found)
+        views, orphans = build_study_views(found)
+        view = next((v for v in views if v.uid == key), None)
+        return FetchedStudy(key, view, True, key, warnings + orphans)
+
+    def _image_sets(self, study_uid: str) -> list[dict[str, Any]]:
+        criteria = {
+            "filters": [{"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study_uid}]}]
+        }
+        found: list[dict[str, Any]] = []
+        token = None
+        while True:
+            answer = self.calls.search(criteria, token)
+            found += answer.get("imageSetsMetadataSummaries") or []
+            token = answer.get("nextToken")
+            if not token:
+                return found
+
+    def lookup_study(self, study_uid: str) -> list[str]:
+        return [study_uid] if is_uid(study_uid) and self._image_sets(study_uid) else []
+
+    # --- listings
+
+    def list_studies(self) -> dict[str, int]:
+        """Every study of the data store, `UNCOUNTED`: HealthImaging keeps no instance
+        count (the scan looks for studies that vanished or were never seen)."""
+        found: dict[str, int] = {}
+        after: str | None = None
+        while True:
+            page = self.archive(DateSpan(), after, 50)
+            found.update(dict.fromkeys(page.keys, UNCOUNTED))
+            after = page.after
+            if after is None:
+                break
+        self._listed = True
+        return found
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        window = _between("createdAt", 0.0, time.time() + AHEAD)
+        answer = self.calls.search({"filters": [window]}, after)
+        keys: list[str] = []
+        for summary in answer.get("imageSetsMetadataSummaries") or []:
+            tags = summary.get("DICOMTags") or {}
+            uid = str(tags.get("DICOMStudyInstanceUID") or "")
+            if is_uid(uid) and uid not in keys and _in_span(tags.get("DICOMStudyDate"), span):
+                keys.append(uid)
+        return ArchivePage(keys, answer.get("nextToken") or None)
+
+    def covers(self, key: str) -> bool:
+        return self._listed
+
+    def location(self, key: str) -> StudyLocation:
+        return self._location
+
+    def default_location(self) -> StudyLocation:
+        return self._location
+
+    def check(self, timeout: float = 5.0) -> str:
+        """GetDatastore and one search: the data store exists, is active, and we may read
+        it; a missing permission is named (`medical-imaging:SearchImageSets`)."""
+        properties = self.calls.datastore_properties()
+        status = properties.get("datastoreStatus", "?")
+        if status != "ACTIVE":
+            raise SourceUnavailable(f"HealthImaging data store is {status}", outage=True)
+        self.calls.search({"filters": [_between("createdAt", 0.0, time.time() + AHEAD)]}, None)
+        return f"AWS HealthImaging data store {properties.get('datastoreName', '?')} ({status})"
+
+    def close(self) -> None:
+        self.calls.client.close()
+
+
+def _position(cursor: str | None) -> tuple[float, dict[str, float]]:
+    if not cursor:
+        return 0.0, {}
+    try:
+        data = json.loads(cursor)
+        return float(data["at"]), {str(k): float(v) for k, v in dict(data["seen"]).items()}
+    except (ValueError, KeyError, TypeError):
+        raise SourceUnavailable(
+            "the HealthImaging cursor is not one of ours", outage=True
+        ) from None
+
+
+def _entry(summary: dict[str, Any]) -> tuple[str, float]:
+    """(image set id and version, its updatedAt as epoch seconds)."""
+    updated = summary.get("updatedAt") or summary.get("createdAt")
+    at = updated.timestamp() if isinstance(updated, dt.datetime) else 0.0
+    return f"{summary.get('imageSetId')}/{summary.get('version', '')}", at
+
+
+def _between(field: str, start: float, end: float) -> dict[str, Any]:
+    values = [dt.datetime.fromtimestamp(t, dt.UTC) for t in (start, end)]
+    return {"operator": "BETWEEN", "values": [{field: v} for v in values]}
+
+
+def _decoded(blob: bytes) -> dict[str, Any]:
+    raw = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise SourceUnavailable("HealthImaging metadata is not JSON", outage=True) from None
+    if not isinstance(data, dict):
+        raise SourceUnavailable("HealthImaging metadata is not a JSON object", outage=True)
+    return data
+
+
+def _in_span(study_date: Any, span: DateSpan) -> bool:
+    if span.since is None and span.until is None:
+        return True
+    try:
+        day = dt.datetime.strptime(str(study_date), "%Y%m%d").date()
+    except ValueError:
+        return False
+    return (span.since is None or day >= span.since) and (span.until is None or day <= span.until)
