@@ -5,6 +5,7 @@ nothing; and one study held in parts by both archives is one ImagingStudy, their
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,20 @@ from dicomcast.sandbox.samples import (
     SeriesSpec,
     StudySpec,
     bulk_studies,
+    demo_studies,
     instances,
     to_bytes,
 )
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
 from tests.healthimaging_fake import HealthImagingFake
-from tests.integration.fhir_state import all_resources, duplicates, first_identifier, versions
+from tests.integration.fhir_state import (
+    all_resources,
+    comparable_state,
+    duplicates,
+    first_identifier,
+    versions,
+)
 from tests.sigv4 import REGION
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("aws_environment")]
@@ -149,3 +157,41 @@ def test_healthimaging_and_orthanc_holding_parts_of_one_study_make_one_imaging_s
     ]
     assert (study["numberOfSeries"], study["numberOfInstances"]) == (2, 5)
     assert len(all_resources(fhir, "Patient")) == 1 and duplicates(fhir) == {}
+
+
+def test_the_same_files_give_the_same_fhir_through_healthimaging_as_through_orthanc(
+    store: HealthImagingFake, orthanc: OrthancServer, fhir: FhirServer, tmp_path: Path
+) -> None:
+    specs = demo_studies()  # issuers, non-ASCII names, five modalities, dose reports
+    for spec in specs:
+        datasets = list(instances(spec))
+        orthanc.upload([to_bytes(ds) for ds in datasets])
+        store.import_study(datasets)
+    (tmp_path / "aws").mkdir()
+    run_once(settings_for(fhir, tmp_path / "aws", [aws(store)]))
+    other = FhirServer(tmp_path / "fhir-orthanc").start()
+    try:
+        (tmp_path / "pacs").mkdir()
+        run_once(settings_for(other, tmp_path / "pacs", [{"name": "aws", "url": orthanc.url}]))
+        assert len(all_resources(fhir, "ImagingStudy")) == len(specs)
+        assert without_endpoints(fhir) == without_endpoints(other)
+    finally:
+        other.stop()
+
+
+def without_endpoints(fhir: FhirServer) -> dict[str, list[Any]]:
+    """What the server holds, Endpoints and the references to them left out."""
+
+    def drop(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k != "endpoint"}
+        if isinstance(value, list):
+            return [drop(v) for v in value]
+        return value
+
+    state = comparable_state(fhir)
+    return {
+        kind: sorted((drop(json.loads(line)) for line in lines), key=repr)
+        for kind, lines in state.items()
+        if kind != "Endpoint"
+    }

@@ -5,8 +5,10 @@ updates, second imports and deletes reach FHIR, and throttling and refusals are 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from dicomcast.app import build_app
 from dicomcast.config import SourceSettings, load_settings
 from dicomcast.errors import SourceUnavailable
+from dicomcast.model import DateSpan
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
     DEMO_PATIENT_SYSTEM,
@@ -245,3 +248,38 @@ def test_keyword_metadata_becomes_the_dicom_json_a_dicomweb_server_gives() -> No
     assert instance["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY"]}
     assert instance["00091001"] == {"vr": "LO", "Value": ["vendor"]}
     assert instance["00081032"]["Value"][0]["00080100"] == {"vr": "SH", "Value": ["X1"]}
+
+
+def test_head_skips_the_history_and_a_backfill_lists_every_study_by_study_date(
+    store: HealthImagingFake,
+) -> None:
+    source = HealthImagingSource(
+        SourceSettings(
+            kind="aws-healthimaging", datastore_id=store.datastore, url=store.url, region=REGION
+        )
+    )
+    made = bulk_studies(60, 1, patients=4, prefix="old", series=1)
+    old = [replace(s, study_date="20250101") if n % 2 else s for n, s in enumerate(made)]
+    for spec in old:
+        store.import_study(list(instances(spec)), at=time.time() - 7200)
+    head = source.head()
+    assert source.read_changes(head, 100).marks == []  # `cursor set head`: from now on
+    listed, after = [], None
+    while True:
+        page = source.archive(DateSpan(), after, 50)
+        listed += page.keys
+        after = page.after
+        if after is None:
+            break
+    assert sorted(listed) == sorted(spec.study_uid for spec in old)
+    day = dt.date(2025, 1, 1)
+    in_span: list[str] = []
+    after = None
+    while True:
+        page = source.archive(DateSpan(day, day), after, 50)
+        in_span += page.keys
+        after = page.after
+        if after is None:
+            break
+    assert sorted(in_span) == sorted(s.study_uid for s in old if s.study_date == "20250101")
+    source.close()
