@@ -341,5 +341,14 @@ def _check_cursor(settings: Settings, name: str, value: str) -> None:
     config = _configured(settings, name)  # None: not configured here, only a number is safe
     if config is not None and config.kind == "azure-dicom" and config.api_version == "v2":
         parse_v2_cursor(value)
+    elif config is not None and config.kind == "aws-healthimaging":
+        from dicomcast.sources.healthimaging.source import parse_cursor
+
+        try:
+            parse_cursor(value)
+        except ValueError:
+            raise ConfigError(
+                f"{value!r} is not a HealthImaging position: give an ISO time with its zone"
+            ) from None
     elif not value.isdigit():
         raise ConfigError(f"{value!r} is not a change sequence number")

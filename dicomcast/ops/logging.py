@@ -74,7 +74,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", phi: bool = False) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "alembic"):
+    for noisy in ("httpx", "httpcore", "alembic", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "Skipped: maximum number of running instances" only means a long cycle; not news.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

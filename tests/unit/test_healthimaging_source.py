@@ -283,3 +283,30 @@ def test_head_skips_the_history_and_a_backfill_lists_every_study_by_study_date(
             break
     assert sorted(in_span) == sorted(s.study_uid for s in old if s.study_date == "20250101")
     source.close()
+
+
+def test_cursor_set_takes_head_or_an_iso_time_for_a_healthimaging_source(
+    tmp_path: Path, store: HealthImagingFake
+) -> None:
+    from typer.testing import CliRunner
+
+    from dicomcast.cli import app
+
+    for spec in bulk_studies(3, 1, patients=1, prefix="cur", series=1):
+        store.import_study(list(instances(spec)), at=time.time() - 7200)
+    env = {
+        "DICOMCAST_SOURCE_KIND": "aws-healthimaging",
+        "DICOMCAST_SOURCE_DATASTORE_ID": store.datastore,
+        "DICOMCAST_SOURCE_URL": store.url,
+        "DICOMCAST_FHIR_URL": "http://fhir.test/fhir",
+        "DICOMCAST_PATIENT_ID_SYSTEM": DEMO_PATIENT_SYSTEM,
+        "DICOMCAST_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    runner = CliRunner()
+    head = runner.invoke(app, ["cursor", "set", "head"], env=env)
+    assert head.exit_code == 0, head.output
+    assert "3 studies the archive holds now are recorded as seen" in head.stdout
+    since = runner.invoke(app, ["cursor", "set", "2026-11-01T00:00:00Z"], env=env)
+    assert since.exit_code == 0, since.output
+    wrong = runner.invoke(app, ["cursor", "set", "yesterday"], env=env)
+    assert wrong.exit_code == 2 and "give an ISO time with its zone" in wrong.output

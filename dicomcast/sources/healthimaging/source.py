@@ -203,15 +203,30 @@ class HealthImagingSource:
         self.calls.client.close()
 
 
-def _position(cursor: str | None) -> tuple[float, dict[str, float]]:
+def parse_cursor(cursor: str | None) -> tuple[float, dict[str, float]]:
+    """(newest `updatedAt` read, image sets read near it) from a cursor: ours, or an ISO
+    time an operator set (`cursor set 2026-11-01T00:00:00Z`: what changed since then).
+    ValueError for anything else."""
     if not cursor:
         return 0.0, {}
+    if not cursor.startswith("{"):
+        moment = dt.datetime.fromisoformat(cursor.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            raise ValueError("a time needs its zone (Z or +hh:mm)")
+        return moment.timestamp(), {}
     try:
         data = json.loads(cursor)
         return float(data["at"]), {str(k): float(v) for k, v in dict(data["seen"]).items()}
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _position(cursor: str | None) -> tuple[float, dict[str, float]]:
+    try:
+        return parse_cursor(cursor)
+    except ValueError:
         raise SourceUnavailable(
-            "the HealthImaging cursor is not one of ours", outage=True
+            "the HealthImaging cursor is neither ours nor an ISO time", outage=True
         ) from None
 
 
