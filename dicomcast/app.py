@@ -3,7 +3,6 @@ and the tests alike. Only this module (and the CLI) turns settings into HTTP cli
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -89,9 +88,9 @@ def write_mode(settings: Settings, fhir: FhirClient, observations: bool) -> Writ
     """How the FHIR server takes writes: as configured, else as its CapabilityStatement
     says (read once, with the interactions dicomcast will use on each resource type)."""
     size = settings.transaction_max_entries
-    given = configured(settings.fhir_writes)
+    given = configured(settings.fhir_writes, size)
     if given is not None:
-        return dataclasses.replace(given, max_entries=size if given.bundle != "single" else 1)
+        return given
     retire = "delete" if settings.deleted_study_policy == "delete" else "update"
     written = frozenset({"create", "update", "search-type"})
     needs = {

@@ -162,6 +162,19 @@ class DateSpan:
             return None
         return f"{_day(self.since)}-{_day(self.until)}"
 
+    def holds(self, study_date: object) -> bool:
+        """Whether a StudyDate (`YYYYMMDD`) falls in the span; an unreadable one only in
+        the whole archive's."""
+        if self.since is None and self.until is None:
+            return True
+        try:
+            day = dt.datetime.strptime(str(study_date), "%Y%m%d").date()
+        except ValueError:
+            return False
+        return (self.since is None or day >= self.since) and (
+            self.until is None or day <= self.until
+        )
+
 
 def _day(date: dt.date | None) -> str:
     return f"{date:%Y%m%d}" if date else ""

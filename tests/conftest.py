@@ -94,6 +94,21 @@ def sync_once(make_settings: Callable[..., Settings]) -> Callable[..., tuple[int
     return run
 
 
+def settings_for(fhir: FhirServer, tmp_path: Path, sources: list[dict[str, Any]]) -> Settings:
+    """Settings for several sources (a `sources` list) writing into `fhir`."""
+    return load_settings(
+        None,
+        sources=sources,
+        fhir_url=fhir.url,
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        patient_id_system=DEMO_PATIENT_SYSTEM,
+        issuer_systems=DEMO_ISSUERS,
+        backoff_base=0.1,
+        http_retry_base=0.05,
+        http_port=0,
+    )
+
+
 def run_once_cli(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     """`dicomcast run --once` as its own process, output captured."""
     return subprocess.run(

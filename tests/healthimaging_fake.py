@@ -23,19 +23,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import gzip
-import http.server
-import itertools
 import json
 import threading
 import time
 import uuid
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 
+from tests.loopback import Answer, Loopback
 from tests.sigv4 import MEDICAL_IMAGING, sigv4_refusal
 
 PATIENT = frozenset(
@@ -51,6 +49,7 @@ SERIES = frozenset(
     {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined",
      "Laterality", "SeriesDate", "SeriesTime"}
 )  # fmt: skip
+JSON = {"Content-Type": "application/json"}
 NUMBERS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"})
 BINARY = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 
@@ -147,33 +146,17 @@ class ImageSet:
         return summary
 
 
-class HealthImagingFake:
+class HealthImagingFake(Loopback):
     """One data store, served on a loopback port (`url` is the endpoint override)."""
 
     def __init__(self, datastore: str = "0123456789abcdef0123456789abcdef") -> None:
+        super().__init__()
         self.datastore = datastore
         self.image_sets: dict[str, ImageSet] = {}
         self.calls: list[str] = []  # operation names, in order
         self.throttle_next = 0  # answer the next N calls with ThrottlingException
         self.denied: set[str] = set()  # operations answered with AccessDeniedException
         self.lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.fake = self  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._clock = itertools.count()
-
-    def __enter__(self) -> HealthImagingFake:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     # --- what the scripted histories do
 
@@ -204,7 +187,7 @@ class HealthImagingFake:
 
     # --- the API
 
-    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Any:
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         url = urlsplit(target)
         parts = url.path.strip("/").split("/")
         operation = _operation(method, parts)
@@ -223,19 +206,18 @@ class HealthImagingFake:
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             request = json.loads(body) if body else {}
             if operation == "GetDatastore":
-                return 200, {}, {"datastoreProperties": self._properties()}
+                return _json(200, {"datastoreProperties": self._properties()})
             if operation == "SearchImageSets":
-                return 200, {}, self._search(request, query)  # the body is the criteria
+                return _json(200, self._search(request, query))  # the body is the criteria
             image_set = self.image_sets.get(parts[3]) if len(parts) > 3 else None
             if image_set is None or image_set.deleted:
                 return _error(404, "ResourceNotFoundException", "no such image set")
             if operation == "GetImageSetMetadata":
                 blob = gzip.compress(json.dumps(image_set.document).encode())
-                return 200, {"Content-Encoding": "gzip"}, blob
+                return _answer(200, blob, **{"Content-Encoding": "gzip"})
             if operation == "GetImageSet":
-                return (
+                return _json(
                     200,
-                    {},
                     {
                         "datastoreId": self.datastore,
                         "imageSetId": image_set.id,
@@ -301,33 +283,15 @@ def _operation(method: str, parts: list[str]) -> str:
     return last[:1].upper() + last[1:]
 
 
-def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], Any]:
-    return status, {"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/"}, {"message": message}
+def _answer(status: int, body: bytes, **headers: str) -> Answer:
+    """An answer as the service sends one: JSON, with a request id."""
+    return status, {**JSON, "x-amzn-RequestId": uuid.uuid4().hex, **headers}, body
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+def _json(status: int, body: Any, **headers: str) -> Answer:
+    return _answer(status, json.dumps(body).encode(), **headers)
 
-    def log_message(self, *args: object) -> None:
-        pass
 
-    def _relay(self) -> None:
-        fake: HealthImagingFake = self.server.fake  # type: ignore[attr-defined]
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        status, extra, answer = fake.answer(self.command, self.path, headers, body)
-        payload = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.send_header("x-amzn-RequestId", uuid.uuid4().hex)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:
-        self._relay()
-
-    def do_POST(self) -> None:
-        self._relay()
+def _error(status: int, code: str, message: str) -> Answer:
+    kind = {"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/"}
+    return _json(status, {"message": message}, **kind)

@@ -5,11 +5,9 @@ iss/sub/aud/exp/jti, a replayed jti refused) and issues short-lived tokens, and 
 
 from __future__ import annotations
 
-import http.server
 import secrets
 import threading
 import time
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +17,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from dicomcast.auth.smart import ASSERTION_TYPE
+from tests.loopback import Answer, Loopback
 
 TOKEN_URL = "http://auth.test/token"
 CLIENT = "dicomcast-backend"
@@ -84,39 +83,38 @@ class AuthServer:
 
 
 FORWARDED = ("content-type", "accept", "prefer", "if-match", "if-none-exist")
-RETURNED = ("content-type", "location", "content-location", "etag", "last-modified")
+RETURNED = (
+    "content-type",
+    "location",
+    "content-location",
+    "etag",
+    "last-modified",
+    "www-authenticate",
+)  # what a client reads back (not Content-Encoding: httpx has decoded the body)
 
 
-class EhrGateway:
+class EhrGateway(Loopback):
     """The EHR as a backend service meets it, on a real loopback port: the SMART
     configuration and token endpoint, and the FHIR API under `/fhir` proxied to a real
     FHIR server for unexpired tokens only (`/metadata` is public, as on EHRs)."""
 
     def __init__(self, upstream: str, jwks: dict[str, Any], lifetime: int = 300) -> None:
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.gateway = self  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__()
         self.fhir_url = f"{self.url}/fhir"
         self.auth = AuthServer(jwks, lifetime, token_url=f"{self.url}/token")
         self.refused = 0  # 401s answered to FHIR requests
         self.upstream = httpx.Client(base_url=upstream.rstrip("/") + "/", timeout=60)
         self._lock = threading.Lock()  # the authorization server's bookkeeping
 
-    def __enter__(self) -> EhrGateway:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def close(self) -> None:
         self.upstream.close()
 
-    def answer(
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        response = self._respond(method, target, headers, body)
+        returned = {k: v for k, v in response.headers.items() if k.lower() in RETURNED}
+        return response.status_code, returned, response.content
+
+    def _respond(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> httpx.Response:
         path = urlsplit(target).path
@@ -147,35 +145,3 @@ class EhrGateway:
         return self.upstream.request(
             method, target.removeprefix("/fhir").lstrip("/"), content=body, headers=forwarded
         )
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _relay(self) -> None:
-        gateway: EhrGateway = self.server.gateway  # type: ignore[attr-defined]
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        response = gateway.answer(self.command, self.path, headers, body)
-        self.send_response(response.status_code)
-        for name, value in response.headers.items():
-            if name.lower() in RETURNED or name.lower() == "www-authenticate":
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.content)))
-        self.end_headers()
-        self.wfile.write(response.content)
-
-    def do_GET(self) -> None:
-        self._relay()
-
-    def do_POST(self) -> None:
-        self._relay()
-
-    def do_PUT(self) -> None:
-        self._relay()
-
-    def do_DELETE(self) -> None:
-        self._relay()

@@ -59,14 +59,16 @@ class WriteMode:
         return words
 
 
-def configured(value: str) -> WriteMode | None:
+def configured(value: str, max_entries: int) -> WriteMode | None:
     """The mode `DICOMCAST_FHIR_WRITES` names (checked by the settings); None for `auto`."""
     split = split_writes(value)
     if split is None:
         return None
     kind, features = split
+    bundle = cast(BundleKind, kind)
     return WriteMode(
-        bundle=cast(BundleKind, kind),
+        bundle=bundle,
+        max_entries=_size(bundle, max_entries),
         conditional_create="conditional-create" in features,
         if_match="if-match" in features,
         reasons=("As configured by DICOMCAST_FHIR_WRITES.",),
@@ -109,10 +111,15 @@ def from_statement(
         bundle=bundle,
         conditional_create=conditional,
         if_match=versioned,
-        max_entries=max_entries if bundle != "single" else 1,
+        max_entries=_size(bundle, max_entries),
         reasons=tuple(reasons),
         missing=tuple(missing),
     )
+
+
+def _size(bundle: BundleKind, max_entries: int) -> int:
+    """The most entries sent at once: one, where each goes as its own request."""
+    return 1 if bundle == "single" else max_entries
 
 
 def _codes(interactions: Any) -> set[str] | None:

@@ -132,7 +132,8 @@ class Writes:
             ready = [(n, e) for n, e in pending if not references(e.get("resource")) & waiting]
             if not ready:  # a cycle: never built by dicomcast's mappings
                 raise FhirConflict("entries refer to each other in a cycle")
-            pending = [(n, e) for n, e in pending if (n, e) not in ready]
+            sent_now = {n for n, _ in ready}
+            pending = [(n, e) for n, e in pending if n not in sent_now]
             for start in range(0, len(ready), mode.max_entries):
                 part = ready[start : start + mode.max_entries]
                 sent = [e for _, e in part]

@@ -13,12 +13,10 @@ from prometheus_client import generate_latest
 
 from dicomcast.app import build_app
 from dicomcast.cli.worker import _status
-from dicomcast.config import DEFAULT_PARTITION, Settings, load_settings
+from dicomcast.config import DEFAULT_PARTITION, Settings
 from dicomcast.errors import SourceUnavailable
 from dicomcast.http import RetryPolicy
 from dicomcast.sandbox.samples import (
-    DEMO_ISSUERS,
-    DEMO_PATIENT_SYSTEM,
     SeriesSpec,
     StudySpec,
     bulk_studies,
@@ -36,6 +34,7 @@ from tests.azure_fake import (
     TENANT,
     FakeDicomService,
 )
+from tests.conftest import settings_for
 from tests.fakes import dicom_json
 from tests.integration.fhir_state import all_resources, comparable_state, duplicates, versions
 
@@ -55,20 +54,6 @@ def azure_settings(**overrides: Any) -> dict[str, Any]:
     }
     values.update(overrides)
     return values
-
-
-def settings_for(fhir: FhirServer, tmp_path: Path, sources: list[dict[str, Any]]) -> Settings:
-    return load_settings(
-        None,
-        sources=sources,
-        fhir_url=fhir.url,
-        state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        patient_id_system=DEMO_PATIENT_SYSTEM,
-        issuer_systems=DEMO_ISSUERS,
-        backoff_base=0.1,
-        http_retry_base=0.05,
-        http_port=0,
-    )
 
 
 def worker_for(settings: Settings, service: FakeDicomService) -> Worker:

@@ -13,10 +13,11 @@ from dicomcast.sandbox.samples import DEMO_ISSUERS, SeriesSpec, StudySpec, insta
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
 from tests.azure_fake import FakeDicomService
+from tests.conftest import settings_for
 from tests.dose import components, quantity
 from tests.fakes import dicom_json
 from tests.integration.fhir_state import comparable_state
-from tests.integration.test_azure_to_fhir import azure_settings, run_once, settings_for
+from tests.integration.test_azure_to_fhir import azure_settings, run_once
 
 pytestmark = pytest.mark.integration
 Sync = Callable[..., tuple[int, Worker]]

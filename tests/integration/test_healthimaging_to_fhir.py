@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 
 from dicomcast.app import build_app
-from dicomcast.config import Settings, load_settings
+from dicomcast.config import Settings
 from dicomcast.errors import SourceUnavailable
 from dicomcast.sandbox.samples import (
-    DEMO_ISSUERS,
-    DEMO_PATIENT_SYSTEM,
     SeriesSpec,
     StudySpec,
     bulk_studies,
@@ -27,6 +25,7 @@ from dicomcast.sandbox.samples import (
 )
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
+from tests.conftest import settings_for
 from tests.healthimaging_fake import HealthImagingFake
 from tests.integration.fhir_state import (
     all_resources,
@@ -44,20 +43,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("aws_environment"
 def store() -> Iterator[HealthImagingFake]:
     with HealthImagingFake() as fake:
         yield fake
-
-
-def settings_for(fhir: FhirServer, tmp_path: Path, sources: list[dict[str, Any]]) -> Settings:
-    return load_settings(
-        None,
-        sources=sources,
-        fhir_url=fhir.url,
-        state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        patient_id_system=DEMO_PATIENT_SYSTEM,
-        issuer_systems=DEMO_ISSUERS,
-        backoff_base=0.1,
-        http_retry_base=0.05,
-        http_port=0,
-    )
 
 
 def aws(store: HealthImagingFake) -> dict[str, Any]:

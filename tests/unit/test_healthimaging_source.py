@@ -58,6 +58,27 @@ def settings_for(folder: Path, **source: Any) -> Any:
     )
 
 
+def source_for(store: HealthImagingFake) -> HealthImagingSource:
+    """The source a test talks to directly, on the fake's endpoint."""
+    return HealthImagingSource(
+        SourceSettings(
+            kind="aws-healthimaging", datastore_id=store.datastore, url=store.url, region=REGION
+        )
+    )
+
+
+def listing(source: HealthImagingSource, span: DateSpan) -> list[str]:
+    """Every study key a backfill would list in `span`, page after page."""
+    keys: list[str] = []
+    after = None
+    while True:
+        page = source.archive(span, after, 50)
+        keys += page.keys
+        after = page.after
+        if after is None:
+            return keys
+
+
 def healthimaging_worker(folder: Path, fhir: FakeFhir, store: HealthImagingFake) -> Worker:
     """A worker built from settings alone, as an operator configures it."""
     folder.mkdir(exist_ok=True)
@@ -121,11 +142,7 @@ def test_the_same_files_give_the_same_fhir_as_a_dicomweb_source(
 
 
 def test_ties_across_pages_lose_nothing_and_read_nothing_twice(store: HealthImagingFake) -> None:
-    source = HealthImagingSource(
-        SourceSettings(
-            kind="aws-healthimaging", datastore_id=store.datastore, url=store.url, region=REGION
-        )
-    )
+    source = source_for(store)
     at = time.time() - 3600
     specs = bulk_studies(120, 1, patients=3, prefix="tie", series=1)
     for spec in specs:  # one instant for all: more than two pages of 50
@@ -189,11 +206,7 @@ def test_updates_second_imports_and_deletes_reach_fhir(
 def test_throttling_is_retried_by_botocore_and_a_storm_is_an_outage(
     store: HealthImagingFake,
 ) -> None:
-    source = HealthImagingSource(
-        SourceSettings(
-            kind="aws-healthimaging", datastore_id=store.datastore, url=store.url, region=REGION
-        )
-    )
+    source = source_for(store)
     (spec,) = bulk_studies(1, 1, patients=1, prefix="storm", series=1)
     store.import_study(list(instances(spec)))
     store.throttle_next = 2  # botocore's standard retries ride it out
@@ -253,34 +266,16 @@ def test_keyword_metadata_becomes_the_dicom_json_a_dicomweb_server_gives() -> No
 def test_head_skips_the_history_and_a_backfill_lists_every_study_by_study_date(
     store: HealthImagingFake,
 ) -> None:
-    source = HealthImagingSource(
-        SourceSettings(
-            kind="aws-healthimaging", datastore_id=store.datastore, url=store.url, region=REGION
-        )
-    )
+    source = source_for(store)
     made = bulk_studies(60, 1, patients=4, prefix="old", series=1)
     old = [replace(s, study_date="20250101") if n % 2 else s for n, s in enumerate(made)]
     for spec in old:
         store.import_study(list(instances(spec)), at=time.time() - 7200)
     head = source.head()
     assert source.read_changes(head, 100).marks == []  # `cursor set head`: from now on
-    listed, after = [], None
-    while True:
-        page = source.archive(DateSpan(), after, 50)
-        listed += page.keys
-        after = page.after
-        if after is None:
-            break
-    assert sorted(listed) == sorted(spec.study_uid for spec in old)
+    assert sorted(listing(source, DateSpan())) == sorted(spec.study_uid for spec in old)
     day = dt.date(2025, 1, 1)
-    in_span: list[str] = []
-    after = None
-    while True:
-        page = source.archive(DateSpan(day, day), after, 50)
-        in_span += page.keys
-        after = page.after
-        if after is None:
-            break
+    in_span = listing(source, DateSpan(day, day))
     assert sorted(in_span) == sorted(s.study_uid for s in old if s.study_date == "20250101")
     source.close()
 

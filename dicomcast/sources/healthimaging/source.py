@@ -176,7 +176,7 @@ class HealthImagingSource:
         for summary in answer.get("imageSetsMetadataSummaries") or []:
             tags = summary.get("DICOMTags") or {}
             uid = str(tags.get("DICOMStudyInstanceUID") or "")
-            if is_uid(uid) and uid not in keys and _in_span(tags.get("DICOMStudyDate"), span):
+            if is_uid(uid) and uid not in keys and span.holds(tags.get("DICOMStudyDate")):
                 keys.append(uid)
         return ArchivePage(keys, answer.get("nextToken") or None)
 
@@ -251,13 +251,3 @@ def _decoded(blob: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SourceUnavailable("HealthImaging metadata is not a JSON object", outage=True)
     return data
-
-
-def _in_span(study_date: Any, span: DateSpan) -> bool:
-    if span.since is None and span.until is None:
-        return True
-    try:
-        day = dt.datetime.strptime(str(study_date), "%Y%m%d").date()
-    except ValueError:
-        return False
-    return (span.since is None or day >= span.since) and (span.until is None or day <= span.until)
