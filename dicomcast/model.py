@@ -26,11 +26,23 @@ BasedOnPolicy = Literal["resolve", "identifier", "off"]
 
 @dataclass(frozen=True)
 class DirtyMark:
-    """A study the feed says changed; `event_time` is the source event's time (for lag)."""
+    """A study the feed says changed; `event_time` is the source event's time (for lag);
+    `count` the instance count a listing showed (a failed study's is compared with it)."""
 
     study_key: str
     event_time: float | None = None
     study_uid: str | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class KnownStudy:
+    """What the state DB knows of a study, for a listing to compare with: its status, the
+    instance count last synced, and the count seen when it was last listed or failed."""
+
+    status: str
+    count: int | None
+    seen_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class StudyTask:
     failed_at: float | None = None  # when its last attempt failed
     error_status: int | None = None  # and with which HTTP status
     priority: int = 0  # 0: a live change; 1: only a backfill asked for it
+    deletion_approved: bool = False  # an operator approved deleting it beyond the budget
 
     @property
     def never_written(self) -> bool:
@@ -101,6 +114,7 @@ class Kind(StrEnum):
     RETRY = "retry"  # failed; try again at `retry_at`, an attempt spent
     PAUSED = "paused"  # a server is down: wait for it, no attempt spent
     PARKED = "parked"  # failed for good until something changes: an operator's turn
+    HELD = "held"  # gone from the source, but the deletion budget is spent: an operator's turn
 
     @property
     def settled(self) -> bool:
@@ -134,6 +148,7 @@ class Outcome:
     dependency: str | None = None
     answered: frozenset[str] = frozenset()
     study_uid: str | None = None
+    seen_count: int | None = None  # the instance count the source showed, when read
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def run_once(worker: Worker, progress: Callable[[RoundStats], None] | None = None) -> int:
-    """Drain the feed and every due study, then return an exit code (0 = all clean).
+    """Drain the feed and every due study, then return an exit code (0 = all clean; a
+    failed, waiting or held study is 1).
 
     Retries and pauses due within `once_max_wait` seconds are waited for, so a short blip
     does not end a backfill early; longer ones are left for the next run. With several
@@ -57,7 +58,7 @@ def run_once(worker: Worker, progress: Callable[[RoundStats], None] | None = Non
     if failed:
         raise next(iter(failed.values()))
     counts = worker.counts()
-    return 1 if counts.get("failed", 0) + counts.get("dirty", 0) else 0
+    return 1 if counts.get("failed", 0) + counts.get("dirty", 0) + counts.get("held", 0) else 0
 
 
 def _next_wake(worker: Worker, skip: Collection[str] = ()) -> float | None:

@@ -101,6 +101,8 @@ class Worker:
             patient_policy=settings.patient_policy,
             stable_wait_max=settings.stable_wait_max,
             recheck=self.tick,
+            deletions=self.store,
+            delete_budget=settings.delete_budget,
         )
         self.pace = BackfillPace(per_round=2 * settings.concurrency)
         self._settled = False
@@ -270,6 +272,11 @@ class Worker:
                 self.store.finish_clean(task, outcome.written)
             elif kind is Kind.DELETED:
                 self.store.finish_gone(task)
+            elif kind is Kind.HELD:
+                self.store.finish_held(task)
+                log.warning(
+                    "study deletion held: %s", outcome.reason, extra=_extra(task, outcome, "held")
+                )
             elif kind is Kind.DEFERRED:
                 self.store.release(task, not_before=outcome.retry_at)
             else:
@@ -328,6 +335,7 @@ class Worker:
                 retry_at=None,
                 http_status=outcome.status,
                 detail=outcome.detail,
+                seen_count=outcome.seen_count,
             )
             log.warning("study parked (attempt %d): %s", task.attempts + 1, reason, extra=extra)
         else:
@@ -339,6 +347,7 @@ class Worker:
                 retry_at=outcome.retry_at,
                 http_status=outcome.status,
                 detail=outcome.detail,
+                seen_count=outcome.seen_count,
             )
             wait = (outcome.retry_at or time.time()) - time.time()
             log.info("study will be retried in %.0f s: %s", wait, reason, extra=extra)

@@ -12,7 +12,7 @@ import httpx
 from dicomcast.app import build_app
 from dicomcast.config import load_settings
 from dicomcast.model import DateSpan, DirtyMark, StudyLocation
-from dicomcast.sandbox.samples import StudySpec, instances
+from dicomcast.sandbox.samples import StudySpec, bulk_studies, instances
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import build_study_views
@@ -21,6 +21,12 @@ from dicomcast.worker import Worker
 
 def dicom_json(spec: StudySpec) -> list[dict[str, Any]]:
     return [dataset_to_json(ds)[0] for ds in instances(spec)]
+
+
+def studies(count: int, series: int = 2, prefix: str = "rc") -> dict[str, list[Any]]:
+    """`count` studies of `2 * series` instances over two patients, as DICOM JSON by UID."""
+    specs = bulk_studies(count, 2 * series, patients=2, prefix=prefix, series=series)
+    return {s.study_uid: dicom_json(s) for s in specs}
 
 
 class FakeSource:
@@ -60,7 +66,7 @@ class FakeSource:
 
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         if key not in self.studies:
-            return FetchedStudy(key, None)
+            return FetchedStudy.absent(key)
         views, orphans = build_study_views(self.studies[key])
         view = views[0] if views else None
         return FetchedStudy(key, view, True, view.uid if view else None, orphans)

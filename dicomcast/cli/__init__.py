@@ -1,6 +1,6 @@
 """The `dicomcast` command line, one module per group of commands:
 `worker` (run, status), `checks` (map, check-config), `operator` (failures, resync, cursor),
-`backfill`.
+`backfill`, `deletions` (held over the budget).
 Exit codes are listed in `common`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from dicomcast import __version__
-from dicomcast.cli import backfill, checks, keys, operator, worker
+from dicomcast.cli import backfill, checks, deletions, keys, operator, worker
 
 app = typer.Typer(
     help="Keep a FHIR R4 server in sync with a DICOM archive.",
@@ -38,6 +38,7 @@ app.command()(backfill.backfill)
 app.add_typer(operator.failures, name="failures")
 app.add_typer(operator.cursor, name="cursor")
 app.add_typer(keys.keys, name="keys")
+app.add_typer(deletions.deletions, name="deletions")
 
 
 def main() -> None:

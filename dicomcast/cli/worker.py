@@ -57,7 +57,8 @@ def run(
             typer.echo(
                 f"dicomcast: {totals.get('synced', 0)} synced, "
                 f"{totals.get('unchanged', 0)} unchanged, {totals.get('deleted', 0)} deleted, "
-                f"{counts.get('failed', 0)} failed, {counts.get('dirty', 0)} waiting; "
+                f"{counts.get('failed', 0)} failed, {counts.get('dirty', 0)} waiting, "
+                f"{counts.get('held', 0)} deletions held; "
                 f"{totals.get('changes', 0)} changes read, {built.fhir.request_count} FHIR "
                 f"requests in {time.monotonic() - started:.1f} s",
                 err=True,
@@ -171,6 +172,7 @@ def _source_status(info: SourceSummary) -> dict[str, Any]:
         "lag_events": lag,
         "lag_seconds": round(now - info.oldest_event, 1) if info.oldest_event else 0.0,
         "studies": {k: info.counts.get(k, 0) for k in ("clean", "dirty", "failed")},
+        "deletions": {k: info.counts.get(k, 0) for k in ("held", "kept")},
         "oldest_dirty_age_s": round(now - info.oldest_dirty, 1) if info.oldest_dirty else None,
         "failures_by_kind": info.failures_by_kind,
         "held_by": info.holder_now(now),
@@ -229,6 +231,12 @@ def _status_text(info: dict[str, Any]) -> str:
         f"last success    {info['last_success_at'] or '-'}",
         f"last poll       {info['last_poll_at'] or '-'}",
     ]
+    deletions = info["deletions"]
+    if deletions["held"] or deletions["kept"]:
+        lines.append(
+            f"deletions       {deletions['held']} held over the budget, {deletions['kept']} kept "
+            "by an operator   (see: dicomcast deletions list)"
+        )
     if info["feed_entries_skipped"]:
         lines.append(
             f"feed skips      {info['feed_entries_skipped']} entries could not be used "

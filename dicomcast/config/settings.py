@@ -132,6 +132,13 @@ class Settings(FhirServerSettings):
         description="A study gone from its source: delete its ImagingStudy and dose "
         "Observations, or mark them `entered-in-error`; also for a dose report gone alone.",
     )
+    delete_budget: int | None = Field(
+        50,
+        ge=0,
+        description="Studies a source may delete from FHIR per hour without an operator's "
+        "approval (`unlimited` turns the guard off); past it deletions are held, nothing is "
+        "deleted, and `dicomcast deletions` decides.",
+    )
 
     # --- scheduling
     worker_id: str = Field(
@@ -190,6 +197,13 @@ class Settings(FhirServerSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Highest first: command-line flags (init), environment, config file, secrets dir.
         return precedence(settings_cls, init_settings, env_settings, file_secret_settings)
+
+    @field_validator("delete_budget", mode="before")
+    @classmethod
+    def _unlimited(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("unlimited", "none", "off"):
+            return None
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -239,8 +239,15 @@ class StateCollector(Collector):
             "Seconds until the running backfill is done, at its rate so far.",
             labels=["source"],
         )
+        held = GaugeMetricFamily(
+            "dicomcast_deletions_held",
+            "Studies gone from their source whose deletion from FHIR waits for an operator "
+            "(over DICOMCAST_DELETE_BUDGET): dicomcast deletions list.",
+            labels=["source"],
+        )
         now = time.time()
         for summary in summaries:
+            held.add_metric([summary.source], summary.counts.get("held", 0))
             run = summary.backfill
             if run is not None:
                 for state, count in (("to_sync", run.marked), ("done", run.done)):
@@ -258,4 +265,4 @@ class StateCollector(Collector):
             )
             if summary.last_success_at:
                 success.add_metric([source], summary.last_success_at)
-        yield from (dirty, failed, oldest, success, backfill, backfill_rate, backfill_eta)
+        yield from (dirty, failed, oldest, success, backfill, backfill_rate, backfill_eta, held)

@@ -55,7 +55,8 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
 
 
 class OrthancServer:
-    """A throw-away Orthanc with the DICOMweb plugin; `stable_age` in seconds."""
+    """A throw-away Orthanc with the DICOMweb plugin (unless `dicomweb` is False);
+    `stable_age` in seconds. Started again on the same folder, it keeps its studies."""
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class OrthancServer:
         stable_age: int = 2,
         user: tuple[str, str] | None = None,
         modalities: dict[str, list[Any]] | None = None,
+        dicomweb: bool = True,
     ):
         self.folder = folder
         self.modalities = (
@@ -73,6 +75,7 @@ class OrthancServer:
         self.dicom_port = free_port()
         self.stable_age = stable_age
         self.user = user
+        self.dicomweb = dicomweb  # False: started as if its DICOMweb plugin were lost
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,7 +110,7 @@ class OrthancServer:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": self.user is not None,
             "StableAge": self.stable_age,
-            "Plugins": [DICOMWEB_PLUGIN],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         if self.user:

@@ -322,12 +322,27 @@ class AzureDicomSource(RestSource):
                 headers=DICOM_JSON,
             )
         except NotFound:
-            return FetchedStudy(key, None, study_uid=uid)
+            return self._absent(key, partition, uid)
         if not isinstance(metadata, list):
             raise SourceUnavailable(f"DICOMweb metadata of {uid} is not a JSON array")
         views, orphans = build_study_views([m for m in metadata if isinstance(m, dict)])
         view = next((v for v in views if v.uid == uid), None)
+        if view is None:
+            return self._absent(key, partition, uid)
         return FetchedStudy(key, view, True, uid, orphans)
+
+    def _absent(self, key: str, partition: str, uid: str) -> FetchedStudy:
+        """The metadata read found no study: gone only when a QIDO search for its UID
+        agrees (a 404 from a misrouted path or a lagging replica must delete nothing)."""
+        found = self.rest.get(
+            f"{self._prefix(partition)}studies", headers=DICOM_JSON, StudyInstanceUID=uid
+        )
+        if isinstance(found, list) and found:
+            raise SourceUnavailable(
+                "the DICOM service's metadata read found no study that its QIDO search "
+                "still lists; reading it again later"
+            )
+        return FetchedStudy.absent(key, uid)
 
     def lookup_study(self, study_uid: str) -> list[str]:
         if not UID.fullmatch(study_uid):

@@ -45,8 +45,12 @@ class ArchivePage:
 
 @dataclass(frozen=True)
 class FetchedStudy:
-    """A study as the server has it now; `view` is None when the study no longer exists,
-    or, with `unread`, when it is still receiving instances and was not read."""
+    """A study as the server has it now. `view` is None when the study no longer exists
+    (`gone`), or, with `unread`, when it is still receiving instances and was not read.
+
+    `gone` is a claim the worker acts on by deleting FHIR data, so a source sets it only
+    after a second, independent read agrees (`FetchedStudy.absent`); a view that is None
+    without it is refused as a source failure, never taken as a deletion."""
 
     key: str
     view: StudyView | None
@@ -54,6 +58,12 @@ class FetchedStudy:
     study_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
     unread: bool = False
+    gone: bool = False
+
+    @classmethod
+    def absent(cls, key: str, study_uid: str | None = None) -> FetchedStudy:
+        """The study is gone, as two reads of the source agree."""
+        return cls(key, None, study_uid=study_uid, gone=True)
 
 
 class Source(Protocol):

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 STUDY_CHANGES = frozenset({"NewStudy", "StableStudy", "UpdatedAttachment", "UpdatedMetadata"})
 PATIENT_ID = "00100020"
+PLUGIN_MISSING = (
+    "Orthanc's DICOMweb API answers 404 for a study its REST API holds: is the DICOMweb "
+    "plugin loaded (Plugins) and is /dicom-web/ routed to it? Nothing is deleted meanwhile"
+)
 ORTHANC_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # never a path: IDs go into URLs
 
 
@@ -75,9 +79,36 @@ class OrthancSource(RestSource):
         )
         try:
             system = response.json()
-            return f"Orthanc {system.get('Version', '?')} ({system.get('Name', '')})"
+            about = f"Orthanc {system.get('Version', '?')} ({system.get('Name', '')})"
         except (ValueError, AttributeError):
             raise SourceUnavailable("Orthanc /system did not return JSON", outage=True) from None
+        self._check_dicomweb(timeout)
+        return f"{about}, DICOMweb plugin answers"
+
+    def _check_dicomweb(self, timeout: float) -> None:
+        """Every study is read through the DICOMweb plugin: without it nothing can be
+        synced, and a 404 from it must never read as "deleted"."""
+        try:
+            send(
+                self.http,
+                "GET",
+                "dicom-web/studies",
+                "Orthanc DICOMweb QIDO",
+                SourceUnavailable,
+                SourceRejected,
+                timeout=timeout,
+                bounds=Bounds(deadline=timeout),
+                params={"limit": "1"},
+            )
+        except SourceRejected as exc:
+            if exc.status == 404:
+                raise SourceUnavailable(
+                    "Orthanc answers, but not its DICOMweb plugin (GET dicom-web/studies is "
+                    "404): load the plugin (Plugins) and route /dicom-web/ to it",
+                    outage=True,
+                    status=404,
+                ) from None
+            raise
 
     # --- the change feed
 
@@ -153,7 +184,7 @@ class OrthancSource(RestSource):
         try:
             study = self.rest.get(f"studies/{key}")
         except NotFound:
-            return FetchedStudy(key, None)
+            return FetchedStudy.absent(key)  # REST is Orthanc's own index: its 404 is final
         if not isinstance(study, dict):
             raise SourceUnavailable("Orthanc study answer is not an object", outage=True)
         tags = study.get("MainDicomTags")
@@ -176,7 +207,7 @@ class OrthancSource(RestSource):
                 object_hook=self.metadata_filter(),
             )
         except NotFound:
-            return FetchedStudy(key, None, study_uid=study_uid)
+            return self._absent_or_misrouted(key, study_uid)
         if not isinstance(metadata, list):
             raise SourceUnavailable(f"DICOMweb metadata of {study_uid} is not a JSON array")
         # DICOMweb answers by StudyInstanceUID alone; keep only this Orthanc study's patient.
@@ -192,7 +223,26 @@ class OrthancSource(RestSource):
         ]
         views, orphans = build_study_views(instances)
         view = next((v for v in views if v.uid == study_uid), None)
+        if view is None:  # deleted between the two reads, or the two APIs disagree
+            return self._absent_or_misrouted(key, study_uid, empty=True)
         return FetchedStudy(key, view, stable, study_uid, orphans)
+
+    def _absent_or_misrouted(
+        self, key: str, study_uid: str, *, empty: bool = False
+    ) -> FetchedStudy:
+        """DICOMweb has no such study: gone only if REST now agrees. A study REST still
+        holds that DICOMweb denies means the plugin is not loaded, or a proxy does not
+        route `/dicom-web`: an outage of the whole source (it pauses, FHIR keeps all)."""
+        try:
+            self.rest.get(f"studies/{key}")
+        except NotFound:
+            return FetchedStudy.absent(key, study_uid)
+        if empty:
+            raise SourceUnavailable(
+                "Orthanc's DICOMweb metadata holds no instance of a study its REST API "
+                "still has; reading it again later"
+            )
+        raise SourceUnavailable(PLUGIN_MISSING, outage=True)
 
     def lookup_study(self, study_uid: str) -> list[str]:
         def once() -> Any:

@@ -23,7 +23,10 @@ def _merged(marks: Iterable[DirtyMark]) -> list[DirtyMark]:
         else:
             times = [t for t in (prior.event_time, mark.event_time) if t is not None]
             merged[mark.study_key] = DirtyMark(
-                mark.study_key, min(times) if times else None, prior.study_uid or mark.study_uid
+                mark.study_key,
+                min(times) if times else None,
+                prior.study_uid or mark.study_uid,
+                mark.count if mark.count is not None else prior.count,
             )
     return list(merged.values())
 
@@ -54,6 +57,7 @@ def mark(
             "attempts": 0,
             "next_attempt_at": now,
             "priority": 0,
+            "seen_count": m.count,
         }
         for m in _merged(marks)
     ]
@@ -70,6 +74,8 @@ def mark(
             "status": "dirty",
             "generation": StudyRow.generation + 1,
             "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
+            "seen_count": func.coalesce(stmt.excluded.seen_count, StudyRow.seen_count),
+            "held_at": None,
             "priority": priority,  # a live change is never left behind a backfill
             "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),
             "event_time": case(

@@ -43,7 +43,8 @@ class StudyRow(Base):
     source: Mapped[str] = mapped_column(String(100), index=True)
     study_key: Mapped[str] = mapped_column(String(200))
     study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # dirty | clean | failed
+    # dirty | clean | failed | held (its deletion awaits approval) | kept (deletion rejected)
+    status: Mapped[str] = mapped_column(String(16), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     dirty_since: Mapped[float | None] = mapped_column(Float)
     event_time: Mapped[float | None] = mapped_column(Float)
@@ -65,6 +66,23 @@ class StudyRow(Base):
     error_detail: Mapped[str | None] = mapped_column(Text)  # the server's words: may hold PHI
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 1: backfill
     backfill: Mapped[int | None] = mapped_column(Integer, index=True)  # the run that marked it
+    seen_count: Mapped[int | None] = mapped_column(Integer)  # count when listed or failed (0008)
+    deletion: Mapped[str | None] = mapped_column(String(16))  # "approved" by an operator
+    held_at: Mapped[float | None] = mapped_column(Float)  # its deletion was held (over budget)
+
+
+class DeletionRow(Base):
+    """A study a source deleted from FHIR (migration 0008): the hourly budget counts these."""
+
+    __tablename__ = "deletions"
+    __table_args__ = (Index("ix_deletions_source_at", "source", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100))
+    study_key: Mapped[str] = mapped_column(String(200))
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+    approved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class WorkerRow(Base):

@@ -37,6 +37,7 @@ def task_of(row: StudyRow) -> StudyTask:
         row.failed_at,
         row.error_status,
         row.priority,
+        row.deletion == "approved",
     )
 
 
@@ -59,6 +60,7 @@ _CLEAN = {
     "next_attempt_at": None,
     "dirty_since": None,
     "event_time": None,
+    "deletion": None,
 }
 _KEEP_WRITTEN = (
     update(_STUDIES)
@@ -259,6 +261,7 @@ class Queue:
         http_status: int | None = None,
         count_attempt: bool = True,
         detail: str | None = None,
+        seen_count: int | None = None,
         now: float | None = None,
     ) -> None:
         """Record a failed attempt: back off until `retry_at`, or park it as failed.
@@ -267,6 +270,8 @@ class Queue:
         `count_attempt=False` is for outages: the study waits, but its attempts are not
         spent, so a server down for an hour does not park every study it touched.
         Parking only applies to the generation that failed: newer data gets a fresh try.
+        `seen_count`, the instance count the attempt saw, is what a listing must differ
+        from before it tries a parked study again.
         """
         now = time.time() if now is None else now
         values: dict[str, Any] = {
@@ -279,6 +284,8 @@ class Queue:
             "claimed_by": None,
             "claimed_until": None,
         }
+        if seen_count is not None:
+            values["seen_count"] = seen_count
         with self.db.write("finish_failed") as session:
             if park:
                 parked = changed(

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from dicomcast.model import SourceSummary
+from dicomcast.model import KnownStudy, SourceSummary
 from dicomcast.state.backfills import runs
 from dicomcast.state.db import Database
 from dicomcast.state.models import FeedSkipRow, SourceRow, StudyRow
@@ -33,13 +33,18 @@ class Reports:
             query = select(StudyRow).where(StudyRow.source == source, condition)
             return list(session.scalars(query.order_by(StudyRow.id)).all())
 
-    def known_studies(self, source: str) -> dict[str, int | None]:
-        """study_key -> instance count last synced, for every study the state knows."""
+    def known_studies(self, source: str) -> dict[str, KnownStudy]:
+        """study_key -> what the state knows of it, for every study of the source."""
         with self.db.read("known_studies") as session:
             rows = session.execute(
-                select(StudyRow.study_key, StudyRow.instance_count).where(StudyRow.source == source)
+                select(
+                    StudyRow.study_key,
+                    StudyRow.status,
+                    StudyRow.instance_count,
+                    StudyRow.seen_count,
+                ).where(StudyRow.source == source)
             ).all()
-            return {key: count for key, count in rows}
+            return {key: KnownStudy(status, count, seen) for key, status, count, seen in rows}
 
     def counts(self, source: str) -> dict[str, int]:
         with self.db.read("counts") as session:

@@ -15,6 +15,7 @@ from dicomcast.state.backfills import Backfills
 from dicomcast.state.contributions import Contributions
 from dicomcast.state.cursors import Cursors
 from dicomcast.state.db import Database
+from dicomcast.state.deletions import Deletions
 from dicomcast.state.queue import Queue
 from dicomcast.state.received import Received
 from dicomcast.state.reports import Reports
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from dicomcast.config import Settings
 
 
-class StateStore(Cursors, Queue, Contributions, Received, Reports, Backfills):
+class StateStore(Cursors, Queue, Contributions, Received, Reports, Backfills, Deletions):
     """All reads and writes of the state DB; each method is one short transaction, and a
     database failure in any of them is `StateUnavailable`."""
 

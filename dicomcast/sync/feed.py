@@ -30,7 +30,7 @@ from dicomcast.errors import (
     StateUnavailable,
     failure_class,
 )
-from dicomcast.model import DirtyMark, Skipped, source_dependency
+from dicomcast.model import DirtyMark, KnownStudy, Skipped, source_dependency
 from dicomcast.ops.metrics import Metrics
 from dicomcast.sources.base import UNCOUNTED, Source
 from dicomcast.sync.pauses import Pauses
@@ -55,7 +55,7 @@ class FeedState(Protocol):
 
     def reset_cursor(self, source: str, cursor: str | None) -> None: ...
 
-    def known_studies(self, source: str) -> dict[str, int | None]: ...
+    def known_studies(self, source: str) -> dict[str, KnownStudy]: ...
 
     def mark_dirty(
         self,
@@ -206,13 +206,17 @@ class Feed:
         present = source.list_studies()
         known = self.state.known_studies(name)
         now = time.time()
-        marks = [DirtyMark(key, now) for key in known if key not in present and source.covers(key)]
-        # A negative count: the source cannot say (a PACS without the count in C-FIND); one
-        # that keeps no counts at all (HealthImaging) has only its unseen studies marked.
-        marks += [
+        # A held deletion waits for an operator, a rejected one (kept) for the study to
+        # come back: neither is "vanished" again.
+        marks = [
             DirtyMark(key, now)
+            for key, k in known.items()
+            if key not in present and source.covers(key) and k.status not in ("held", "kept")
+        ]
+        marks += [
+            DirtyMark(key, now, count=n)
             for key, n in present.items()
-            if ((key not in known) if n == UNCOUNTED else (n < 0 or known.get(key, -1) != n))
+            if _changed(known.get(key), n)
         ]
         # A study synced moments ago may still be marked with an older count; re-syncing
         # it is a cheap no-op (content hash), so no special case is needed.
@@ -226,6 +230,22 @@ class Feed:
                 extra={"source": name, "count": len(marks)},
             )
         return len(marks)
+
+
+def _changed(known: KnownStudy | None, count: int) -> bool:
+    """Whether a listed study needs a sync: never seen, back after a held or rejected
+    deletion, or another count than last synced. A negative count means the source cannot
+    say (a PACS without the count in C-FIND); `UNCOUNTED`, that it keeps no counts at all
+    (HealthImaging): only unseen studies are marked then. A failed study stays parked until
+    its count differs from the one seen when it failed (never on an unknown count): a
+    study that fails the same way each time must not be tried again at every poll."""
+    if known is None or known.status in ("held", "kept"):
+        return True
+    if count == UNCOUNTED:
+        return False
+    if known.status == "failed":
+        return count >= 0 and known.seen_count is not None and known.seen_count != count
+    return count < 0 or known.count != count
 
 
 def per_source(

@@ -1,6 +1,8 @@
 """One study, top to bottom: read it from its source, map it, write it to FHIR, and say
-what happened as an `Outcome`. Nothing here records anything in the state DB (see
-`multisource` for the one deliberate exception); the worker records every outcome.
+what happened as an `Outcome`. Nothing here records anything in the state DB but two
+deliberate exceptions (`multisource`'s contributions, and a slot of the deletion budget,
+taken before a deletion so that workers together keep to it); the worker records every
+outcome.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
-from dicomcast.errors import DicomcastError, FhirConflict
+from dicomcast.errors import DicomcastError, FhirConflict, SourceUnavailable
 from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import MappedStudy, Mappings, search_token, study_token
 from dicomcast.mapping.settings import MappingConfigs
@@ -32,6 +35,17 @@ from dicomcast.sync.policy import FailurePolicy, decide
 log = logging.getLogger(__name__)
 
 
+class DeletionBudget(Protocol):
+    """Takes one of a source's deletions for a study, or says the budget is spent."""
+
+    def take_deletion(self, task: StudyTask, budget: int | None) -> bool: ...
+
+
+class _Unlimited:
+    def take_deletion(self, task: StudyTask, budget: int | None) -> bool:
+        return True
+
+
 @dataclass
 class Reconciler:
     """Brings one study's FHIR state in line with its source's present state."""
@@ -48,6 +62,8 @@ class Reconciler:
     stable_wait_max: float  # longest wait for a study still receiving instances
     recheck: float  # how soon an unstable study is looked at again
     clock: Callable[[], float] = field(default=time.time)
+    deletions: DeletionBudget = field(default_factory=_Unlimited)
+    delete_budget: int | None = None  # deletions per source and hour; None: unlimited
 
     def sync(self, task: StudyTask, *, wait_for_stable: bool = False) -> Outcome:
         """The outcome of one attempt; never raises (a failure is an outcome too)."""
@@ -65,7 +81,12 @@ class Reconciler:
                     },
                 )
             outcome = decide(exc, task, self.policy, now=self.clock())
-        return replace(outcome, answered=frozenset(attempt.answered), study_uid=attempt.study_uid)
+        return replace(
+            outcome,
+            answered=frozenset(attempt.answered),
+            study_uid=attempt.study_uid,
+            seen_count=attempt.count,
+        )
 
     def _sync(self, task: StudyTask, wait_for_stable: bool, attempt: _Attempt) -> Outcome:
         source = self.sources[task.source]
@@ -82,12 +103,22 @@ class Reconciler:
             return Outcome(Kind.DEFERRED, retry_at=self.clock() + self.recheck)
         location = source.location(task.study_key)
         if fetched.view is None:
+            if not fetched.gone:  # a source's bug must never read as a deletion
+                raise SourceUnavailable("the source returned no study without proof it is gone")
             uid = attempt.study_uid
             if not self.multi.enabled and uid and self._moved(source, task, uid):
                 # The archive holds the study under another key now (e.g. its PatientID was
                 # corrected): that key writes it, to its new Patient. Removing it here
                 # would delete what that key just wrote.
                 return Outcome(Kind.DELETED, reason="moved: held under another key")
+            if self._writes_deletion(task) and not self.deletions.take_deletion(
+                task, self.delete_budget
+            ):
+                return Outcome(
+                    Kind.HELD,
+                    reason=f"the budget of {self.delete_budget} deletions an hour is spent; "
+                    "FHIR is left as it is (dicomcast deletions approve|reject)",
+                )
             self._remove(task, attempt, location)
             return Outcome(Kind.DELETED)
         endpoint = self.endpoints.ref(task.source, location)
@@ -95,6 +126,7 @@ class Reconciler:
             fetched.view, self.configs.of(task.source, location), endpoint, scope=location.scope
         )
         count = fetched.view.instance_count + fetched.view.hidden  # as the source counts
+        attempt.count = count
         attempt.study_uid = fetched.view.uid
         warnings = tuple(fetched.warnings) + mapped.warnings
         del fetched  # a large study's metadata need not live through the write
@@ -150,6 +182,13 @@ class Reconciler:
         )
         return Outcome(Kind.SYNCED if result.wrote else Kind.UNCHANGED, written=written)
 
+    def _writes_deletion(self, task: StudyTask) -> bool:
+        """Whether removing this study deletes anything from FHIR (one never written, or
+        held by another source too, costs no deletion)."""
+        if self.multi.enabled:
+            return task.fhir_imagingstudy_id is not None or task.match_key is not None
+        return task.fhir_imagingstudy_id is not None
+
     @staticmethod
     def _moved(source: Source, task: StudyTask, study_uid: str) -> bool:
         """Whether the source still holds this StudyInstanceUID under another study key of
@@ -189,3 +228,4 @@ class _Attempt:
 
     study_uid: str | None
     answered: set[str] = field(default_factory=set)
+    count: int | None = None  # the instance count the source showed

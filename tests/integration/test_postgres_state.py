@@ -97,7 +97,7 @@ def test_the_store_keeps_its_promises_on_postgresql(pg_url: str) -> None:
         store.receive("pg", "20261130/1.2.3", "1.2.3", "1.2.3.1", {"k": 1})
         assert store.received("pg", "20261130/1.2.3") == [{"k": 1}]
         store.baseline("pg", {"old": 4})
-        assert store.known_studies("pg")["old"] == 4
+        assert store.known_studies("pg")["old"].count == 4
     finally:
         store.close()
 

@@ -38,7 +38,7 @@ class FakeOrthanc(httpx.MockTransport):
     Every request's path is kept in `seen`."""
 
     def __init__(self, routes: dict[str, Any]) -> None:
-        self.routes = routes
+        self.routes = {"/dicom-web/studies": [], **routes}  # its DICOMweb plugin is loaded
         self.seen: list[str] = []
         super().__init__(self._answer)
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, OperatorError
+from dicomcast.errors import MappingError, OperatorError, SourceUnavailable
 from dicomcast.model import DateSpan, StudyLocation
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.dimse.network import Peer
@@ -218,8 +218,8 @@ class DimseSource:
             instances = pushed
         else:
             found = self._from_pacs(uid, date)
-            if found is None:
-                return FetchedStudy(key, None, study_uid=uid)  # gone, or now under another key
+            if found is None:  # a STUDY-level C-FIND on the UID agrees: gone, or moved
+                return FetchedStudy.absent(key, uid)
             by_sop = {text_value(i, SOP_UID): i for i in pushed}
             instances = [by_sop.get(text_value(i, SOP_UID), i) for i in found]
         keep = self._keep
@@ -228,8 +228,14 @@ class DimseSource:
             instances = [hook(dict(i)) for i in instances]
         views, orphans = build_study_views(instances)
         view = next((v for v in views if v.uid == uid), None)
-        if view is not None:
-            self._counted[key] = (view.instance_count + view.hidden, self.clock())
+        if view is None:
+            if self.peer is None:  # push only: what was received is all there is
+                return FetchedStudy.absent(key, uid)
+            raise SourceUnavailable(
+                "the PACS lists the study at STUDY level but no instance of it below; "
+                "reading it again later"
+            )
+        self._counted[key] = (view.instance_count + view.hidden, self.clock())
         return FetchedStudy(key, view, True, uid, orphans)
 
     def _from_pacs(self, uid: str, date: str | None) -> list[dict[str, Any]] | None:

@@ -129,12 +129,22 @@ class HealthImagingSource:
             for instance in metadata.instances(_decoded(blob)):
                 instances[text_value(instance, SOP_INSTANCE_UID) or str(len(instances))] = instance
         if not instances:
-            return FetchedStudy(key, None, study_uid=key)
+            if summaries and self._image_sets(key):  # deleted since the search? ask again
+                raise SourceUnavailable(
+                    "HealthImaging lists image sets of the study but returned no metadata "
+                    "for them; reading it again later"
+                )
+            return FetchedStudy.absent(key, key)
         found = list(instances.values())
         if self.keep_tags is not None:
             found = dataset_filter(self.keep_tags, self.content_of).tree(found)
         views, orphans = build_study_views(found)
         view = next((v for v in views if v.uid == key), None)
+        if view is None:
+            raise MappingError(
+                "the study's image sets hold no instance of its StudyInstanceUID",
+                detail=f"StudyInstanceUID {key}",
+            )
         return FetchedStudy(key, view, True, key, warnings + orphans)
 
     def _image_sets(self, study_uid: str) -> list[dict[str, Any]]:
