@@ -2,7 +2,8 @@
 
 dicomcast logs UIDs, counts and codes as structured fields; messages carry no patient
 data. What may (a server's own words about a failure) travels in the `detail` field, which
-is dropped unless `log_phi` is on; values quoted inside messages are masked as well.
+is dropped unless `log_phi` is on; values quoted inside messages are masked as well. The
+libraries' loggers pass the same rule (`PhiFilter`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,44 @@ import time
 from typing import Any
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# What libraries print values in: DICOM dumps (`(0010,0010) PN [Doe^John]`), `key=value`.
+_BRACKETED = re.compile(r"\[[^\]]*\]|=\s*\S+")
+OWN = "dicomcast"
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
     return _QUOTED.sub("'***'", text)
+
+
+def _library(record: logging.LogRecord) -> bool:
+    return record.name != OWN and not record.name.startswith(OWN + ".")
+
+
+class PhiFilter(logging.Filter):
+    """The one PHI rule, for every logger in the process, the libraries' too.
+
+    dicomcast's own records carry no patient data by construction (UIDs, counts, codes).
+    Libraries make no such promise: pynetdicom dumps every C-FIND identifier at INFO and
+    DEBUG, pydicom quotes the values it cannot parse, and SQLAlchemy echoes parameters.
+    Without LOG_PHI, a library's records below WARNING are dropped, and the rest have
+    every quoted or bracketed value masked."""
+
+    def __init__(self, phi: bool) -> None:
+        super().__init__()
+        self.phi = phi
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.phi or not _library(record):
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        message = _BRACKETED.sub("[***]", redact(record.getMessage()))
+        record.msg, record.args = message, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(type(record.exc_info[1]).__name__)
+            record.exc_info = None
+        return True
 
 
 PHI_FIELDS = frozenset({"detail"})  # fields that may hold patient data: LOG_PHI=true only
@@ -71,10 +105,15 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", phi: bool = False) -> 
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter(phi) if use_json else TextFormatter(phi))
+    handler.addFilter(PhiFilter(phi))
+    logging.captureWarnings(True)  # pydicom's warnings quote values: through the same rule
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "alembic", "botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries' own chatter only when asked for with both DEBUG and LOG_PHI (it may dump
+    # datasets and parameters); otherwise their warnings and errors.
+    library_level = logging.DEBUG if phi and level.upper() == "DEBUG" else logging.WARNING
+    for noisy in ("httpx", "httpcore", "alembic", "botocore", "boto3", "urllib3", "pynetdicom"):
+        logging.getLogger(noisy).setLevel(library_level)
     # "Skipped: maximum number of running instances" only means a long cycle; not news.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

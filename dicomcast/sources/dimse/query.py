@@ -118,14 +118,39 @@ class Keys:
 
 
 def as_json(ds: Dataset) -> dict[str, Any]:
-    """A C-FIND answer as DICOM JSON, without the query's own bookkeeping and empty values."""
+    """A C-FIND answer as DICOM JSON, without the query's own bookkeeping and empty values.
+
+    Element by element: a value pydicom cannot convert (an IS of `1A`, a DS of `abc`) is
+    kept as the text the PACS sent, as a DICOMweb server would pass it on, instead of
+    failing the whole answer; the mappings judge it like any source's odd value."""
     out: dict[str, Any] = {}
-    for tag, element in ds.to_json_dict(bulk_data_threshold=2**31).items():
-        keyword = _keyword(tag)
+    tags = list(ds.keys())  # iterating a Dataset converts every element, bad ones too
+    for tag in tags:
+        key = f"{int(tag):08X}"
+        element: dict[str, Any] | None
+        try:
+            element = ds[tag].to_json_dict(None, 2**31)
+        except (ValueError, TypeError, OverflowError):
+            element = _as_text(ds, tag)
+        keyword = _keyword(key)
         if keyword in NOT_KEYS or not isinstance(element, dict) or not element.get("Value"):
             continue
-        out[tag] = element
+        out[key] = element
     return out
+
+
+def _as_text(ds: Dataset, tag: Any) -> dict[str, Any] | None:
+    """An element pydicom could not convert, as the text that came over the wire."""
+    raw = ds.get_item(tag)
+    value = getattr(raw, "value", None)
+    vr = str(getattr(raw, "VR", None) or "UN")
+    if vr == "SQ" or value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    values = [str(v) for v in value] if isinstance(value, list) else str(value).split("\\")
+    texts = [t for v in values if (t := v.strip(" \x00"))]
+    return {"vr": vr, "Value": texts} if texts else None
 
 
 def merged(*levels: dict[str, Any]) -> dict[str, Any]:
