@@ -120,7 +120,12 @@ class Rejected(StudyError):
 
 class FhirRejected(Rejected):
     """The FHIR server refused the resources (4xx other than 401/403/412/429); `outcome`
-    (the `detail`) keeps the server's OperationOutcome text for the operator."""
+    (the `detail`) keeps the server's OperationOutcome text for the operator. `stored` lists
+    the answers of the entries a non-atomic server created anyway (to be undone)."""
+
+    def __init__(self, message: str, *, status: int, outcome: str = "") -> None:
+        super().__init__(message, status=status, outcome=outcome)
+        self.stored: list[dict[str, object]] = []
 
 
 class SourceRejected(Rejected):

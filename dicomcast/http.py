@@ -125,6 +125,9 @@ def issue_codes(response: httpx.Response) -> str:
     return f" ({', '.join(sorted(str(c) for c in codes))})" if codes else ""
 
 
+ID_IN_USE = "already in use"  # "Assigned ID is already in use": a create that lost a race
+
+
 def classify(
     response: httpx.Response,
     what: str,
@@ -159,6 +162,9 @@ def classify(
         )
     if status in (409, 412):
         raise FhirConflict(f"{what}: HTTP {status} version conflict", status=status)
+    if status == 400 and ID_IN_USE in outcome_text(response).lower():
+        # Medplum under concurrent conditional creates: a race lost, not a bad resource.
+        raise FhirConflict(f"{what}: HTTP 400, the assigned id was taken concurrently", status=400)
     raise rejected(
         f"{what}: HTTP {status}{issue_codes(response)}",
         status=status,

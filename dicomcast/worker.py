@@ -336,6 +336,7 @@ class Worker:
                 http_status=outcome.status,
                 detail=outcome.detail,
                 seen_count=outcome.seen_count,
+                study_uid=outcome.study_uid,
             )
             log.warning("study parked (attempt %d): %s", task.attempts + 1, reason, extra=extra)
         else:
@@ -348,6 +349,7 @@ class Worker:
                 http_status=outcome.status,
                 detail=outcome.detail,
                 seen_count=outcome.seen_count,
+                study_uid=outcome.study_uid,
             )
             wait = (outcome.retry_at or time.time()) - time.time()
             log.info("study will be retried in %.0f s: %s", wait, reason, extra=extra)

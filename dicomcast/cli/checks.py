@@ -18,6 +18,8 @@ from dicomcast.model import source_dependency
 from dicomcast.state.store import StateStore
 
 if TYPE_CHECKING:
+    from dicomcast.fhir.capabilities import WriteMode
+    from dicomcast.fhir.client import FhirClient
     from dicomcast.mapping.mapper import MappedStudy
 
 
@@ -135,6 +137,8 @@ def _probe_fhir(settings: Settings, observations: bool) -> str:
         if isinstance(fhir.http.auth, RenewingToken):
             fhir.http.auth.token()
         mode = write_mode(settings, fhir, observations)
+        if mode.probe_if_match:
+            mode = _learn_if_match(settings, fhir, mode)
         words = f"FHIR {version}; login: {describe(fhir.http.auth)}; writes: {mode.describe()}"
         if mode.missing:
             raise ConfigError(
@@ -144,6 +148,31 @@ def _probe_fhir(settings: Settings, observations: bool) -> str:
         return words
     finally:
         fhir.close()
+
+
+def _learn_if_match(settings: Settings, fhir: FhirClient, mode: WriteMode) -> WriteMode:
+    """Whether If-Match is enforced, learnt as the worker learns it: by a stale-version
+    update of dicomcast's Endpoint (its content unchanged). Before the first start there
+    is no Endpoint to try it on, and the mode says it will be learnt."""
+    from dicomcast.app import load_mappings, make_source
+    from dicomcast.fhir.writes import Writes
+    from dicomcast.mapping.mapper import search_token
+    from dicomcast.mapping.settings import mapping_config
+
+    config = settings.first_source()
+    source = make_source(settings, config)
+    try:
+        location = source.default_location()
+    finally:
+        source.close()
+    if location is None or not location.address:
+        return mode
+    mappings = load_mappings(settings)
+    endpoint = mappings.map_endpoint(mapping_config(settings, config, location), validate=False)
+    found = fhir.search(f"Endpoint?identifier={search_token(endpoint)}")
+    if len(found) != 1:
+        return mode
+    return Writes(fhir, lambda: mode).learn_if_match(found[0])
 
 
 def _probe_state(settings: Settings) -> str:

@@ -16,12 +16,16 @@ meanwhile; `describe` says so.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from dicomcast.config.fhir import split_writes
 
 BundleKind = Literal["transaction", "batch", "single"]
+UNSAID = (
+    "The statement does not say whether If-Match is enforced (versioning is not "
+    "versioned-update): If-Match is sent, and learnt by a stale update of dicomcast's Endpoint."
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class WriteMode:
     max_entries: int = 100
     reasons: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()  # interactions we need that the server does not list
+    probe_if_match: bool = False  # the statement does not say: learn it (`learnt`)
 
     @property
     def blind_creates(self) -> bool:
@@ -92,7 +97,7 @@ def from_statement(
         reasons.append(f"The statement lists no transaction interaction: {bundle} used.")
     resources = {r.get("type"): r for r in rest.get("resource") or [] if isinstance(r, dict)}
     missing: list[str] = []
-    conditional, versioned = True, True
+    conditional, versioned, unsaid = True, True, False
     for resource_type, interactions in sorted(needs.items()):
         declared = resources.get(resource_type)
         if declared is None:
@@ -104,9 +109,14 @@ def from_statement(
         if "create" in interactions and declared.get("conditionalCreate") is not True:
             conditional = False
             reasons.append(f"No conditional create of {resource_type}.")
-        if "update" in interactions and declared.get("versioning") != "versioned-update":
+        versioning = declared.get("versioning")
+        if "update" in interactions and versioning == "no-version":
             versioned = False
             reasons.append(f"No version-aware update (If-Match) of {resource_type}.")
+        elif "update" in interactions and versioning != "versioned-update":
+            unsaid = True  # `versioned` or nothing: whether If-Match holds is not said
+    if unsaid and versioned:
+        reasons.append(UNSAID)
     return WriteMode(
         bundle=bundle,
         conditional_create=conditional,
@@ -114,7 +124,18 @@ def from_statement(
         max_entries=_size(bundle, max_entries),
         reasons=tuple(reasons),
         missing=tuple(missing),
+        probe_if_match=versioned and unsaid,
     )
+
+
+def learnt(mode: WriteMode, enforced: bool) -> WriteMode:
+    """The mode once a stale-version update showed whether If-Match is enforced."""
+    reasons = tuple(r for r in mode.reasons if r != UNSAID)
+    if enforced:
+        why = "If-Match is enforced: a stale-version update was refused (412)."
+    else:
+        why = "If-Match is not enforced: a stale-version update was not refused."
+    return replace(mode, if_match=enforced, probe_if_match=False, reasons=(*reasons, why))
 
 
 def _size(bundle: BundleKind, max_entries: int) -> int:

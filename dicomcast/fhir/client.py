@@ -4,6 +4,7 @@ deletes. It knows HTTP and Bundles; what to write is `upsert.py`'s business."""
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from dicomcast.http import (
 )
 
 FHIR_JSON = "application/fhir+json"
+log = logging.getLogger(__name__)
 
 
 class FhirClient:
@@ -198,17 +200,41 @@ class FhirClient:
 
     def _bundle(self, kind: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         bundle = {"resourceType": "Bundle", "type": kind, "entry": entries}
-        headers = {"Prefer": "return=minimal"} if self.prefer_minimal else {}
+        minimal = self.prefer_minimal
+        headers = {"Prefer": "return=minimal"} if minimal else {}
         response = self._send("POST", "", kind, json=bundle, headers=headers)
         if not response.content.strip():
-            return [{"response": {}} for _ in entries]  # stored, but nothing said: re-read
+            if minimal:
+                self._answers_minimal_empty()
+            return [{"response": {}} for _ in entries]  # unproven: the caller reads back
         body = self._decode(response, kind)
         found = _entries(body, kind)
         if len(found) != len(entries):
             raise FhirUnavailable(f"{kind}: response has the wrong number of entries")
+        failed: FhirRejected | None = None
         for number, (sent, answer) in enumerate(zip(entries, found, strict=True), start=1):
-            _check_entry(sent, answer, f"{kind} entry {number}")
+            try:
+                _check_entry(sent, answer, f"{kind} entry {number}")
+            except FhirRejected as exc:
+                failed = failed or exc
+        if failed is not None:
+            # On a server that does not run transactions atomically the other entries
+            # were stored: say which were created, so they are not left dangling.
+            failed.stored = [a for a in found if _entry_status(a, missing="") == 201]
+            raise failed
         return list(found)
+
+    def _answers_minimal_empty(self) -> None:
+        """An empty answer to `Prefer: return=minimal` proves nothing: Medplum gives it even
+        when entries inside failed. Ask for whole answers (per-entry statuses) from now on."""
+        with self._count_lock:
+            if not self.prefer_minimal:
+                return
+            self.prefer_minimal = False
+        log.warning(
+            "the FHIR server answers a Bundle sent with Prefer: return=minimal with an empty "
+            "body, which proves nothing: asking for whole answers from now on"
+        )
 
     def entry_request(self, entry: dict[str, Any]) -> dict[str, Any]:
         """One Bundle entry sent as its own request (for a server without transactions or
@@ -237,6 +263,18 @@ class FhirClient:
             if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
                 answer["resource"] = resource
         return answer
+
+    def resolves(self, reference: str) -> bool:
+        """Whether a literal reference (`Patient/123`) reads as a resource now."""
+        if reference.count("/") != 1 or reference.startswith(("urn:", "#", "http")):
+            return True  # not a literal reference on this server: nothing to check
+        try:
+            self._send("GET", reference, f"read {reference.split('/')[0]}")
+        except FhirRejected as exc:
+            if exc.status in (404, 410):
+                return False
+            raise
+        return True
 
     def delete(self, resource_type: str, resource_id: str) -> None:
         """Delete by id; a resource already gone (404/410) counts as deleted."""

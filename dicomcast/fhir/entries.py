@@ -103,3 +103,9 @@ def created_id(entry: Mapping[str, Any]) -> tuple[str | None, bool]:
     if not resource_id and isinstance(entry.get("resource"), dict):
         resource_id = entry["resource"].get("id")
     return resource_id, str(response.get("status", "")).startswith("201")
+
+
+def proven(entry: Mapping[str, Any]) -> bool:
+    """The server said what became of this entry (a status); an empty answer proves nothing."""
+    response = entry.get("response")
+    return isinstance(response, Mapping) and str(response.get("status", ""))[:3].isdigit()

@@ -9,22 +9,26 @@ updates; a conflict re-reads and merges again.
 A study this worker never wrote skips the read: both resources go out as conditional
 creates in one request, and the answer says what happened. `201` for both is the common
 case and costs one request. A `200` means the resource was there already: an ImagingStudy
-then goes through read-merge-write, and a Patient not reconciled before gets its policy
-(fill-missing, overwrite) applied by a read and, when needed, an update.
+then goes through read-merge-write; a Patient that existed gets its policy (fill-missing,
+overwrite) applied by the same read-merge-write, which also proves the new study points
+at it.
+
+A write is recorded only when it is proven: an answer without per-entry statuses (an
+empty `200`, which Medplum gives even when entries inside failed) is followed by a
+read-back, and anything the read-back does not show is written again. A refused write on a
+server that kept the rest of the transaction leaves no ImagingStudy pointing at nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from dicomcast.errors import FhirConflict, MappingError
+from dicomcast.errors import FhirConflict, FhirRejected, MappingError
 from dicomcast.fhir import observations
 from dicomcast.fhir.capabilities import WriteMode
 from dicomcast.fhir.client import FhirClient
@@ -33,18 +37,18 @@ from dicomcast.fhir.entries import (
     create_entry,
     created_id,
     merge_owned,
+    proven,
     replace_refs,
     retired,
     update_entry,
 )
 from dicomcast.fhir.orders import Orders
 from dicomcast.fhir.writes import Guard, Writes, unguarded
-from dicomcast.mapping.mapper import MappedStudy, content_hash, search_token
+from dicomcast.mapping.mapper import MappedStudy, search_token
 from dicomcast.model import BasedOnPolicy, DeletedStudyPolicy, PatientPolicy
 
 log = logging.getLogger(__name__)
 CONFLICT_ATTEMPTS = 4
-KNOWN_PATIENTS = 100_000  # Patients remembered as reconciled (token -> content digest)
 Compose = Callable[[], dict[str, Any]]
 
 
@@ -126,8 +130,6 @@ class FhirWriter:
         self.orders = Orders(based_on, lambda query: client.search_many([query])[0])
         self.patient_policy = patient_policy
         self.deleted_policy = deleted_policy
-        self._patients: OrderedDict[str, str] = OrderedDict()
-        self._patients_lock = threading.Lock()
 
     # --- Endpoint
 
@@ -142,11 +144,13 @@ class FhirWriter:
         for _ in range(CONFLICT_ATTEMPTS):
             current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
             if current is None:
-                (response,) = self.writes.send([create_entry(check(endpoint))])
+                created = check(endpoint)
+                (response,) = self.writes.send([create_entry(created)])
                 resource_id, _ = created_id(response)
-                if resource_id:
-                    return f"Endpoint/{resource_id}"
-                continue
+                if not (resource_id and proven(response)):
+                    continue  # the answer proves nothing: read it back
+                self.writes.learn_if_match({**created, "id": resource_id})
+                return f"Endpoint/{resource_id}"
             merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
             if comparable(merged) != comparable(current):
                 endpoint = check(endpoint)
@@ -156,6 +160,7 @@ class FhirWriter:
                     self.writes.send([update_entry(merged, current)])
                 except FhirConflict:
                     continue
+            self.writes.learn_if_match(current)  # the version read is stale either way
             return f"Endpoint/{current['id']}"
         raise FhirConflict("Endpoint kept changing while it was being written")
 
@@ -177,23 +182,26 @@ class FhirWriter:
         `study_id`, the ImagingStudy's id as last written, lets the read of its dose
         Observations go in the same batch (it is checked against what the read finds)."""
         with self.writes.guarded(f"Patient {search_token(mapped.patient)}"):
-            if new and self.writes.mode().blind_creates:
-                try:
-                    created = self._create_all(mapped)
-                except FhirConflict:
-                    created = None  # e.g. two matches for an identifier: the read path says
-                if created is not None:
-                    return created
-            return self._upsert(mapped, compose, study_id)
+            try:
+                if new and self.writes.mode().blind_creates:
+                    try:
+                        created = self._create_all(mapped)
+                    except FhirConflict:
+                        created = None  # e.g. two matches for an identifier: the read path says
+                    if created is not None:
+                        return created
+                return self._upsert(mapped, compose, study_id)
+            except FhirRejected as exc:
+                if exc.stored:  # a non-atomic server kept the rest of a refused transaction
+                    self._remove_dangling(mapped)
+                raise
 
     def _upsert(
         self, mapped: MappedStudy, compose: Compose | None, study_id: str | None
     ) -> UpsertResult:
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                result = self._upsert_once(mapped, compose, study_id)
-                self._remember(mapped.patient)
-                return result
+                return self._upsert_once(mapped, compose, study_id)
             except FhirConflict:
                 log.info(
                     "conflict writing study %s, re-reading (attempt %d)",
@@ -208,8 +216,16 @@ class FhirWriter:
         return bool(self.observation_owned)
 
     def _upsert_once(
-        self, mapped: MappedStudy, compose: Compose | None, study_hint: str | None
+        self,
+        mapped: MappedStudy,
+        compose: Compose | None,
+        study_hint: str | None,
+        *,
+        readback: bool = False,
     ) -> UpsertResult:
+        """Read, merge, and write what differs. With `readback`, this is the proof of a
+        write whose answer proved nothing: anything still to write means it did not land
+        as answered (a conflict: the caller reads and writes again)."""
         patient_token = search_token(mapped.patient)
         study_token = search_token(mapped.imaging_study)
         order_queries = self.orders.queries(mapped.imaging_study)
@@ -280,7 +296,17 @@ class FhirWriter:
         entries = [e for e in (patient_entry, study_entry) if e is not None] + obs_plan.entries
         if not entries:
             return UpsertResult(patient_id, study_id, wrote=False)
+        if readback:
+            log.warning(
+                "the FHIR server answered a write of study %s that a read-back does not show "
+                "(%d resources differ); writing again",
+                mapped.study_uid,
+                len(entries),
+            )
+            raise FhirConflict("a read-back does not show what the FHIR server said it wrote")
         responses = self.writes.send(entries)
+        if not all(proven(r) for r in responses):
+            self._upsert_once(mapped, compose, study_id, readback=True)  # raises if not there
         # Responses come back in entry order: the Patient's, the ImagingStudy's, then the rest.
         if patient_entry is not None:
             patient_id = created_id(responses[0])[0] or patient_id
@@ -307,50 +333,35 @@ class FhirWriter:
         responses = self.writes.send(entries)
         patient_id, patient_created = created_id(responses[0])
         study_id, study_created = created_id(responses[1])
+        if not all(proven(r) for r in responses):
+            return None  # the answer proves nothing: the read path finds what is there
         if not study_created:
             return None
-        if not patient_created and not self._known(mapped.patient):
-            patient_id = self._reconcile_patient(mapped.patient) or patient_id
-        self._remember(mapped.patient)
         all_created = all(created_id(r)[1] for r in responses[2:])
-        if wanted_obs and not (inline and all_created):
-            # Too many for one transaction, or one existed already: read and merge them.
-            self._upsert(mapped, None, study_id)
+        if not patient_created or (wanted_obs and not (inline and all_created)):
+            # The Patient existed: its policy applies (fill-missing, overwrite), and the
+            # study must point at it (a server once answered "exists at A" and linked the
+            # study to a B that never existed). Or Observations were left for later.
+            # One read-merge-write does all of it.
+            result = self._upsert(mapped, None, study_id)
+            return UpsertResult(result.patient_id or patient_id, study_id, wrote=True)
         return UpsertResult(patient_id, study_id, wrote=True)
 
-    def _reconcile_patient(self, desired: dict[str, Any]) -> str | None:
-        """Apply the Patient policy to a Patient that existed before our create."""
-        token = search_token(desired)
-        for _ in range(CONFLICT_ATTEMPTS):
-            current = _single(self.client.search(f"Patient?identifier={token}"), "Patient", token)
-            if current is None:
-                return None
-            merged = merge_patient(current, desired, self.patient_owned, self.patient_policy)
-            if comparable(merged) == comparable(current):
-                return str(current["id"])
-            try:
-                self.writes.send([update_entry(merged, current)])
-            except FhirConflict:
-                continue
-            return str(current["id"])
-        raise FhirConflict(
-            f"Patient with {identifier_words(token)} kept changing while it was being written"
-        )
-
-    def _known(self, patient: Mapping[str, Any]) -> bool:
-        """Was exactly this Patient content reconciled already (by this process)?"""
-        if self.patient_policy == "never":
-            return True
-        with self._patients_lock:
-            return self._patients.get(search_token(patient)) == content_hash(patient)
-
-    def _remember(self, patient: Mapping[str, Any]) -> None:
-        token, digest = search_token(patient), content_hash(patient)
-        with self._patients_lock:
-            self._patients[token] = digest
-            self._patients.move_to_end(token)
-            if len(self._patients) > KNOWN_PATIENTS:
-                self._patients.popitem(last=False)
+    def _remove_dangling(self, mapped: MappedStudy) -> None:
+        """After a refused write on a server that kept the rest of it: an ImagingStudy of
+        this study whose subject does not resolve (its Patient was the refused entry) is
+        removed, never left pointing at nothing; the next attempt writes it whole."""
+        token = search_token(mapped.imaging_study)
+        for study in self.client.search(f"ImagingStudy?identifier={token}"):
+            subject = (study.get("subject") or {}).get("reference")
+            if isinstance(subject, str) and not self.client.resolves(subject):
+                log.warning(
+                    "removing the ImagingStudy of study %s the FHIR server stored although "
+                    "its Patient was refused",
+                    mapped.study_uid,
+                )
+                self.remove_study(token)
+                return
 
     def remove_study(self, token: str) -> int:
         """Reflect a deleted study, found by its match-key search token: delete its

@@ -19,9 +19,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from dicomcast.errors import FhirConflict, FhirRejected, RetriableError
-from dicomcast.fhir.capabilities import WriteMode
+from dicomcast.fhir.capabilities import WriteMode, learnt
 from dicomcast.fhir.client import FhirClient
-from dicomcast.fhir.entries import created_id, references, replace_refs
+from dicomcast.fhir.entries import created_id, proven, references, replace_refs, update_entry
 
 log = logging.getLogger(__name__)
 Entry = dict[str, Any]
@@ -77,6 +77,34 @@ class Writes:
         except RetriableError as exc:
             self._failed = (time.monotonic() + self.RETRY_MODE, exc)
             raise
+
+    def learn_if_match(self, resource: Entry) -> WriteMode:
+        """Where the CapabilityStatement does not say whether `If-Match` is enforced (Medplum
+        declares `versioned` and enforces it), learn it once: an update of `resource`
+        (dicomcast's own Endpoint, its content unchanged) naming a stale version is refused
+        (412) where it is enforced. Until learnt, If-Match is sent."""
+        mode = self.mode()
+        if not mode.probe_if_match:
+            return mode
+        version = str((resource.get("meta") or {}).get("versionId") or "")
+        stale = str(int(version) - 1) if version.isdigit() and int(version) > 1 else "0"
+        entry = update_entry(resource, {**resource, "meta": {"versionId": stale}})
+        enforced = True  # what an answer that proves nothing leaves: If-Match is sent
+        for _ in range(2):  # an empty answer makes the client ask for whole ones: again
+            try:
+                (answer,) = self.send([entry])
+            except FhirConflict:
+                break
+            except FhirRejected:
+                enforced = False  # it refuses If-Match itself: it cannot keep updates apart
+                break
+            if proven(answer):
+                enforced = False
+                break
+        with self._lock:
+            self._mode = learnt(self.mode(), enforced)
+        log.info("FHIR writes: %s", self._mode.describe())
+        return self._mode
 
     @contextlib.contextmanager
     def guarded(self, key: str) -> Iterator[None]:

@@ -262,6 +262,7 @@ class Queue:
         count_attempt: bool = True,
         detail: str | None = None,
         seen_count: int | None = None,
+        study_uid: str | None = None,
         now: float | None = None,
     ) -> None:
         """Record a failed attempt: back off until `retry_at`, or park it as failed.
@@ -286,6 +287,8 @@ class Queue:
         }
         if seen_count is not None:
             values["seen_count"] = seen_count
+        if study_uid and len(study_uid) <= 64:  # operators find a failure by its UID
+            values["study_uid"] = study_uid
         with self.db.write("finish_failed") as session:
             if park:
                 parked = changed(

@@ -286,31 +286,46 @@ def test_a_study_never_written_costs_one_request() -> None:
     assert all("ifNoneExist" in e["request"] for e in entries)
 
 
-def test_an_ehr_patient_met_by_the_create_still_gets_the_fill_missing_policy() -> None:
+def test_an_ehr_patient_met_by_the_create_gets_its_policy_and_the_study_is_read_back() -> None:
     ehr = stored({**PATIENT, "name": [{"family": "EHR-Name"}]}, "p1", version="3")
     del ehr["birthDate"]
+    # What the server holds after the create: the study points at the Patient it matched.
+    created = stored({**STUDY, "subject": {"reference": "Patient/p1"}}, "s9")
     fhir = ScriptedFhir(
         ("200 OK", "Patient/p1"),  # the EHR's Patient matched the conditional create
         ("201 Created", "ImagingStudy/s9"),
         ("200 OK", "Patient/p1"),  # the fill-missing update
-        ("200 OK", "Patient/p1"),  # a second study of the same patient
-        ("201 Created", "ImagingStudy/s10"),
         ehr=ehr,
+        studies=[created],
     )
     w = writer(Counting(fhir))
     assert w.upsert_study(mapped(), new=True).patient_id == "p1"
     kinds = [kind for kind, _ in fhir.sent]
-    assert kinds == ["transaction", "search", "transaction"]
-    update = fhir.sent[2][1]["entry"][0]
+    assert kinds == ["transaction", "batch", "transaction"]
+    (update,) = fhir.sent[2][1]["entry"]
     assert update["request"] == {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"3"'}
     assert update["resource"]["name"] == [{"family": "EHR-Name"}]  # never clobbered
     assert update["resource"]["birthDate"] == "1980-01-01"  # filled in
 
-    # The same Patient content again: reconciled already, so one request for the study.
-    second = MappedStudy("1.2.4", dict(PATIENT), {**STUDY, "identifier": [
-        {"system": "urn:dicom:uid", "value": "urn:oid:1.2.4"}]}, "urn:uuid:p", ())  # fmt: skip
-    w.upsert_study(second, new=True)
-    assert [kind for kind, _ in fhir.sent][3:] == ["transaction"]
+
+def test_a_study_linked_to_another_patient_than_the_one_matched_is_rewritten() -> None:
+    """A server once answered "Patient exists at A" and linked the new study to a B that
+    never existed: the read-back sees it, and the study is written again, to A."""
+    patient = stored(PATIENT, "p1")
+    wrong = stored({**STUDY, "subject": {"reference": "Patient/never"}}, "s9")
+    fhir = ScriptedFhir(
+        ("200 OK", "Patient/p1"),
+        ("201 Created", "ImagingStudy/s9"),
+        ("200 OK", "ImagingStudy/s9"),  # the repair
+        ehr=patient,
+        studies=[wrong],
+    )
+    writer(Counting(fhir)).upsert_study(mapped(), new=True)
+    kinds = [kind for kind, _ in fhir.sent]
+    assert kinds == ["transaction", "batch", "transaction"]
+    (repair,) = fhir.sent[2][1]["entry"]
+    assert repair["request"]["url"] == "ImagingStudy/s9"
+    assert repair["resource"]["subject"] == {"reference": "Patient/p1"}
 
 
 def test_a_study_that_existed_after_all_goes_through_read_merge_write() -> None:

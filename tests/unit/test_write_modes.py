@@ -12,7 +12,7 @@ import pytest
 
 from dicomcast.config import load_settings
 from dicomcast.errors import ConfigError
-from dicomcast.fhir.capabilities import WriteMode, from_statement
+from dicomcast.fhir.capabilities import WriteMode, from_statement, learnt
 from dicomcast.fhir.client import FhirClient
 from dicomcast.fhir.entries import create_entry
 from dicomcast.fhir.writes import Writes
@@ -37,7 +37,7 @@ def statement(
             "type": kind,
             "interaction": [{"code": code} for code in sorted(interactions)],
             **({"conditionalCreate": True} if conditional else {}),
-            "versioning": "versioned-update" if versioned else "versioned",
+            "versioning": "versioned-update" if versioned else "no-version",
         }
         for kind in ("Patient", "ImagingStudy", "Endpoint", "Observation")
     ]
@@ -47,6 +47,18 @@ def statement(
         "interaction": [{"code": code} for code in (*bundles, "history-system")],
     }
     return {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [rest]}
+
+
+def test_versioned_or_nothing_says_nothing_about_if_match_and_it_is_learnt() -> None:
+    said = statement()
+    for resource in said["rest"][0]["resource"]:
+        resource["versioning"] = "versioned"  # Medplum's, which enforces If-Match
+    mode = from_statement(said, NEEDS, 50)
+    assert mode.if_match and mode.probe_if_match and "learnt" in mode.describe()
+    for enforced in (True, False):
+        told = learnt(mode, enforced)
+        assert told.if_match is enforced and not told.probe_if_match
+        assert ("is enforced" if enforced else "not enforced") in told.describe()
 
 
 def server(
