@@ -149,6 +149,7 @@ class Outcome:
     answered: frozenset[str] = frozenset()
     study_uid: str | None = None
     seen_count: int | None = None  # the instance count the source showed, when read
+    started_at: float | None = None  # when the attempt began: its answers are newer
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,9 @@ class Worker:
     def record(self, task: StudyTask, outcome: Outcome) -> str:
         """Write what became of one attempt into the state DB; returns the outcome's label.
         The one place a sync's result is recorded."""
-        self.pauses.clear(outcome.answered)
+        # Only answers to requests sent after a pause began clear it (an answer to an
+        # older request says nothing of the server since), and never before Retry-After.
+        self.pauses.clear(outcome.answered, sent_at=outcome.started_at)
         if self._repeated_outage(task, outcome):
             # Judged its own once already, or the server answered others since it failed.
             since = self.pauses[outcome.dependency or ""].answered_at > (task.failed_at or 0)

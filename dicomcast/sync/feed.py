@@ -265,6 +265,7 @@ def per_source(
         if failed is not None and name in failed:
             continue
         pause = pauses[source_dependency(name)]
+        started = time.time()
         try:
             total += work(name)
         except StateUnavailable:
@@ -279,5 +280,5 @@ def per_source(
             if failed is not None:
                 failed[name] = exc
         else:
-            pause.clear()
+            pause.clear(sent_at=started)
     return total

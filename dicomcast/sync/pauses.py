@@ -39,6 +39,8 @@ class Pause:
         self.reason: str | None = None
         self.kind: str | None = None  # the class of failure, for health endpoints
         self.answered_at = 0.0  # when the server last answered (a pause cleared)
+        self.since = 0.0  # when the current pause began
+        self.floor = 0.0  # no answer clears it before this (the server's Retry-After)
         self._clock = clock
         self._jitter = jitter
         self._lock = threading.Lock()
@@ -60,6 +62,9 @@ class Pause:
         with self._lock:
             if now >= self.until:
                 self.streak += 1
+            if self.reason is None:
+                self.since = now
+            self.floor = max(self.floor, now + (retry_after or 0.0))
             delay = backoff(
                 self.streak, self.base, self.cap, retry_after=retry_after, jitter=self._jitter
             )
@@ -73,14 +78,23 @@ class Pause:
             )
         return self.until
 
-    def clear(self) -> None:
-        """The server answered: end the pause."""
+    def clear(self, sent_at: float | None = None) -> bool:
+        """The server answered a request sent at `sent_at`: end the pause, unless that
+        request was sent before the pause began (its answer says nothing of the server
+        since), or the server's Retry-After has not passed. True when no pause is left."""
+        now = self._clock()
         with self._lock:
-            self.answered_at = self._clock()
+            if self.reason is not None and (
+                (sent_at is not None and sent_at < self.since) or now < self.floor
+            ):
+                return False
+            self.answered_at = now
             was = self.reason
             self.until, self.streak, self.reason, self.kind = 0.0, 0, None, None
+            self.floor = 0.0
         if was is not None:
             log.warning("%s is back; resuming", self.name, extra={"dependency": self.name})
+        return True
 
 
 class Pauses(Mapping[str, Pause]):
@@ -117,8 +131,9 @@ class Pauses(Mapping[str, Pause]):
         now = self._clock()
         return any(self._pauses[n].active(now) for n in names)
 
-    def clear(self, names: Iterable[str]) -> None:
+    def clear(self, names: Iterable[str], sent_at: float | None = None) -> None:
+        """The named servers answered requests sent at or after `sent_at`."""
         for name in names:
             pause = self._pauses.get(name)
             if pause is not None:
-                pause.clear()
+                pause.clear(sent_at)

@@ -67,7 +67,7 @@ class Reconciler:
 
     def sync(self, task: StudyTask, *, wait_for_stable: bool = False) -> Outcome:
         """The outcome of one attempt; never raises (a failure is an outcome too)."""
-        attempt = _Attempt(task.study_uid)
+        attempt = _Attempt(task.study_uid, started_at=self.clock())
         try:
             outcome = self._sync(task, wait_for_stable, attempt)
         except Exception as exc:
@@ -86,6 +86,7 @@ class Reconciler:
             answered=frozenset(attempt.answered),
             study_uid=attempt.study_uid,
             seen_count=attempt.count,
+            started_at=attempt.started_at,
         )
 
     def _sync(self, task: StudyTask, wait_for_stable: bool, attempt: _Attempt) -> Outcome:
@@ -227,5 +228,6 @@ class _Attempt:
     """What one attempt learns on the way: the study's UID and which servers answered."""
 
     study_uid: str | None
+    started_at: float | None = None
     answered: set[str] = field(default_factory=set)
     count: int | None = None  # the instance count the source showed

@@ -87,6 +87,9 @@ def test_a_pause_grows_while_the_outage_lasts_and_clears_when_the_server_answers
     assert pause.trip("down again") == 1003.5 and pause.streak == 2  # doubled
     assert pause.trip("throttled", retry_after=30.0) == 1031.5  # Retry-After wins
     pause.clear()
+    assert pause.active()  # no answer ends a pause before the server's Retry-After
+    now[0] = 1031.5
+    pause.clear()
     assert (pause.active(), pause.streak, pause.reason) == (False, 0, None)
 
 
@@ -98,6 +101,7 @@ def test_pauses_say_when_the_longest_active_one_ends() -> None:
     pauses["fhir"].trip("down", retry_after=5.0)
     assert pauses.until(["fhir", "source:a"]) == pytest.approx(10.0, abs=2.0)
     assert pauses.until(["state"]) is None and pauses.any_active(["fhir"])
+    now[0] = 12.0  # past both Retry-Afters
     pauses.clear(["fhir", "source:a"])
     assert not pauses.any_active(pauses)
 
@@ -112,3 +116,39 @@ def test_a_repeated_5xx_is_the_studys_own_once_the_server_answered_others() -> N
     assert (own.kind, own.retry_at, own.status) == (Kind.RETRY, 110.0, 503)
     last = repeated_outage(paused, task(2), POLICY, answered_since=True, now=100.0)
     assert (last.kind, last.dependency) == (Kind.PARKED, None)
+
+
+class Clock:
+    """Time as the test says it is."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_only_an_answer_to_a_request_sent_after_the_pause_clears_it() -> None:
+    clock = Clock()
+    pause = Pause("fhir", 1.0, 60.0, clock=clock, jitter=NO_JITTER)
+    sent_before = clock.now  # another thread's request, out before the outage was seen
+    clock.now += 0.1
+    pause.trip("HTTP 503")
+    clock.now += 0.2
+    assert not pause.clear(sent_at=sent_before)  # its answer says nothing of the server since
+    assert pause.active() and pause.reason == "HTTP 503"
+    assert pause.clear(sent_at=clock.now)  # a request sent during the pause was answered
+    assert not pause.active()
+
+
+def test_a_retry_after_holds_the_pause_against_any_answer_until_it_has_passed() -> None:
+    clock = Clock()
+    pauses = Pauses(["fhir"], 1.0, 60.0, clock=clock, jitter=NO_JITTER)
+    pauses["fhir"].trip("HTTP 429", retry_after=5.0)
+    for step in (0.5, 2.0, 4.9):
+        clock.now = 1000.0 + step
+        pauses.clear(["fhir"], sent_at=clock.now)  # even a fresh request's answer
+        assert pauses.any_active(["fhir"]), step
+    clock.now = 1005.0
+    pauses.clear(["fhir"], sent_at=clock.now)
+    assert not pauses.any_active(["fhir"]) and pauses.until(["fhir"]) is None
