@@ -72,6 +72,8 @@ class Worker:
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
         self.progress_at = time.time()  # the loop's heartbeat, for /livez
+        for name in self.sources:
+            self.metrics.start_source(name, sorted({kind.label for kind in Kind} | {"retry"}))
         names = ["fhir", "state", *(source_dependency(name) for name in self.sources)]
         self.pauses = Pauses(names, min(settings.backoff_base, 5.0), settings.backoff_max)
         self.leases = SourceLeases(self.store, self.owner, self.sources, settings.feed_lease)

@@ -138,6 +138,15 @@ class Metrics:
             registry=r,
         )
 
+    def start_source(self, source: str, outcomes: Iterable[str]) -> None:
+        """Every labelled series an alert reads, at 0 from the start: a counter whose first
+        sample is 1 has no increase() of its own, and its first failure would go unseen."""
+        for outcome in outcomes:
+            self.studies.labels(source, outcome)
+        self.changes_read.labels(source)
+        self.feed_skipped.labels(source)
+        self.feed_failing.labels(source).set(0)
+
     def observe_fhir(self, resource_type: str, status: int | None, seconds: float) -> None:
         self.fhir_requests.labels(resource_type, status_class(status)).inc()
         self.fhir_request_duration.labels(resource_type).observe(seconds)

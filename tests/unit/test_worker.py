@@ -19,7 +19,8 @@ from dicomcast.sandbox.samples import DEMO_ISSUERS, bulk_studies
 from dicomcast.sources.base import FetchedStudy
 from dicomcast.state.store import StateStore
 from dicomcast.worker import Worker
-from tests.fakes import FakeSource, StatusFhir, dicom_json
+from tests.fakes import FakeSource, StatusFhir, dicom_json, fake_worker
+from tests.fhir_fake import FakeFhir
 
 
 def make_worker(
@@ -262,5 +263,20 @@ def test_one_source_down_pauses_only_its_own_studies(tmp_path: Path) -> None:
     down_rows = worker.store.failures("down")
     assert down_rows and all(r.attempts == 0 for r in down_rows)  # outages cost no attempts
     assert {r.error_kind for r in down_rows} == {"SourceUnavailable"}
+    worker.close()
+    worker.app.close()
+
+
+def test_every_counter_an_alert_reads_starts_at_zero(tmp_path: Path) -> None:
+    """A series born at 1 has no increase(): the first failure would fire no alert."""
+    worker = fake_worker(tmp_path, FakeFhir(), FakeSource({}))
+    registry = worker.metrics.registry
+    for outcome in ("failed", "held", "deleted", "synced", "retry"):
+        labels = {"source": "default", "outcome": outcome}
+        assert registry.get_sample_value("dicomcast_studies_total", labels) == 0.0, outcome
+    assert (
+        registry.get_sample_value("dicomcast_feed_entries_skipped_total", {"source": "default"})
+        == 0.0
+    )
     worker.close()
     worker.app.close()
