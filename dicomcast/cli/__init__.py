@@ -1,6 +1,6 @@
 """The `dicomcast` command line, one module per group of commands:
 `worker` (run, status), `checks` (map, check-config), `operator` (failures, resync, cursor),
-`backfill`, `deletions` (held over the budget).
+`backfill`, `deletions` (held over the budget), `verify` (drift between source and FHIR).
 Exit codes are listed in `common`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from dicomcast import __version__
-from dicomcast.cli import backfill, checks, deletions, keys, operator, worker
+from dicomcast.cli import backfill, checks, deletions, keys, operator, verify, worker
 
 app = typer.Typer(
     help="Keep a FHIR R4 server in sync with a DICOM archive.",
@@ -35,6 +35,7 @@ app.command("map")(checks.map_files)
 app.command("check-config")(checks.check_config)
 app.command()(operator.resync)
 app.command()(backfill.backfill)
+app.command()(verify.verify)
 app.add_typer(operator.failures, name="failures")
 app.add_typer(operator.cursor, name="cursor")
 app.add_typer(keys.keys, name="keys")

@@ -152,6 +152,28 @@ class FhirClient:
         what = f"search {query.split('?')[0]}"
         return _matches(self._json("GET", query, what), what)
 
+    def search_pages(self, query: str, limit: int = 100_000) -> list[dict[str, Any]]:
+        """Every match of `Type?params`, following the server's `next` links (only to
+        this server: a link elsewhere would carry our credentials away), up to `limit`."""
+        what = f"search {query.split('?')[0]}"
+        found: list[dict[str, Any]] = []
+        url: str | None = query
+        while url and len(found) < limit:
+            bundle = self._json("GET", url, what)
+            found += _matches(bundle, what)
+            links = bundle.get("link") if isinstance(bundle, dict) else None
+            url = next(
+                (
+                    str(link.get("url"))
+                    for link in links or []
+                    if isinstance(link, dict) and link.get("relation") == "next"
+                ),
+                None,
+            )
+            if url and not url.startswith(self.base_url + "/"):
+                raise FhirUnavailable(f"{what}: the next page is on another server", outage=True)
+        return found[:limit]
+
     def search_many(self, queries: list[str]) -> list[list[dict[str, Any]]]:
         """Several searches in one batch request; one by one on servers without batch."""
         if self._batch_supported and len(queries) > 1:

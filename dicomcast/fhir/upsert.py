@@ -21,14 +21,12 @@ server that kept the rest of the transaction leaves no ImagingStudy pointing at 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
-from dicomcast.errors import FhirConflict, FhirRejected, MappingError
+from dicomcast.errors import FhirConflict, FhirRejected
 from dicomcast.fhir import observations
 from dicomcast.fhir.capabilities import WriteMode
 from dicomcast.fhir.client import FhirClient
@@ -43,6 +41,7 @@ from dicomcast.fhir.entries import (
     update_entry,
 )
 from dicomcast.fhir.orders import Orders
+from dicomcast.fhir.patients import merge_patient, single
 from dicomcast.fhir.writes import Guard, Writes, unguarded
 from dicomcast.mapping.mapper import MappedStudy, search_token
 from dicomcast.model import BasedOnPolicy, DeletedStudyPolicy, PatientPolicy
@@ -59,45 +58,12 @@ class UpsertResult:
     wrote: bool
 
 
-def identifier_words(token: str) -> str:
-    """A match key as logs may show it: its system and a hash of its value (a Patient's
-    value is an MRN). The key itself goes in an error's `detail`."""
-    plain = unquote(token)
-    digest = hashlib.sha256(plain.encode()).hexdigest()[:12]
-    return f"identifier of system {plain.split('|', 1)[0]} (value hash {digest})"
+class _Differs(Exception):
+    """A dry run found resources to write."""
 
-
-def _single(matches: list[dict[str, Any]], what: str, token: str) -> dict[str, Any] | None:
-    if len(matches) > 1:
-        raise MappingError(
-            f"{len(matches)} {what} resources match one {identifier_words(token)}; refusing to "
-            "guess which one is right (merge them on the FHIR server, then retry)",
-            detail=f"identifier {unquote(token)}",
-        )
-    return matches[0] if matches else None
-
-
-def _merge_identifiers(current: list[Any], desired: list[Any]) -> list[Any]:
-    seen = {(i.get("system"), i.get("value")) for i in current if isinstance(i, dict)}
-    extra = [i for i in desired if (i.get("system"), i.get("value")) not in seen]
-    return current + extra
-
-
-def merge_patient(
-    current: dict[str, Any], desired: dict[str, Any], owned: frozenset[str], policy: PatientPolicy
-) -> dict[str, Any]:
-    """The Patient to write, given the one the server has (often the EHR's own)."""
-    if policy == "never":
-        return current
-    merged = dict(current)
-    for name in owned:
-        if name not in desired:
-            continue
-        if name == "identifier":
-            merged[name] = _merge_identifiers(current.get(name, []), desired[name])
-        elif policy == "overwrite" or name not in current:
-            merged[name] = desired[name]
-    return merged
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
 
 
 class FhirWriter:
@@ -142,7 +108,7 @@ class FhirWriter:
         `check` validates what is written; one the server holds as it is needs none."""
         token = search_token(endpoint)
         for _ in range(CONFLICT_ATTEMPTS):
-            current = _single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
+            current = single(self.client.search(f"Endpoint?identifier={token}"), "Endpoint", token)
             if current is None:
                 created = check(endpoint)
                 (response,) = self.writes.send([create_entry(created)])
@@ -215,6 +181,15 @@ class FhirWriter:
         """Dose Observations are on (their mapping file is loaded)."""
         return bool(self.observation_owned)
 
+    def differs(self, mapped: MappedStudy, study_id: str | None = None) -> int:
+        """How many resources of the study FHIR holds otherwise than it would be written
+        now (0: in sync); reads only, for `dicomcast verify`."""
+        try:
+            self._upsert_once(mapped, None, study_id, dry=True)
+        except _Differs as exc:
+            return exc.count
+        return 0
+
     def _upsert_once(
         self,
         mapped: MappedStudy,
@@ -222,6 +197,7 @@ class FhirWriter:
         study_hint: str | None,
         *,
         readback: bool = False,
+        dry: bool = False,
     ) -> UpsertResult:
         """Read, merge, and write what differs. With `readback`, this is the proof of a
         write whose answer proved nothing: anything still to write means it did not land
@@ -245,8 +221,8 @@ class FhirWriter:
         )
         orders = rest[: len(order_queries)]
         found_obs = rest[len(order_queries) : len(order_queries) + len(obs_queries)]
-        current_patient = _single(patients, "Patient", patient_token)
-        current_study = _single(studies, "ImagingStudy", study_token)
+        current_patient = single(patients, "Patient", patient_token)
+        current_study = single(studies, "ImagingStudy", study_token)
         members: list[dict[str, Any]] = []
         if current_study is not None and self.writes_observations:
             if study_hint == current_study["id"]:
@@ -296,6 +272,8 @@ class FhirWriter:
         entries = [e for e in (patient_entry, study_entry) if e is not None] + obs_plan.entries
         if not entries:
             return UpsertResult(patient_id, study_id, wrote=False)
+        if dry:
+            raise _Differs(len(entries))
         if readback:
             log.warning(
                 "the FHIR server answered a write of study %s that a read-back does not show "

@@ -12,7 +12,8 @@ import pytest
 
 from dicomcast.errors import FhirRejected, MappingError
 from dicomcast.fhir.client import FhirClient
-from dicomcast.fhir.upsert import FhirWriter, merge_patient
+from dicomcast.fhir.patients import merge_patient
+from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import MappedStudy
 
 BASE = "http://fhir.test/fhir"
