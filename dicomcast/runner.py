@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ from dicomcast.errors import DicomcastError, RetriableError, StateUnavailable, f
 from dicomcast.sync.feed import per_source
 
 if TYPE_CHECKING:
+    from dicomcast.model import StudyLocation
+    from dicomcast.sync.verify import Verifier
     from dicomcast.worker import RoundStats, Worker
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,38 @@ def scan(worker: Worker) -> None:
             worker.feed.scan(name)
 
 
+def verifier(worker: Worker, name: str) -> Verifier:
+    """The drift check of one source, with the worker's mappings, writer and Endpoints."""
+    from dicomcast.sync.verify import Verifier
+
+    def endpoint_of(location: StudyLocation) -> str | None:
+        return worker.endpoints.ref(name, location)
+
+    app = worker.app
+    return Verifier(
+        name, app.sources[name], app.mappings, app.writer, worker.reconciler.configs, endpoint_of
+    )
+
+
+def verify(worker: Worker) -> None:
+    """The periodic verify of the sources this worker tails: drift by kind, as gauges."""
+    from dicomcast.model import DateSpan
+    from dicomcast.sync.verify import DriftKind
+
+    for name in worker.sources:
+        if not worker.tailing[name] or worker.source_pause(name).active():
+            continue
+        counts = Counter(d.kind for d in verifier(worker, name).run(DateSpan()))
+        for kind in DriftKind:
+            worker.metrics.drift.labels(name, str(kind)).set(counts.get(kind, 0))
+        if counts:
+            log.warning(
+                "verify found studies out of sync: %s",
+                ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+                extra={"source": name},
+            )
+
+
 def start(worker: Worker) -> bool:
     """Start-up work, waited out under the pauses while a server is down (the listener is
     up meanwhile, `/readyz` says what is awaited). False when stopped first."""
@@ -142,6 +177,15 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
     now = dt.datetime.now(dt.UTC)
     for name, job, seconds in jobs:
         scheduler.add_job(_guarded(name, job), "interval", seconds=seconds, next_run_time=now)
+    every = worker.settings.verify_interval
+    if every:
+        first = now + dt.timedelta(seconds=every)
+        scheduler.add_job(
+            _guarded("verify", lambda: verify(worker)),
+            "interval",
+            seconds=every,
+            next_run_time=first,
+        )
     scheduler.start()
     names = list(worker.sources)
     log.info("worker running", extra={"sources": names, "owner": worker.owner})

@@ -131,6 +131,10 @@ class FakeFhir(httpx.MockTransport):
             if self.statement is None:
                 return outcome(404, "this server does not show its CapabilityStatement")
             return httpx.Response(200, json=self.statement)
+        if request.method == "GET" and path.count("/") == 1:  # a read by id
+            resource_type, _, rid = path.partition("/")
+            found = self.resources.get(resource_type, {}).get(rid)
+            return httpx.Response(200, json=found) if found else outcome(404, "no such resource")
         if request.method == "GET":
             return self._search(path, request.url.query.decode())
         if request.method == "DELETE":
@@ -171,6 +175,14 @@ class FakeFhir(httpx.MockTransport):
         params = parse_qs(query)
         tokens = params.get("identifier")
         part_of = params.get("part-of")
+        endpoint = params.get("endpoint")
+        if endpoint:  # an ImagingStudy search by its Endpoint (no date prefixes here)
+            found = [
+                r
+                for r in self.all(resource_type)
+                if any(e.get("reference") == endpoint[0] for e in r.get("endpoint") or [])
+            ]
+            return httpx.Response(200, json=_searchset(found))
         if part_of:
             found = [
                 r
@@ -179,7 +191,7 @@ class FakeFhir(httpx.MockTransport):
             ]
             return httpx.Response(200, json=_searchset(found))
         if not tokens:
-            return outcome(400, "only identifier and part-of searches are supported")
+            return outcome(400, "only identifier, endpoint and part-of searches are supported")
         found = self.search(resource_type, tokens[0])
         return httpx.Response(200, json=_searchset(found))
 

@@ -37,7 +37,7 @@ def verify(
     span = DateSpan(_date(since, "--since"), _date(until, "--until"))
     settings = settings_from(config)
     from dicomcast.app import build_app
-    from dicomcast.sync.verify import Verifier
+    from dicomcast.runner import verifier
     from dicomcast.worker import Worker
 
     app = guard(lambda: build_app(settings))
@@ -45,15 +45,8 @@ def verify(
     found: list[tuple[str, Drift]] = []
     try:
         for name in guard(lambda: source_names(settings, app.store, source)):
-            verifier = Verifier(
-                name,
-                app.sources[name],
-                app.mappings,
-                app.writer,
-                worker.reconciler.configs,
-                lambda location, n=name: worker.endpoints.ref(n, location),  # type: ignore[misc]
-            )
-            found += [(name, d) for d in guard(lambda v=verifier: list(v.run(span)))]  # type: ignore[misc]
+            check = verifier(worker, name)
+            found += [(name, d) for d in guard(lambda c=check: list(c.run(span)))]  # type: ignore[misc]
         fixed = _fix(app.store, found) if fix else 0
     finally:
         worker.close()

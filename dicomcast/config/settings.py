@@ -173,6 +173,13 @@ class Settings(FhirServerSettings):
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Longest wait for in-flight studies after SIGTERM/SIGINT."
     )
+    verify_interval: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between the worker's own `dicomcast verify` of each source it "
+        "tails (0 = off), exported as dicomcast_drift_studies; it reads every study, so "
+        "for a large archive an hour or a day.",
+    )
     once_max_wait: float = Field(
         60.0, ge=0, description="`run --once` waits out retries due within this many seconds."
     )

@@ -132,6 +132,13 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.drift = Gauge(
+            "dicomcast_drift_studies",
+            "Studies out of sync by kind (missing, extra, stale, dangling, duplicate) at the "
+            "last verify of the source (DICOMCAST_VERIFY_INTERVAL).",
+            ["source", "kind"],
+            registry=r,
+        )
         self.heartbeat = Gauge(
             "dicomcast_loop_heartbeat_timestamp_seconds",
             "When the worker's loop last made progress (Unix time).",
