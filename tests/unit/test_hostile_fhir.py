@@ -224,3 +224,23 @@ def test_a_source_behind_a_mutual_tls_gateway_presents_its_certificate(tmp_path:
         without.close()
     with pytest.raises(ConfigError, match="TLS files cannot be used"):
         OrthancSource(SourceSettings(**given, tls_cert=str(tmp_path / "no.pem"), tls_key="x"))
+
+
+def test_a_librarys_records_pass_the_phi_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """pynetdicom dumps C-FIND identifiers at INFO and DEBUG; pydicom quotes bad values."""
+    import logging
+
+    from dicomcast.ops.logging import setup_logging
+
+    for level in ("INFO", "DEBUG"):
+        setup_logging(level, "json", phi=False)
+        for name in ("pynetdicom.dsutils", "sqlalchemy.engine", "botocore.hooks", "google.auth"):
+            logging.getLogger(name).setLevel(logging.DEBUG)  # as a library may set itself
+            logging.getLogger(name).info("(0010,0010) PN [Yamada^Tarou] (0010,0020) [MRN-001]")
+            logging.getLogger(name).debug("params: patient_id=MRN-001")
+        logging.getLogger("pydicom").warning("Invalid value for VR DA: '19750229'")
+        logging.getLogger("dicomcast.worker").info("study synced")
+    logs = capsys.readouterr().err
+    assert "study synced" in logs and "Invalid value for VR DA" in logs
+    for secret in ("Yamada", "MRN-001", "19750229", "0010,0010"):
+        assert secret not in logs, secret
