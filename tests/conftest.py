@@ -119,3 +119,19 @@ def run_once_cli(env: dict[str, str], timeout: float) -> subprocess.CompletedPro
         timeout=timeout,
         check=False,
     )
+
+
+def dicomcast_cli(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """One `dicomcast` command as its own process, with these settings, output captured."""
+    from dicomcast.sandbox.environment import env_for
+
+    return subprocess.run(
+        [sys.executable, "-m", "dicomcast", *args],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

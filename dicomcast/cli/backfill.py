@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dicomcast.cli.common import ConfigOption, SourceOption, guard, settings_from, source_names
+from dicomcast.cli.common import (
+    ConfigOption,
+    SinceOption,
+    SourceOption,
+    UntilOption,
+    guard,
+    settings_from,
+    source_names,
+)
 from dicomcast.errors import ConfigError
 from dicomcast.model import BackfillProgress, DateSpan
 from dicomcast.state.store import StateStore
@@ -38,12 +46,8 @@ def _date(value: str | None, name: str) -> dt.date | None:
 def backfill(
     config: ConfigOption = None,
     source: SourceOption = None,
-    since: Annotated[
-        str | None, typer.Option(help="Only studies with a StudyDate on or after (YYYY-MM-DD).")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="Only studies with a StudyDate on or before (YYYY-MM-DD).")
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     max_rate: Annotated[
         float | None,
         typer.Option(min=0.001, help="Backfill studies per second, all workers together."),

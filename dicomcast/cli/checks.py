@@ -172,7 +172,9 @@ def _learn_if_match(settings: Settings, fhir: FhirClient, mode: WriteMode) -> Wr
     found = fhir.search(f"Endpoint?identifier={search_token(endpoint)}")
     if len(found) != 1:
         return mode
-    return Writes(fhir, lambda: mode).learn_if_match(found[0])
+    writes = Writes(fhir, lambda: mode)
+    writes.if_match_target(found[0])
+    return writes.mode()
 
 
 def _probe_state(settings: Settings) -> str:

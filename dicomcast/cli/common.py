@@ -8,6 +8,7 @@ may pass (a server or the state DB unavailable) or an operator command refused.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,12 @@ ConfigOption = Annotated[
 SourceOption = Annotated[
     str | None,
     typer.Option("--source", "-s", help="Which source (default: every configured one)."),
+]
+SinceOption = Annotated[
+    str | None, typer.Option(help="Only studies with a StudyDate on or after (YYYY-MM-DD).")
+]
+UntilOption = Annotated[
+    str | None, typer.Option(help="Only studies with a StudyDate on or before (YYYY-MM-DD).")
 ]
 
 
@@ -81,3 +88,25 @@ def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
 def iso(epoch: float | None) -> str | None:
     """Epoch seconds as a UTC ISO timestamp for output; None stays None."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def print_listing(
+    items: list[dict[str, Any]],
+    *,
+    as_json: bool,
+    empty: str,
+    header: str,
+    line: Callable[[dict[str, Any]], str],
+) -> bool:
+    """A list command's output: JSON, a line saying there is nothing, or a table (a header
+    and one line per item). True when a table was printed (the caller may add a footer)."""
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return False
+    if not items:
+        typer.echo(empty)
+        return False
+    typer.echo(header)
+    for item in items:
+        typer.echo(line(item))
+    return True

@@ -6,7 +6,6 @@ in FHIR as they are until the study changes in its source again."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +14,7 @@ from dicomcast.cli.common import (
     ConfigOption,
     SourceOption,
     iso,
+    print_listing,
     settings_from,
     source_names,
     with_store,
@@ -55,18 +55,17 @@ def deletions_list(
         return items
 
     items = with_store(settings, read)
-    if as_json:
-        typer.echo(json.dumps(items, indent=2))
+    if not print_listing(
+        items,
+        as_json=as_json,
+        empty="no held deletions",
+        header=f"{'SOURCE':<16}  {'STUDY':<64}  {'HELD AT':<20}  IMAGINGSTUDY",
+        line=lambda i: (
+            f"{i['source']:<16}  {i['study_uid'] or i['study_key']:<64}  "
+            f"{i['held_at'] or '-':<20}  {i['fhir_imagingstudy_id'] or '-'}"
+        ),
+    ):
         return
-    if not items:
-        typer.echo("no held deletions")
-        return
-    typer.echo(f"{'SOURCE':<16}  {'STUDY':<64}  {'HELD AT':<20}  IMAGINGSTUDY")
-    for item in items:
-        typer.echo(
-            f"{item['source']:<16}  {item['study_uid'] or item['study_key']:<64}  "
-            f"{item['held_at'] or '-':<20}  {item['fhir_imagingstudy_id'] or '-'}"
-        )
     budget = settings.delete_budget
     typer.echo(
         f"\n{len(items)} deletions held (budget: {budget if budget is not None else 'unlimited'}"

@@ -16,6 +16,7 @@ from dicomcast.cli.common import (
     ConfigOption,
     SourceOption,
     iso,
+    print_listing,
     settings_from,
     source_names,
     with_store,
@@ -161,17 +162,13 @@ def _feed_skips(config: Any, source: str | None, as_json: bool) -> None:
         {"source": r.source, "position": r.position, "reason": r.reason, "at": iso(r.at)}
         for r in skips
     ]
-    if as_json:
-        typer.echo(json.dumps(items, indent=2))
-        return
-    if not items:
-        typer.echo("no skipped feed entries")
-        return
-    typer.echo(f"{'SOURCE':<16}  {'POSITION':<32}  {'AT':<20}  REASON")
-    for item in items:
-        typer.echo(
-            f"{item['source']:<16}  {item['position']:<32}  {item['at']:<20}  {item['reason']}"
-        )
+    print_listing(
+        items,
+        as_json=as_json,
+        empty="no skipped feed entries",
+        header=f"{'SOURCE':<16}  {'POSITION':<32}  {'AT':<20}  REASON",
+        line=lambda i: f"{i['source']:<16}  {i['position']:<32}  {i['at']:<20}  {i['reason']}",
+    )
 
 
 @failures.command("show")

@@ -12,7 +12,15 @@ from typing import Annotated
 import typer
 
 from dicomcast.cli.backfill import _date
-from dicomcast.cli.common import ConfigOption, SourceOption, guard, settings_from, source_names
+from dicomcast.cli.common import (
+    ConfigOption,
+    SinceOption,
+    SourceOption,
+    UntilOption,
+    guard,
+    settings_from,
+    source_names,
+)
 from dicomcast.model import DateSpan, DirtyMark
 from dicomcast.state.store import StateStore
 from dicomcast.sync.verify import Drift, DriftKind
@@ -21,12 +29,8 @@ from dicomcast.sync.verify import Drift, DriftKind
 def verify(
     config: ConfigOption = None,
     source: SourceOption = None,
-    since: Annotated[
-        str | None, typer.Option(help="Only studies with a StudyDate on or after (YYYY-MM-DD).")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option(help="Only studies with a StudyDate on or before (YYYY-MM-DD).")
-    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     fix: Annotated[
         bool, typer.Option("--fix", help="Mark what drifted dirty: the workers repair it.")
     ] = False,

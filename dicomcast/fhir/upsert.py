@@ -115,7 +115,7 @@ class FhirWriter:
                 resource_id, _ = created_id(response)
                 if not (resource_id and proven(response)):
                     continue  # the answer proves nothing: read it back
-                self.writes.learn_if_match({**created, "id": resource_id})
+                self.writes.if_match_target({**created, "id": resource_id})
                 return f"Endpoint/{resource_id}"
             merged = merge_owned(current, endpoint, frozenset(endpoint) - {"resourceType"})
             if comparable(merged) != comparable(current):
@@ -126,7 +126,7 @@ class FhirWriter:
                     self.writes.send([update_entry(merged, current)])
                 except FhirConflict:
                     continue
-            self.writes.learn_if_match(current)  # the version read is stale either way
+            self.writes.if_match_target(current)  # the version read is stale either way
             return f"Endpoint/{current['id']}"
         raise FhirConflict("Endpoint kept changing while it was being written")
 

@@ -50,6 +50,8 @@ class Writes:
         self._mode: WriteMode | None = None
         self._failed: tuple[float, RetriableError] | None = None  # (until, what failed)
         self._lock = threading.Lock()
+        self._target: Entry | None = None  # what If-Match is learnt on
+        self._probe_lock = threading.Lock()
 
     def mode(self) -> WriteMode:
         if self._mode is None:
@@ -63,6 +65,8 @@ class Writes:
                             ", ".join(mode.missing),
                         )
                     self._mode = mode
+        if self._mode.probe_if_match and self._target is not None:
+            self._settle_if_match()  # until learnt (a server down meanwhile: next time)
         return self._mode
 
     def _first_mode(self) -> WriteMode:
@@ -78,33 +82,40 @@ class Writes:
             self._failed = (time.monotonic() + self.RETRY_MODE, exc)
             raise
 
-    def learn_if_match(self, resource: Entry) -> WriteMode:
-        """Where the CapabilityStatement does not say whether `If-Match` is enforced (Medplum
-        declares `versioned` and enforces it), learn it once: an update of `resource`
-        (dicomcast's own Endpoint, its content unchanged) naming a stale version is refused
-        (412) where it is enforced. Until learnt, If-Match is sent."""
-        mode = self.mode()
-        if not mode.probe_if_match:
-            return mode
-        version = str((resource.get("meta") or {}).get("versionId") or "")
-        stale = str(int(version) - 1) if version.isdigit() and int(version) > 1 else "0"
-        entry = update_entry(resource, {**resource, "meta": {"versionId": stale}})
-        enforced = True  # what an answer that proves nothing leaves: If-Match is sent
-        for _ in range(2):  # an empty answer makes the client ask for whole ones: again
-            try:
-                (answer,) = self.send([entry])
-            except FhirConflict:
-                break
-            except FhirRejected:
-                enforced = False  # it refuses If-Match itself: it cannot keep updates apart
-                break
-            if proven(answer):
-                enforced = False
-                break
-        with self._lock:
-            self._mode = learnt(self.mode(), enforced)
-        log.info("FHIR writes: %s", self._mode.describe())
-        return self._mode
+    def if_match_target(self, resource: Entry) -> None:
+        """dicomcast's own Endpoint as the server holds it: what `If-Match` is learnt on,
+        where the CapabilityStatement does not say whether it is enforced (Medplum
+        declares `versioned` and enforces it). Learnt when the mode is known (a run that
+        writes nothing never asks); until then If-Match is sent."""
+        self._target = resource
+        if self._mode is not None:
+            self._settle_if_match()
+
+    def _settle_if_match(self) -> None:
+        """An update of the target naming a stale version (its content unchanged) is
+        refused (412) where If-Match is enforced."""
+        with self._probe_lock:
+            mode, resource = self._mode, self._target
+            if mode is None or not mode.probe_if_match or resource is None:
+                return
+            version = str((resource.get("meta") or {}).get("versionId") or "")
+            stale = str(int(version) - 1) if version.isdigit() and int(version) > 1 else "0"
+            entry = update_entry(resource, {**resource, "meta": {"versionId": stale}})
+            enforced = True  # what an answer that proves nothing leaves: If-Match is sent
+            for _ in range(2):  # an empty answer makes the client ask for whole ones: again
+                try:
+                    (answer,) = self.send([entry])
+                except FhirConflict:
+                    break
+                except FhirRejected:
+                    enforced = False  # it refuses If-Match itself: it cannot keep updates apart
+                    break
+                if proven(answer):
+                    enforced = False
+                    break
+            with self._lock:
+                self._mode = learnt(mode, enforced)
+            log.info("FHIR writes: %s", self._mode.describe())
 
     @contextlib.contextmanager
     def guarded(self, key: str) -> Iterator[None]:

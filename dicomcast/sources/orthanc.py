@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 STUDY_CHANGES = frozenset({"NewStudy", "StableStudy", "UpdatedAttachment", "UpdatedMetadata"})
 PATIENT_ID = "00100020"
 PLUGIN_MISSING = (
-    "Orthanc's DICOMweb API answers 404 for a study its REST API holds: is the DICOMweb "
-    "plugin loaded (Plugins) and is /dicom-web/ routed to it? Nothing is deleted meanwhile"
+    "Orthanc answers, but not its DICOMweb plugin (GET dicom-web/studies is 404): load the "
+    "plugin (Plugins) and route /dicom-web/ to it; nothing is deleted meanwhile"
 )
 ORTHANC_ID = re.compile(r"[0-9A-Za-z-]{1,64}")  # never a path: IDs go into URLs
 
@@ -102,12 +102,7 @@ class OrthancSource(RestSource):
             )
         except SourceRejected as exc:
             if exc.status == 404:
-                raise SourceUnavailable(
-                    "Orthanc answers, but not its DICOMweb plugin (GET dicom-web/studies is "
-                    "404): load the plugin (Plugins) and route /dicom-web/ to it",
-                    outage=True,
-                    status=404,
-                ) from None
+                raise SourceUnavailable(PLUGIN_MISSING, outage=True, status=404) from None
             raise
 
     # --- the change feed
@@ -237,12 +232,20 @@ class OrthancSource(RestSource):
             self.rest.get(f"studies/{key}")
         except NotFound:
             return FetchedStudy.absent(key, study_uid)
-        if empty:
-            raise SourceUnavailable(
-                "Orthanc's DICOMweb metadata holds no instance of a study its REST API "
-                "still has; reading it again later"
+        if empty:  # deterministic: every instance unreadable, or none of its patient
+            raise MappingError(
+                "Orthanc's DICOMweb metadata holds no usable instance of a study its REST "
+                "API still has (instances without the study's UID or PatientID)",
+                detail=f"StudyInstanceUID {study_uid}",
             )
-        raise SourceUnavailable(PLUGIN_MISSING, outage=True)
+        # The plugin itself answers? Then the 404 is this study's own (Orthanc's DICOMweb
+        # cannot find some odd studies its REST API holds): park it, the others go on.
+        self._check_dicomweb(self.rest.bounds.deadline)
+        raise MappingError(
+            "Orthanc's DICOMweb plugin answers, but finds no study of this StudyInstanceUID "
+            "although Orthanc's REST API holds it: the study cannot be read",
+            detail=f"StudyInstanceUID {study_uid}",
+        )
 
     def lookup_study(self, study_uid: str) -> list[str]:
         def once() -> Any:

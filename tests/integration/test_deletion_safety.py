@@ -17,22 +17,12 @@ from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import bulk_studies, demo_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer, free_port
 from dicomcast.worker import Worker
+from tests.conftest import dicomcast_cli
 from tests.integration.fhir_state import all_resources
 from tests.integration.test_operations import probe, wait_for
 
 pytestmark = pytest.mark.integration
 Sync = Callable[..., tuple[int, Worker]]
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomcast", *args],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_an_orthanc_without_its_dicomweb_plugin_deletes_nothing_and_is_not_ready(
@@ -53,7 +43,7 @@ def test_an_orthanc_without_its_dicomweb_plugin_deletes_nothing_and_is_not_ready
     orthanc.dicomweb = False
     orthanc.start()
     settings = make_settings(once_max_wait=0)
-    resync = cli(settings, "resync", specs[0].study_uid)
+    resync = dicomcast_cli(settings, "resync", specs[0].study_uid)
     assert resync.returncode == 0, resync.stderr
     code, worker = sync_once(once_max_wait=0)
     assert code == 1
@@ -63,7 +53,7 @@ def test_an_orthanc_without_its_dicomweb_plugin_deletes_nothing_and_is_not_ready
     pause = worker.source_pause("default")
     assert pause.reason is not None and "DICOMweb plugin" in pause.reason
 
-    checked = cli(settings, "check-config")
+    checked = dicomcast_cli(settings, "check-config")
     assert checked.returncode != 0
     assert "DICOMweb plugin" in checked.stdout + checked.stderr
 
@@ -117,14 +107,14 @@ def test_a_mass_deletion_past_the_budget_is_held_until_an_operator_decides(
     assert len(all_resources(fhir, "ImagingStudy")) == 30
 
     settings = make_settings(delete_budget=10)
-    listed = cli(settings, "deletions", "list", "--json")
+    listed = dicomcast_cli(settings, "deletions", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     held = json.loads(listed.stdout)
     assert len(held) == 20 and {h["study_uid"] for h in held} <= set(gone)
     kept_uid = held[0]["study_uid"]
-    rejected = cli(settings, "deletions", "reject", kept_uid)
+    rejected = dicomcast_cli(settings, "deletions", "reject", kept_uid)
     assert rejected.returncode == 0, rejected.stderr
-    approved = cli(settings, "deletions", "approve", "--all")
+    approved = dicomcast_cli(settings, "deletions", "approve", "--all")
     assert approved.returncode == 0 and "19 deletions approved" in approved.stdout
 
     code, worker = sync_once(delete_budget=10)
@@ -141,6 +131,6 @@ def test_a_mass_deletion_past_the_budget_is_held_until_an_operator_decides(
     # The kept study is not found "vanished" again by the next scans.
     code, worker = sync_once(delete_budget=10)
     assert code == 0 and worker.totals["deleted"] == 0 and worker.totals["held"] == 0
-    status = json.loads(cli(settings, "status", "--json").stdout)["sources"][0]
+    status = json.loads(dicomcast_cli(settings, "status", "--json").stdout)["sources"][0]
     assert status["deletions"] == {"held": 0, "kept": 1}
     assert httpx.get(f"{orthanc.url}/studies").json() and len(left) == 11

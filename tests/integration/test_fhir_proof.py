@@ -5,15 +5,12 @@ enforced, and "exists at A" while linking B)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from dicomcast.config import Settings
-from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
     SeriesSpec,
@@ -24,6 +21,7 @@ from dicomcast.sandbox.samples import (
 )
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
+from tests.conftest import dicomcast_cli
 from tests.integration.fhir_state import all_resources
 from tests.medplum_like import MedplumLike
 
@@ -133,14 +131,7 @@ def test_check_config_says_what_it_learnt_of_if_match(
     sync_once: Sync,
 ) -> None:
     assert sync_once(fhir_url=medplum.fhir_url)[0] == 0  # the Endpoint exists now
-    checked = subprocess.run(
-        [sys.executable, "-m", "dicomcast", "check-config"],
-        env=env_for(make_settings(fhir_url=medplum.fhir_url)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = dicomcast_cli(make_settings(fhir_url=medplum.fhir_url), "check-config")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     fhir_line = next(line for line in checked.stdout.splitlines() if line.startswith("fhir"))
     assert "If-Match is enforced" in fhir_line

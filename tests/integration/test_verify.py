@@ -5,17 +5,15 @@ while no worker ran) is found, and `--fix` has the worker repair it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from dicomcast.config import Settings
-from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import demo_studies, instances, to_bytes
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
+from tests.conftest import dicomcast_cli
 from tests.integration.test_deletion_safety import delete_studies
 
 pytestmark = pytest.mark.integration
@@ -23,14 +21,7 @@ Sync = Callable[..., tuple[int, Worker]]
 
 
 def verify(settings: Settings, *args: str) -> tuple[int, dict[str, str]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomcast", "verify", "--json", *args],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = dicomcast_cli(settings, "verify", "--json", *args)
     assert done.returncode in (0, 1), done.stderr
     found = json.loads(done.stdout)["drift"]
     return done.returncode, {d["study_uid"]: d["kind"] for d in found}

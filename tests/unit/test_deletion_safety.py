@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from dicomcast.config import DEFAULT_PARTITION, load_settings
-from dicomcast.errors import SourceUnavailable
+from dicomcast.errors import MappingError, SourceUnavailable
 from dicomcast.http import RetryPolicy
 from dicomcast.model import DirtyMark, StudyTask
 from dicomcast.sources.azure import AzureDicomSource
@@ -160,3 +160,13 @@ def test_the_dicom_service_confirms_a_404_by_a_qido_search() -> None:
         source.fetch_study(f"{DEFAULT_PARTITION}/{STUDY_UID}")
     listed["found"] = False
     assert source.fetch_study(f"{DEFAULT_PARTITION}/{STUDY_UID}").gone
+
+
+def test_orthanc_dicomweb_404_for_one_odd_study_parks_only_that_study() -> None:
+    """Orthanc's DICOMweb cannot find some odd studies its REST API holds (the pydicom
+    corpus has two): while the plugin answers, that is the study's own failure."""
+    study = {"MainDicomTags": {"StudyInstanceUID": STUDY_UID}, "IsStable": True}
+    source = orthanc_answering({"/studies/s1": study, "/dicom-web/studies": []})
+    source.rest.retry = RetryPolicy(attempts=1)
+    with pytest.raises(MappingError, match="finds no study"):
+        source.fetch_study("s1")
