@@ -93,8 +93,11 @@ class Writes:
 
     def _settle_if_match(self) -> None:
         """An update of the target naming a stale version (its content unchanged) is
-        refused (412) where If-Match is enforced."""
-        with self._probe_lock:
+        refused (412) where If-Match is enforced. One probe at a time; meanwhile (and in
+        the probe's own write) writes go out as the mode says, If-Match on."""
+        if not self._probe_lock.acquire(blocking=False):
+            return
+        try:
             mode, resource = self._mode, self._target
             if mode is None or not mode.probe_if_match or resource is None:
                 return
@@ -116,6 +119,8 @@ class Writes:
             with self._lock:
                 self._mode = learnt(mode, enforced)
             log.info("FHIR writes: %s", self._mode.describe())
+        finally:
+            self._probe_lock.release()
 
     @contextlib.contextmanager
     def guarded(self, key: str) -> Iterator[None]:

@@ -244,3 +244,23 @@ def test_a_librarys_records_pass_the_phi_rule(capsys: pytest.CaptureFixture[str]
     assert "study synced" in logs and "Invalid value for VR DA" in logs
     for secret in ("Yamada", "MRN-001", "19750229", "0010,0010"):
         assert secret not in logs, secret
+
+
+def test_an_assigned_id_already_in_use_is_a_conflict_to_retry() -> None:
+    """Medplum, under concurrent conditional creates: a race lost, not a bad resource."""
+    from dicomcast.errors import FhirConflict
+    from dicomcast.fhir.client import FhirClient
+    from dicomcast.http import RetryPolicy
+
+    said = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid",
+                   "details": {"text": "Assigned ID is already in use"}}],
+    }  # fmt: skip
+    client = FhirClient(
+        "http://fhir.test/fhir",
+        transport=httpx.MockTransport(lambda _r: httpx.Response(400, json=said)),
+        retry=RetryPolicy(attempts=1),
+    )
+    with pytest.raises(FhirConflict):
+        client.transaction([{"request": {"method": "POST", "url": "Patient"}, "resource": {}}])
