@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dicomcast.cli.backfill import _date
 from dicomcast.cli.common import (
     ConfigOption,
     SinceOption,
@@ -23,7 +22,9 @@ from dicomcast.cli.common import (
 )
 from dicomcast.model import DateSpan, DirtyMark
 from dicomcast.state.store import StateStore
-from dicomcast.sync.verify import Drift, DriftKind
+
+if TYPE_CHECKING:
+    from dicomcast.sync.verify import Drift
 
 
 def verify(
@@ -38,6 +39,8 @@ def verify(
 ) -> None:
     """Compare the source with FHIR, study by study: missing, extra, stale, dangling and
     duplicate ImagingStudies. Exits 0 only when nothing drifted (before any --fix)."""
+    from dicomcast.cli.backfill import _date
+
     span = DateSpan(_date(since, "--since"), _date(until, "--until"))
     settings = settings_from(config)
     from dicomcast.app import build_app
@@ -62,6 +65,8 @@ def verify(
 def _fix(store: StateStore, found: list[tuple[str, Drift]]) -> int:
     """Mark the drifted studies dirty, forced through (written even if unchanged); an extra
     one by the state DB's key for its UID (the sync then finds it gone)."""
+    from dicomcast.sync.verify import DriftKind
+
     count = 0
     now = time.time()
     for name, drift in found:

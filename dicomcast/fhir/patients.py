@@ -4,10 +4,14 @@ the server holds already (often the EHR's own): identifiers added, the rest by p
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
 from dicomcast.errors import MappingError
+from dicomcast.mapping.mapper import content_hash, search_token
 from dicomcast.model import PatientPolicy
 
 
@@ -50,3 +54,31 @@ def merge_patient(
         elif policy == "overwrite" or name not in current:
             merged[name] = desired[name]
     return merged
+
+
+class KnownPatients:
+    """Patients this process reconciled and read back with a study: identifier -> (their
+    content, their id), the most recent `size`. A new study of a known Patient, answered
+    "exists" at the id known, needs no read: its policy was applied, and the server was
+    seen to link a study to it."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._known: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def id_of(self, patient: Mapping[str, Any]) -> str | None:
+        """The id of this Patient when it is known with exactly this content."""
+        with self._lock:
+            known = self._known.get(search_token(patient))
+        return known[1] if known and known[0] == content_hash(patient) else None
+
+    def remember(self, patient: Mapping[str, Any], patient_id: str | None) -> None:
+        if not patient_id:
+            return
+        token = search_token(patient)
+        with self._lock:
+            self._known[token] = (content_hash(patient), patient_id)
+            self._known.move_to_end(token)
+            if len(self._known) > self.size:
+                self._known.popitem(last=False)

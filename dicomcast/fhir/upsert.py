@@ -41,7 +41,7 @@ from dicomcast.fhir.entries import (
     update_entry,
 )
 from dicomcast.fhir.orders import Orders
-from dicomcast.fhir.patients import merge_patient, single
+from dicomcast.fhir.patients import KnownPatients, merge_patient, single
 from dicomcast.fhir.writes import Guard, Writes, unguarded
 from dicomcast.mapping.mapper import MappedStudy, search_token
 from dicomcast.model import BasedOnPolicy, DeletedStudyPolicy, PatientPolicy
@@ -96,6 +96,7 @@ class FhirWriter:
         self.orders = Orders(based_on, lambda query: client.search_many([query])[0])
         self.patient_policy = patient_policy
         self.deleted_policy = deleted_policy
+        self.known = KnownPatients()
 
     # --- Endpoint
 
@@ -167,7 +168,9 @@ class FhirWriter:
     ) -> UpsertResult:
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                return self._upsert_once(mapped, compose, study_id)
+                result = self._upsert_once(mapped, compose, study_id)
+                self.known.remember(mapped.patient, result.patient_id)
+                return result
             except FhirConflict:
                 log.info(
                     "conflict writing study %s, re-reading (attempt %d)",
@@ -316,13 +319,16 @@ class FhirWriter:
         if not study_created:
             return None
         all_created = all(created_id(r)[1] for r in responses[2:])
-        if not patient_created or (wanted_obs and not (inline and all_created)):
-            # The Patient existed: its policy applies (fill-missing, overwrite), and the
-            # study must point at it (a server once answered "exists at A" and linked the
-            # study to a B that never existed). Or Observations were left for later.
-            # One read-merge-write does all of it.
+        known = not patient_created and patient_id == self.known.id_of(mapped.patient)
+        if (not patient_created and not known) or (wanted_obs and not (inline and all_created)):
+            # A Patient that existed, not yet seen by this process: its policy applies
+            # (fill-missing, overwrite), and the study must point at it (a server once
+            # answered "exists at A" and linked the study to a B that never existed). Or
+            # Observations were left for later. One read-merge-write does all of it.
             result = self._upsert(mapped, None, study_id)
             return UpsertResult(result.patient_id or patient_id, study_id, wrote=True)
+        if patient_created:
+            self.known.remember(mapped.patient, patient_id)
         return UpsertResult(patient_id, study_id, wrote=True)
 
     def _remove_dangling(self, mapped: MappedStudy) -> None:

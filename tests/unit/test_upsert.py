@@ -296,6 +296,8 @@ def test_an_ehr_patient_met_by_the_create_gets_its_policy_and_the_study_is_read_
         ("200 OK", "Patient/p1"),  # the EHR's Patient matched the conditional create
         ("201 Created", "ImagingStudy/s9"),
         ("200 OK", "Patient/p1"),  # the fill-missing update
+        ("200 OK", "Patient/p1"),  # a second study of the same patient
+        ("201 Created", "ImagingStudy/s10"),
         ehr=ehr,
         studies=[created],
     )
@@ -307,6 +309,12 @@ def test_an_ehr_patient_met_by_the_create_gets_its_policy_and_the_study_is_read_
     assert update["request"] == {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"3"'}
     assert update["resource"]["name"] == [{"family": "EHR-Name"}]  # never clobbered
     assert update["resource"]["birthDate"] == "1980-01-01"  # filled in
+
+    # The same Patient content again, answered at the id read back: one request.
+    second = MappedStudy("1.2.4", dict(PATIENT), {**STUDY, "identifier": [
+        {"system": "urn:dicom:uid", "value": "urn:oid:1.2.4"}]}, "urn:uuid:p", ())  # fmt: skip
+    w.upsert_study(second, new=True)
+    assert [kind for kind, _ in fhir.sent][3:] == ["transaction"]
 
 
 def test_a_study_linked_to_another_patient_than_the_one_matched_is_rewritten() -> None:
