@@ -50,12 +50,17 @@ def backfill(
     until: UntilOption = None,
     max_rate: Annotated[
         float | None,
-        typer.Option(min=0.001, help="Backfill studies per second, all workers together."),
+        typer.Option(
+            min=0.001,
+            max=1e6,  # `inf` (or 1e400) would overflow every worker's pacing, each cycle
+            help="Backfill studies per second, all workers together.",
+        ),
     ] = None,
     max_requests: Annotated[
         float | None,
         typer.Option(
             min=0.1,
+            max=1e6,
             help="FHIR requests per second (live ones too), all workers together, above "
             "which the backfill pauses.",
         ),

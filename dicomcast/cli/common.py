@@ -77,7 +77,7 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
 
 def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
     """Open the state DB (migrated), run `fn` on it, close it; errors become exit codes."""
-    store = StateStore.for_settings(settings)
+    store = guard(lambda: StateStore.for_settings(settings))  # a bad URL: one line, exit 2
     try:
         guard(store.migrate)
         return guard(lambda: fn(store))

@@ -140,3 +140,31 @@ def test_cursor_set_among_several_sources_needs_one_named(
     assert store.summary("default").cursor == "30"
     moved = runner.invoke(app, ["cursor", "set", "5", "--source", "default"], env=env)
     assert moved.exit_code == 0 and store.summary("default").cursor == "5"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["cursor", "set", "²"],  # passes str.isdigit
+        ["cursor", "set", "9" * 5000],  # cannot even be parsed as an int
+        ["backfill", "--max-rate", "inf", "--no-wait"],  # overflowed every worker's pacing
+        ["backfill", "--max-requests", "1e400", "--no-wait"],
+    ],
+)
+def test_operator_inputs_that_cannot_be_used_are_refused_before_anything_is_stored(
+    state: tuple[StateStore, dict[str, str]], args: list[str]
+) -> None:
+    store, env = state
+    result = runner.invoke(app, args, env={**env, "DICOMCAST_SOURCE_URL": "http://orthanc.test"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert store.cursor("default") == "30"
+    assert store.backfill_limits() == {} or not store.backfill_limits()
+
+
+def test_a_malformed_state_url_is_one_line_not_a_traceback() -> None:
+    env = {"DICOMCAST_STATE_URL": "postgresql://u:secret@h:notaport/db"}
+    result = runner.invoke(app, ["status", "--json"], env=env)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and "secret" not in result.output
+    assert "is not usable" in result.output
