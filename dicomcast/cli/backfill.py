@@ -8,7 +8,6 @@ backfill goes on; run it again to watch it or to resume its listing.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import time
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +22,7 @@ from dicomcast.cli.common import (
     guard,
     settings_from,
     source_names,
+    study_day,
 )
 from dicomcast.errors import ConfigError
 from dicomcast.model import BackfillProgress, DateSpan
@@ -32,15 +32,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from dicomcast.config import Settings
-
-
-def _date(value: str | None, name: str) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
 
 
 def backfill(
@@ -75,7 +66,7 @@ def backfill(
     """Sync the studies the archive holds already (e.g. on a fresh install, or after
     `cursor set head`), behind live changes: a live study is synced within the usual lag
     while a backfill runs. Studies synced before are skipped. Interrupted, it resumes."""
-    span = DateSpan(_date(since, "--since"), _date(until, "--until"))
+    span = DateSpan(study_day(since, "--since"), study_day(until, "--until"))
     if span.since and span.until and span.since > span.until:
         raise typer.BadParameter("--since is after --until")
     from rich.console import Console

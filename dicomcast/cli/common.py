@@ -8,6 +8,7 @@ may pass (a server or the state DB unavailable) or an operator command refused.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -36,6 +37,18 @@ SourceOption = Annotated[
 SinceOption = Annotated[
     str | None, typer.Option(help="Only studies with a StudyDate on or after (YYYY-MM-DD).")
 ]
+
+
+def study_day(value: str | None, name: str) -> dt.date | None:
+    """A `--since`/`--until` value as a date; a clear usage error otherwise."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+
+
 UntilOption = Annotated[
     str | None, typer.Option(help="Only studies with a StudyDate on or before (YYYY-MM-DD).")
 ]

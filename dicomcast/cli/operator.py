@@ -111,22 +111,24 @@ def failures_list(
         lambda s, store: [r for n in source_names(s, store, source) for r in store.failures(n)],
     )
     items = [_failure(r) for r in rows]
-    if as_json:
-        typer.echo(json.dumps(items, indent=2))
-        return
-    if not items:
-        typer.echo("no failures")
-        return
-    typer.echo(f"{'STUDY':<64}  {'STATUS':<8}  {'KIND':<16}  {'HTTP':>4}  {'TRIES':>5}  ERROR")
-    for item in items:
-        error = (item["error"] or "").splitlines()[0][:90]
-        typer.echo(
-            f"{item['study_uid'] or item['study_key']:<64}  {item['status']:<8}  "
-            f"{item['kind'] or '-':<16}  {item['http_status'] or '-':>4}  "
-            f"{item['attempts']:>5}  {error}"
-        )
-    typer.echo(f"\n{len(items)} studies; `dicomcast failures show STUDY` for the whole record")
-    _issuer_hint(items)
+    if print_listing(
+        items,
+        as_json=as_json,
+        empty="no failures",
+        header=f"{'STUDY':<64}  {'STATUS':<8}  {'KIND':<16}  {'HTTP':>4}  {'TRIES':>5}  ERROR",
+        line=_failure_line,
+    ):
+        typer.echo(f"\n{len(items)} studies; `dicomcast failures show STUDY` for the whole record")
+        _issuer_hint(items)
+
+
+def _failure_line(item: dict[str, Any]) -> str:
+    error = (item["error"] or "").splitlines()[0][:90]
+    return (
+        f"{item['study_uid'] or item['study_key']:<64}  {item['status']:<8}  "
+        f"{item['kind'] or '-':<16}  {item['http_status'] or '-':>4}  "
+        f"{item['attempts']:>5}  {error}"
+    )
 
 
 def _issuer_hint(items: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ from dicomcast.cli.common import (
     guard,
     settings_from,
     source_names,
+    study_day,
 )
 from dicomcast.model import DateSpan, DirtyMark
 from dicomcast.state.store import StateStore
@@ -39,9 +40,7 @@ def verify(
 ) -> None:
     """Compare the source with FHIR, study by study: missing, extra, stale, dangling and
     duplicate ImagingStudies. Exits 0 only when nothing drifted (before any --fix)."""
-    from dicomcast.cli.backfill import _date
-
-    span = DateSpan(_date(since, "--since"), _date(until, "--until"))
+    span = DateSpan(study_day(since, "--since"), study_day(until, "--until"))
     settings = settings_from(config)
     from dicomcast.app import build_app
     from dicomcast.runner import verifier

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dicomcast.errors import FhirConflict, FhirRejected
@@ -199,12 +199,10 @@ class FhirWriter:
         compose: Compose | None,
         study_hint: str | None,
         *,
-        readback: bool = False,
         dry: bool = False,
     ) -> UpsertResult:
-        """Read, merge, and write what differs. With `readback`, this is the proof of a
-        write whose answer proved nothing: anything still to write means it did not land
-        as answered (a conflict: the caller reads and writes again)."""
+        """Read, merge, and write what differs; `dry`: write nothing, and raise `_Differs`
+        when there is something to write."""
         patient_token = search_token(mapped.patient)
         study_token = search_token(mapped.imaging_study)
         order_queries = self.orders.queries(mapped.imaging_study)
@@ -277,17 +275,10 @@ class FhirWriter:
             return UpsertResult(patient_id, study_id, wrote=False)
         if dry:
             raise _Differs(len(entries))
-        if readback:
-            log.warning(
-                "the FHIR server answered a write of study %s that a read-back does not show "
-                "(%d resources differ); writing again",
-                mapped.study_uid,
-                len(entries),
-            )
-            raise FhirConflict("a read-back does not show what the FHIR server said it wrote")
         responses = self.writes.send(entries)
         if not all(proven(r) for r in responses):
-            self._upsert_once(mapped, compose, study_id, readback=True)  # raises if not there
+            # The answer proves nothing: what a read shows is the result, ids included.
+            return replace(self._read_back(mapped, compose, study_id), wrote=True)
         # Responses come back in entry order: the Patient's, the ImagingStudy's, then the rest.
         if patient_entry is not None:
             patient_id = created_id(responses[0])[0] or patient_id
@@ -298,6 +289,25 @@ class FhirWriter:
                 raise FhirConflict("ImagingStudy appeared concurrently")
         observations.check_creates(entries, responses)
         return UpsertResult(patient_id, study_id, wrote=True)
+
+    def _read_back(
+        self, mapped: MappedStudy, compose: Compose | None, study_hint: str | None
+    ) -> UpsertResult:
+        """The proof of a write whose answer proved nothing: a dry run of the same
+        read-merge. Anything still to write did not land as answered: a conflict, and the
+        caller reads and writes again."""
+        try:
+            return self._upsert_once(mapped, compose, study_hint, dry=True)
+        except _Differs as exc:
+            log.warning(
+                "the FHIR server answered a write of study %s that a read-back does not show "
+                "(%d resources differ); writing again",
+                mapped.study_uid,
+                exc.count,
+            )
+            raise FhirConflict(
+                "a read-back does not show what the FHIR server said it wrote"
+            ) from None
 
     def _create_all(self, mapped: MappedStudy) -> UpsertResult | None:
         """Conditional creates of Patient, ImagingStudy and its dose Observations in one

@@ -334,10 +334,7 @@ class AzureDicomSource(RestSource):
     def _absent(self, key: str, partition: str, uid: str) -> FetchedStudy:
         """The metadata read found no study: gone only when a QIDO search for its UID
         agrees (a 404 from a misrouted path or a lagging replica must delete nothing)."""
-        found = self.rest.get(
-            f"{self._prefix(partition)}studies", headers=DICOM_JSON, StudyInstanceUID=uid
-        )
-        if isinstance(found, list) and found:
+        if self._lists(partition, uid):
             raise SourceUnavailable(
                 "the DICOM service's metadata read found no study that its QIDO search "
                 "still lists; reading it again later"
@@ -347,16 +344,18 @@ class AzureDicomSource(RestSource):
     def lookup_study(self, study_uid: str) -> list[str]:
         if not UID.fullmatch(study_uid):
             return []
-        keys = []
-        for partition in self._partition_names():
-            found = self.rest.get(
-                f"{self._prefix(partition)}studies",
-                headers=DICOM_JSON,
-                StudyInstanceUID=study_uid,
-            )
-            if isinstance(found, list) and found:
-                keys.append(f"{partition}/{study_uid}")
-        return keys
+        return [
+            f"{partition}/{study_uid}"
+            for partition in self._partition_names()
+            if self._lists(partition, study_uid)
+        ]
+
+    def _lists(self, partition: str, uid: str) -> bool:
+        """Whether a QIDO search of the partition finds a study of this UID."""
+        found = self.rest.get(
+            f"{self._prefix(partition)}studies", headers=DICOM_JSON, StudyInstanceUID=uid
+        )
+        return isinstance(found, list) and bool(found)
 
     def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
         """QIDO-RS `studies` per partition, paged by `offset` (at most 200 a page); the
