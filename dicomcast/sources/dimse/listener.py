@@ -4,11 +4,14 @@ answers Success only after the header and the study's dirty mark are committed t
 state DB. A crash between receipt and commit leaves the sender without Success: it sends
 again. An instance without usable UIDs is refused with a status; the listener goes on.
 A calling AE title not on the allow-list gets an A-ASSOCIATE-RJ, logged with its address.
+A dataset cut short, or whose header alone is past the limit, is refused and nothing of it
+stored. The server underneath (`server.py`) bounds connections, PDUs and handshakes.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +22,14 @@ from dicomcast.config import SourceSettings
 from dicomcast.errors import StateUnavailable
 from dicomcast.sources.dimse.network import VERIFICATION, no_delay, tls_context
 from dicomcast.sources.dimse.query import study_key
+from dicomcast.sources.dimse.server import (
+    MAX_ASSOCIATIONS,
+    MAX_PDU,
+    PER_AE,
+    ListenerServer,
+    too_many_from,
+)
+from dicomcast.sources.dimse.stream import BULK, HeaderBuffer
 from dicomcast.sources.files import dataset_to_json
 from dicomcast.studyview import is_uid
 
@@ -26,8 +37,6 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the state DB failed: the sender should try again later
 CANNOT_UNDERSTAND = 0xC000
-# Elements that are bulk data, never metadata: dropped before anything else happens.
-BULK = (0x7FE00010, 0x7FE00008, 0x7FE00009, 0x54000110, 0x54001010, 0x00420011)
 
 
 class HeaderSink(Protocol):
@@ -54,7 +63,8 @@ class StoreListener:
         self.count = count or (lambda outcome: None)  # told each answer: metrics
         self.allowed = frozenset(settings.allowed_aes or ())
         self.ae = AE(ae_title=settings.local_ae)
-        self.ae.maximum_associations = 32
+        self.ae.maximum_associations = MAX_ASSOCIATIONS
+        self.ae.maximum_pdu_size = MAX_PDU
         self.ae.network_timeout = self.ae.dimse_timeout = settings.timeout
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
@@ -63,6 +73,7 @@ class StoreListener:
         if self.allowed:
             self.ae.require_calling_aet = sorted(self.allowed)
         self.ssl = tls_context(settings, server=True)
+        self.timeout = settings.timeout
         self.server: Any = None
 
     def start(self) -> None:
@@ -70,10 +81,18 @@ class StoreListener:
             (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_REJECTED, self._rejected),
+            (evt.EVT_ESTABLISHED, self._established),
         ]
-        self.server = self.ae.start_server(
-            self.address, block=False, evt_handlers=handlers, ssl_context=self.ssl
+        server = self.ae.make_server(
+            self.address, evt_handlers=handlers, ssl_context=self.ssl, server_class=ListenerServer
         )
+        assert isinstance(server, ListenerServer)
+        server.handshake_timeout = self.timeout
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"listener-{self.name}", daemon=True
+        )
+        thread.start()
+        self.server = server
         log.info(
             "C-STORE listener up",
             extra={"source": self.name, "host": self.address[0], "port": self.address[1]},
@@ -95,7 +114,22 @@ class StoreListener:
             extra={"source": self.name, "calling_ae": str(requestor.ae_title).strip()},
         )
 
+    def _established(self, event: Any) -> None:
+        if too_many_from(event.assoc):
+            log.warning(
+                "aborted an association: its calling AE title has %d others open",
+                PER_AE,
+                extra={"source": self.name, "calling_ae": str(event.assoc.requestor.ae_title)},
+            )
+            event.assoc.abort()
+
     def _store(self, event: Any) -> int:
+        received = getattr(event.request, "DataSet", None)
+        if isinstance(received, HeaderBuffer):
+            if received.overflow:
+                return self._refuse("its header without bulk data is larger than the limit")
+            if received.truncated:
+                return self._refuse("the dataset ends inside an element (truncated)")
         try:
             ds: Dataset = event.dataset
             for tag in BULK:
