@@ -27,12 +27,14 @@ BasedOnPolicy = Literal["resolve", "identifier", "off"]
 @dataclass(frozen=True)
 class DirtyMark:
     """A study the feed says changed; `event_time` is the source event's time (for lag);
-    `count` the instance count a listing showed (a failed study's is compared with it)."""
+    `count` the instance count a listing showed (a failed study's is compared with it),
+    `identity` the digest of the patient identity it showed (a correction in place)."""
 
     study_key: str
     event_time: float | None = None
     study_uid: str | None = None
     count: int | None = None
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class KnownStudy:
     status: str
     count: int | None
     seen_count: int | None = None
+    identity: str | None = None  # the patient identity digest last listed
 
 
 @dataclass(frozen=True)

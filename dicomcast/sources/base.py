@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.studyview import StudyView
@@ -64,6 +64,14 @@ class FetchedStudy:
     def absent(cls, key: str, study_uid: str | None = None) -> FetchedStudy:
         """The study is gone, as two reads of the source agree."""
         return cls(key, None, study_uid=study_uid, gone=True)
+
+
+@runtime_checkable
+class ListsIdentities(Protocol):
+    """A source whose listing also shows who each study's patient is (a PACS answering
+    C-FIND): a digest per study key, from the last `list_studies`."""
+
+    identities: dict[str, str]
 
 
 class Source(Protocol):

@@ -27,6 +27,7 @@ def _merged(marks: Iterable[DirtyMark]) -> list[DirtyMark]:
                 min(times) if times else None,
                 prior.study_uid or mark.study_uid,
                 mark.count if mark.count is not None else prior.count,
+                mark.identity or prior.identity,
             )
     return list(merged.values())
 
@@ -58,6 +59,7 @@ def mark(
             "next_attempt_at": now,
             "priority": 0,
             "seen_count": m.count,
+            "listed_identity": m.identity,
         }
         for m in _merged(marks)
     ]
@@ -75,6 +77,9 @@ def mark(
             "generation": StudyRow.generation + 1,
             "study_uid": func.coalesce(stmt.excluded.study_uid, StudyRow.study_uid),
             "seen_count": func.coalesce(stmt.excluded.seen_count, StudyRow.seen_count),
+            "listed_identity": func.coalesce(
+                stmt.excluded.listed_identity, StudyRow.listed_identity
+            ),
             "held_at": None,
             "priority": priority,  # a live change is never left behind a backfill
             "dirty_since": case((was_dirty, StudyRow.dirty_since), else_=stmt.excluded.dirty_since),

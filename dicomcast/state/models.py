@@ -67,6 +67,7 @@ class StudyRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 1: backfill
     backfill: Mapped[int | None] = mapped_column(Integer, index=True)  # the run that marked it
     seen_count: Mapped[int | None] = mapped_column(Integer)  # count when listed or failed (0008)
+    listed_identity: Mapped[str | None] = mapped_column(String(32))  # patient digest (0009)
     deletion: Mapped[str | None] = mapped_column(String(16))  # "approved" by an operator
     held_at: Mapped[float | None] = mapped_column(Float)  # its deletion was held (over budget)
 

@@ -60,6 +60,16 @@ class Received:
                 )
             )
 
+    def drop_received(self, source: str, sop_uids: list[str]) -> int:
+        """Drop these instances' pushed headers (the PACS contradicts them)."""
+        with self.db.write("drop_received") as session:
+            result = session.execute(
+                delete(ReceivedRow).where(
+                    ReceivedRow.source == source, ReceivedRow.sop_uid.in_(sop_uids)
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
     def forget_received(self, source: str, key: str) -> int:
         """Drop a study's received headers (its PACS says the study is gone)."""
         with self.db.write("forget_received") as session:

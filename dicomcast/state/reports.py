@@ -42,9 +42,13 @@ class Reports:
                     StudyRow.status,
                     StudyRow.instance_count,
                     StudyRow.seen_count,
+                    StudyRow.listed_identity,
                 ).where(StudyRow.source == source)
             ).all()
-            return {key: KnownStudy(status, count, seen) for key, status, count, seen in rows}
+            return {
+                key: KnownStudy(status, count, seen, ident)
+                for key, status, count, seen, ident in rows
+            }
 
     def counts(self, source: str) -> dict[str, int]:
         with self.db.read("counts") as session:

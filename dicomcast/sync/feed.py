@@ -32,7 +32,7 @@ from dicomcast.errors import (
 )
 from dicomcast.model import DirtyMark, KnownStudy, Skipped, source_dependency
 from dicomcast.ops.metrics import Metrics
-from dicomcast.sources.base import UNCOUNTED, Source
+from dicomcast.sources.base import UNCOUNTED, ListsIdentities, Source
 from dicomcast.sync.pauses import Pauses
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,7 @@ class Feed:
         if source.logs_deletes:
             return 0
         present = source.list_studies()
+        identities = source.identities if isinstance(source, ListsIdentities) else {}
         known = self.state.known_studies(name)
         now = time.time()
         # A held deletion waits for an operator, a rejected one (kept) for the study to
@@ -214,9 +215,9 @@ class Feed:
             if key not in present and source.covers(key) and k.status not in ("held", "kept")
         ]
         marks += [
-            DirtyMark(key, now, count=n)
+            DirtyMark(key, now, count=n, identity=identities.get(key))
             for key, n in present.items()
-            if _changed(known.get(key), n)
+            if _changed(known.get(key), n, identities.get(key))
         ]
         # A study synced moments ago may still be marked with an older count; re-syncing
         # it is a cheap no-op (content hash), so no special case is needed.
@@ -232,9 +233,12 @@ class Feed:
         return len(marks)
 
 
-def _changed(known: KnownStudy | None, count: int) -> bool:
+def _changed(known: KnownStudy | None, count: int, identity: str | None = None) -> bool:
     """Whether a listed study needs a sync: never seen, back after a held or rejected
-    deletion, or another count than last synced. A negative count means the source cannot
+    deletion, another count than last synced, or (where the listing shows it) another
+    patient identity than last listed: a correction in place keeps the count. A failed
+    study is retried when its identity changes, not when it is first listed with one.
+    A negative count means the source cannot
     say (a PACS without the count in C-FIND); `UNCOUNTED`, that it keeps no counts at all
     (HealthImaging): only unseen studies are marked then. A failed study stays parked until
     its count differs from the one seen when it failed (never on an unknown count): a
@@ -243,6 +247,9 @@ def _changed(known: KnownStudy | None, count: int) -> bool:
         return True
     if count == UNCOUNTED:
         return False
+    corrected = identity is not None and known.identity != identity
+    if corrected and (known.status != "failed" or known.identity is not None):
+        return True
     if known.status == "failed":
         return count >= 0 and known.seen_count is not None and known.seen_count != count
     return count < 0 or known.count != count

@@ -186,21 +186,6 @@ def test_a_thousand_polls_leave_no_association_open(
 # --- push mode: the C-STORE listener
 
 
-@pytest.fixture
-def listener_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def pacs(tmp_path: Path, listener_port: int) -> Iterator[OrthancServer]:
-    """Orthanc as a PACS that knows dicomcast's listener as the modality `dicomcast`."""
-    server = OrthancServer(
-        tmp_path / "pacs", modalities={"dicomcast": ["DICOMCAST", "127.0.0.1", listener_port]}
-    ).start()
-    yield server
-    server.stop()
-
-
 def push_settings(make_settings: Callable[..., Settings], port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "source_kind": "dimse",

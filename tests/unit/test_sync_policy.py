@@ -13,7 +13,8 @@ from dicomcast.errors import (
     SourceUnavailable,
     StateUnavailable,
 )
-from dicomcast.model import Kind, StudyTask
+from dicomcast.model import Kind, KnownStudy, StudyTask
+from dicomcast.sync.feed import _changed
 from dicomcast.sync.pauses import Pause, Pauses
 from dicomcast.sync.policy import FailurePolicy, backoff, decide, repeated_outage
 
@@ -152,3 +153,14 @@ def test_a_retry_after_holds_the_pause_against_any_answer_until_it_has_passed() 
     clock.now = 1005.0
     pauses.clear(["fhir"], sent_at=clock.now)
     assert not pauses.any_active(["fhir"]) and pauses.until(["fhir"]) is None
+
+
+def test_a_listing_marks_a_study_whose_patient_identity_changed_at_the_same_count() -> None:
+    synced = KnownStudy("synced", 3, 3, identity="a")
+    assert not _changed(synced, 3, "a")
+    assert _changed(synced, 3, "b")  # a correction in place keeps the count
+    assert _changed(KnownStudy("synced", 3, 3), 3, "a")  # none listed yet: read once
+    parked = KnownStudy("failed", 3, 3, identity="a")
+    assert not _changed(parked, 3, "a") and _changed(parked, 3, "b")
+    assert not _changed(KnownStudy("failed", 3, 3), 3, "a")  # parked stays parked
+    assert not _changed(KnownStudy("synced", 3, 3), 3)  # sources without identities

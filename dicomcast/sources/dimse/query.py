@@ -11,10 +11,13 @@ instance, the form every other source gives.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -37,6 +40,8 @@ SERIES = {
     "SeriesTime", "BodyPartExamined", "Laterality", "PerformingPhysicianName",
     "OperatorsName", "InstitutionName", "StationName", "ManufacturerModelName",
 }  # fmt: skip
+IDENTITY = ("PatientID", "IssuerOfPatientID", "PatientName")
+IDENTITY_TAGS = ("00100020", "00100021", "00100010")
 NOT_KEYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet"}
 
 
@@ -87,6 +92,10 @@ class Keys:
         self.study_keys = (keywords & PATIENT_STUDY) | {"StudyInstanceUID", "PatientID"}
         self.series_keys = (keywords & SERIES) | {"SeriesInstanceUID", "Modality", "SeriesNumber"}
         self.image_keys = (keywords - PATIENT_STUDY - SERIES) | {"SOPInstanceUID", "SOPClassUID"}
+        asked = self.study_keys | self.series_keys | self.image_keys
+        # The tags the PACS answers for (an absent one is empty there): a pushed header's
+        # value of them never counts.
+        self.asked = frozenset(f"{tag:08X}" for k in asked if (tag := tag_for_keyword(k)))
 
     def window(self, start: dt.date, end: dt.date) -> Dataset:
         """Every study whose StudyDate is in [start, end], with its counts."""
@@ -95,6 +104,8 @@ class Keys:
         ds.StudyDate = f"{start:%Y%m%d}-{end:%Y%m%d}"
         ds.StudyInstanceUID = None
         ds.NumberOfStudyRelatedInstances = None
+        for keyword in IDENTITY:  # a patient corrected in place keeps the count
+            setattr(ds, keyword, None)
         return ds
 
     def study(self, uid: str) -> Dataset:
@@ -161,21 +172,38 @@ def merged(*levels: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def listed(answers: Iterable[Dataset]) -> tuple[dict[str, int], int]:
-    """Study key -> NumberOfStudyRelatedInstances from a STUDY-level answer (a study that
-    gives no count counts as -1, always "changed"); and how many answers had no valid UID."""
-    counts: dict[str, int] = {}
-    unusable = 0
+def identity(data: dict[str, Any]) -> str:
+    """A digest of what identifies a study's patient in an answer (PatientID, issuer,
+    name): it changes when the PACS corrects the patient, and holds no readable PHI."""
+    values = [json.dumps(data.get(tag, {}).get("Value"), sort_keys=True) for tag in IDENTITY_TAGS]
+    return hashlib.sha256("\x1f".join(values).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Listing:
+    """A STUDY-level answer: key -> NumberOfStudyRelatedInstances (-1: no count given,
+    always "changed"), key -> patient identity digest, and how many had no valid UID."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    identities: dict[str, str] = field(default_factory=dict)
+    unusable: int = 0
+
+
+def listed(answers: Iterable[Dataset]) -> Listing:
+    """The listing in a STUDY-level answer."""
+    found = Listing()
     for answer in answers:
         data = as_json(answer)
         uid = text_value(data, STUDY_UID)
         if not is_uid(uid):
-            unusable += 1
+            found.unusable += 1
             continue
         assert uid is not None
         try:
             count = int(str(text_value(data, INSTANCES)))
         except ValueError:
             count = -1
-        counts[study_key(text_value(data, STUDY_DATE), uid)] = count
-    return counts, unusable
+        key = study_key(text_value(data, STUDY_DATE), uid)
+        found.counts[key] = count
+        found.identities[key] = identity(data)
+    return found

@@ -5,10 +5,12 @@ Query mode: each poll lists the studies whose StudyDate is in the last `lookback
 marks dirty every study whose count differs from the state DB, and every known study in a
 listed date range that no longer answers (it is gone; one that only aged out of the window
 is outside every listed range and is left alone). A study's key carries its StudyDate for
-that reason. Push mode: a C-STORE listener (`listener.py`) stores headers in the state DB;
-a study is read from them once no instance arrived for `stable_age` seconds. With both,
-the PACS's answer is the study's present state and pushed headers (which are complete,
-SR content included) stand in for its instances' C-FIND answers.
+that reason. The listing also shows each study's patient (a digest): a correction in place
+keeps the count, not the identity. Push mode: a C-STORE listener (`listener.py`) stores
+headers in the state DB; a study is read from them once no instance arrived for
+`stable_age` seconds. With both, the PACS is the authority: a push hastens a sync and adds
+what C-FIND does not answer (SR content), never an instance the PACS does not hold nor a
+value it answers; a pushed header that contradicts it (another patient) is dropped.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ SWEEP_PAGE_DAYS = 30
 # when it last read a study stands in for it, for this long; then the study is read again.
 RECOUNT_AFTER = 300.0
 SWEEP_FROM = dt.date(1985, 1, 1)  # ACR-NEMA 1.0: no DICOM study is older
+# What a pushed header must agree on with the PACS's answer to add anything to it:
+# PatientID, IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPClassUID.
+AUTHORITY = ("00100020", "00100021", "0020000D", "0020000E", "00080016")
 
 
 class HeaderStore(Protocol):
@@ -57,6 +62,8 @@ class HeaderStore(Protocol):
     def received(self, source: str, key: str) -> list[dict[str, Any]]: ...
 
     def last_received(self, source: str, key: str) -> float | None: ...
+
+    def drop_received(self, source: str, sop_uids: list[str]) -> int: ...
 
 
 class DimseSource:
@@ -90,6 +97,7 @@ class DimseSource:
         self.finds = 0  # C-FIND round trips, for the bench and the leak test
         self.listing_finds = 0  # of which for listings (polls, sweep pages)
         self._counted: dict[str, tuple[int, float]] = {}  # key -> (instances read, when)
+        self.identities: dict[str, str] = {}  # key -> patient digest, as last listed
 
     @property
     def keep_tags(self) -> frozenset[str] | None:
@@ -132,6 +140,7 @@ class DimseSource:
         deletions, so it speaks for no study)."""
         covered: list[tuple[dt.date, dt.date]] = []
         counts: dict[str, int] = {}
+        identities: dict[str, str] = {}
         if self.peer is not None:
             end = self.today()
             start = end - dt.timedelta(days=self.settings.lookback_days)
@@ -141,14 +150,15 @@ class DimseSource:
                 covered.append(page)
             for first, last in covered:
                 self.listing_finds += 1
-                found, unusable = listed(self._find(self.keys.window(first, last)))
-                if unusable:
+                found = listed(self._find(self.keys.window(first, last)))
+                if found.unusable:
                     log.warning(
                         "%d studies in the PACS's answer have no valid StudyInstanceUID",
-                        unusable,
-                        extra={"source": self.name, "count": unusable},
+                        found.unusable,
+                        extra={"source": self.name, "count": found.unusable},
                     )
-                counts.update(found)
+                counts.update(found.counts)
+                identities.update(found.identities)
             now = self.clock()
             self._counted = {k: v for k, v in self._counted.items() if k in counts}
             for key, count in counts.items():
@@ -156,6 +166,7 @@ class DimseSource:
                     read, at = self._counted.get(key, (-1, 0.0))
                     counts[key] = read if now - at < RECOUNT_AFTER else -1
         self._covered = [(f"{a:%Y%m%d}", f"{b:%Y%m%d}") for a, b in covered]
+        self.identities = identities
         return counts
 
     def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
@@ -173,9 +184,11 @@ class DimseSource:
         if end < first:
             return ArchivePage([], None)
         start = max(first, end - dt.timedelta(days=SWEEP_PAGE_DAYS - 1))
-        found, _ = listed(self._find(self.keys.window(start, end)))
+        found = listed(self._find(self.keys.window(start, end)))
         following = start - dt.timedelta(days=1)
-        return ArchivePage(list(found), f"{following:%Y%m%d}" if following >= first else None)
+        return ArchivePage(
+            list(found.counts), f"{following:%Y%m%d}" if following >= first else None
+        )
 
     def covers(self, key: str) -> bool:
         """Whether the last listing spoke for this study: its date lies in a listed range
@@ -220,8 +233,7 @@ class DimseSource:
             found = self._from_pacs(uid, date)
             if found is None:  # a STUDY-level C-FIND on the UID agrees: gone, or moved
                 return FetchedStudy.absent(key, uid)
-            by_sop = {text_value(i, SOP_UID): i for i in pushed}
-            instances = [by_sop.get(text_value(i, SOP_UID), i) for i in found]
+            instances = self._with_pushed(key, found, pushed)
         keep = self._keep
         if keep is not None:
             hook = dataset_filter(keep, self.content_of)
@@ -237,6 +249,41 @@ class DimseSource:
             )
         self._counted[key] = (view.instance_count + view.hidden, self.clock())
         return FetchedStudy(key, view, True, uid, orphans)
+
+    def _with_pushed(
+        self, key: str, found: list[dict[str, Any]], pushed: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The PACS's instances, each with what its pushed header adds. The PACS is the
+        authority: only instances it answers for count, its values win, and a pushed
+        header that names another patient, study, series or SOP class than the PACS does
+        (a correction since, or a sender claiming someone else's UIDs) is dropped."""
+        by_sop = {text_value(i, SOP_UID): i for i in pushed}
+        out: list[dict[str, Any]] = []
+        contradicted: list[str] = []
+        for answer in found:
+            sop = text_value(answer, SOP_UID)
+            header = by_sop.get(sop)
+            if header is None:
+                out.append(answer)
+            elif any(
+                header.get(tag, {}).get("Value") != answer.get(tag, {}).get("Value")
+                for tag in AUTHORITY
+                if tag in answer or tag in self.keys.asked
+            ):
+                contradicted.append(str(sop))
+                out.append(answer)
+            else:
+                adds = {t: v for t, v in header.items() if t not in self.keys.asked}
+                out.append(merged(adds, answer))
+        if contradicted and self.headers is not None:
+            self.headers.drop_received(self.name, contradicted)
+            log.warning(
+                "dropped %d pushed headers the PACS contradicts (patient, study, series or "
+                "SOP class): the PACS's answer is used",
+                len(contradicted),
+                extra={"source": self.name, "study_key": key, "count": len(contradicted)},
+            )
+        return out
 
     def _from_pacs(self, uid: str, date: str | None) -> list[dict[str, Any]] | None:
         """The study's instances by C-FIND, level by level; None when the PACS has no study
