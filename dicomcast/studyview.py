@@ -141,6 +141,17 @@ def text_value(data: DicomJson, tag: str) -> str | None:
     return text or None
 
 
+def whole_text(data: DicomJson, tag: str) -> str | None:
+    """Every value of a text element, joined by backslashes as DICOM writes them (what
+    Orthanc's REST API shows): `A\\B` stays `A\\B`, where `text_value` gives `A`."""
+    element = data.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    if not isinstance(values, list) or not values:
+        return None
+    text = "\\".join(str(v).strip() for v in values)
+    return text or None
+
+
 def _number(data: DicomJson, tag: str) -> float:
     value = first_value(data, tag)
     try:

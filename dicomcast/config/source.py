@@ -115,6 +115,15 @@ class SourceSettings(BaseModel):
     )
     tls_key: str | None = Field(None, description="TLS: our private key (PEM).")
     timeout: float = Field(30.0, gt=0, description="Seconds a DIMSE association may wait.")
+    find_deadline: float = Field(
+        300.0, gt=0, description="Seconds one C-FIND may take in all, however it trickles."
+    )
+    max_matches: int = Field(
+        50_000,
+        ge=100,
+        le=10_000_000,
+        description="Matches one C-FIND may return; a listing past it is split by date.",
+    )
 
     # --- AWS HealthImaging (kind `aws-healthimaging`): `url` is an optional endpoint override
     datastore_id: str | None = Field(None, description="The HealthImaging data store's id.")

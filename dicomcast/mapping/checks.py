@@ -11,7 +11,7 @@ a `MappingError`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -28,6 +28,22 @@ _MAX_ROUNDS = 5
 # Keys of a series / instance that make it what it is: an error there refuses the study.
 _SERIES_KEYS = {"uid", "modality", "instance"}
 _PROTECTED_TOP = {"resourceType", "subject", "status"}
+
+
+# Who the patient is: one value each, or the study cannot be placed (VM 1 in PS3.6).
+_ONE_VALUE = {"00100020": "PatientID", "00100021": "IssuerOfPatientID"}
+
+
+def one_patient(data: Mapping[str, Any]) -> None:
+    """Refuse a study whose PatientID (or its issuer) has several values (`A\\B`): filing
+    it under the first would be a guess at which patient is meant."""
+    for tag, name in _ONE_VALUE.items():
+        values = (data.get(tag) or {}).get("Value") or []
+        if len(values) > 1:
+            raise MappingError(
+                f"{name} has {len(values)} values: which patient is meant cannot be told",
+                detail=f"tag ({tag[:4]},{tag[4:]}) {name}; fix it at the source, then resync",
+            )
 
 
 def clean_text(text: str) -> str:

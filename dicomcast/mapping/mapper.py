@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomcast.errors import MappingError, MappingFileError
-from dicomcast.mapping.checks import checked, scrub
+from dicomcast.mapping.checks import checked, one_patient, scrub
 from dicomcast.mapping.converters import TAGS_READ, ConvertContext
 from dicomcast.mapping.files import ResourceMapping, compile_file
 from dicomcast.mapping.runtime import Run, Scope
@@ -257,6 +257,7 @@ class Mappings:
         partition): its match key becomes `scope|urn:oid:<uid>` in place of the
         `urn:dicom:uid` one, so the same UID in two partitions makes two ImagingStudies
         (`identifier=urn:oid:<uid>`, any system, still finds them all)."""
+        one_patient(study.data)
         run = self._run(config)
         run.warnings.extend(study.warnings)
         view_scope = Scope(study.data, study)

@@ -29,7 +29,7 @@ from dicomcast.http import Bounds, send
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import build_study_views, is_uid, text_value
+from dicomcast.studyview import build_study_views, is_uid, text_value, whole_text
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class OrthancSource(RestSource):
             if isinstance(m, dict)
             and (
                 patient_id is None
-                or text_value(m, PATIENT_ID) == patient_id
+                or whole_text(m, PATIENT_ID) == patient_id
                 or (not patient_id and not text_value(m, PATIENT_ID))
             )
         ]

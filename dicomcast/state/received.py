@@ -31,15 +31,25 @@ class Received:
         header: dict[str, Any],
         now: float | None = None,
     ) -> None:
-        """Store one instance's header and mark its study dirty, atomically."""
+        """Store one instance's header and mark its study dirty, atomically. An instance
+        sent again under another study is that study's now: the one it left is marked too,
+        so its ImagingStudy stops listing it."""
         now = time.time() if now is None else now
         values = {"study_key": key, "header": pack(header), "received_at": now}
         with self.db.write("receive") as session:
+            before = session.scalar(
+                select(ReceivedRow.study_key).where(
+                    ReceivedRow.source == source, ReceivedRow.sop_uid == sop_uid
+                )
+            )
             stmt = self.db.insert()(ReceivedRow).values(source=source, sop_uid=sop_uid, **values)
             session.execute(
                 stmt.on_conflict_do_update(index_elements=["source", "sop_uid"], set_=values)
             )
-            mark(self.db, session, source, [DirtyMark(key, now, study_uid)], now)
+            marks = [DirtyMark(key, now, study_uid)]
+            if before is not None and before != key:
+                marks.append(DirtyMark(before, now))
+            mark(self.db, session, source, marks, now)
 
     def received(self, source: str, key: str) -> list[dict[str, Any]]:
         """The headers received for one study, oldest first."""

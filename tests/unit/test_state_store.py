@@ -79,6 +79,22 @@ def test_a_received_header_is_stored_with_its_dirty_mark_and_a_resend_replaces_i
     assert store.received("pacs", "20261130/1.2.3") == []
 
 
+def test_an_instance_resent_under_another_study_marks_the_study_it_left() -> None:
+    store = StateStore("sqlite://")
+    store.migrate()
+    store.ensure_source("pacs", "dimse")
+    store.receive("pacs", "20261130/1.2.3", "1.2.3", "1.2.3.1", {"a": 1}, now=100.0)
+    store.receive("pacs", "20261130/1.2.3", "1.2.3", "1.2.3.2", {"a": 2}, now=100.0)
+    for task in store.due("pacs", 10, now=200.0):
+        store.finish_clean(task, Written("1.2.3", "h", "p", "s", 2), now=201.0)
+    assert store.due("pacs", 10, now=300.0) == []
+    store.receive("pacs", "20261130/1.2.4", "1.2.4", "1.2.3.2", {"a": 3}, now=400.0)
+    due = {task.study_key for task in store.due("pacs", 10, now=500.0)}
+    assert due == {"20261130/1.2.3", "20261130/1.2.4"}  # the study it left lists it no more
+    assert len(store.received("pacs", "20261130/1.2.3")) == 1
+    assert store.drop_received("pacs", ["1.2.3.1"]) == 1
+
+
 def test_schema_head_names_the_newest_migration() -> None:
     from alembic.script import ScriptDirectory
 

@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +65,8 @@ class Peer:
         self.ae.add_requested_context(VERIFICATION)
         self.ae.add_requested_context(FIND_MODEL)
         self.tls = tls_context(settings, server=False)
+        self.deadline = settings.find_deadline
+        self.max_matches = settings.max_matches
         self.opened = 0
         self.closed = 0
         self._lock = threading.Lock()
@@ -118,7 +121,20 @@ class Peer:
 
     def _matches(self, assoc: Association, identifier: Dataset) -> list[Dataset]:
         matches: list[Dataset] = []
+        level = identifier.get("QueryRetrieveLevel", "?")
+        ends_at = time.monotonic() + self.deadline
         for status, found in assoc.send_c_find(identifier, FIND_MODEL):
+            if len(matches) >= self.max_matches or time.monotonic() > ends_at:
+                assoc.abort()  # the PACS would go on sending: the association ends here
+                if len(matches) >= self.max_matches:
+                    raise TooManyMatches(
+                        f"PACS {self.name}: a C-FIND at {level} level answered more than "
+                        f"{self.max_matches} matches (DICOMCAST_SOURCE_MAX_MATCHES)"
+                    )
+                raise SourceUnavailable(
+                    f"PACS {self.name}: a C-FIND at {level} level was still answering after "
+                    f"{self.deadline:g} s (DICOMCAST_SOURCE_FIND_DEADLINE)"
+                )
             if not status:
                 # No answer in time, or the association dropped: the PACS is away.
                 raise SourceUnavailable(f"PACS {self.name}: C-FIND got no answer", outage=True)
@@ -130,7 +146,6 @@ class Peer:
                 return matches
             else:
                 comment = str(status.get("ErrorComment", "")).strip()[:100]
-                level = identifier.get("QueryRetrieveLevel", "?")
                 raise SourceUnavailable(
                     f"PACS {self.name}: C-FIND at {level} level failed with status "
                     f"0x{code:04X}" + (f" ({comment})" if comment else ""),
@@ -142,6 +157,10 @@ class Peer:
 
     def close(self) -> None:
         self.ae.shutdown()
+
+
+class TooManyMatches(SourceUnavailable):
+    """A C-FIND answered more than `max_matches`: a listing asks for shorter date ranges."""
 
 
 def _code(status: Any) -> str:

@@ -27,10 +27,11 @@ from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, OperatorError, SourceUnavailable
 from dicomcast.model import DateSpan, StudyLocation
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
-from dicomcast.sources.dimse.network import Peer
+from dicomcast.sources.dimse.network import Peer, TooManyMatches
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
     Keys,
+    Listing,
     as_json,
     key_parts,
     listed,
@@ -42,6 +43,7 @@ from dicomcast.studyview import (
     SOP_UID,
     build_study_views,
     dataset_filter,
+    is_uid,
     text_value,
 )
 
@@ -149,8 +151,7 @@ class DimseSource:
             if page:
                 covered.append(page)
             for first, last in covered:
-                self.listing_finds += 1
-                found = listed(self._find(self.keys.window(first, last)))
+                found = self._listing(first, last)
                 if found.unusable:
                     log.warning(
                         "%d studies in the PACS's answer have no valid StudyInstanceUID",
@@ -184,11 +185,30 @@ class DimseSource:
         if end < first:
             return ArchivePage([], None)
         start = max(first, end - dt.timedelta(days=SWEEP_PAGE_DAYS - 1))
-        found = listed(self._find(self.keys.window(start, end)))
+        found = self._listing(start, end)
         following = start - dt.timedelta(days=1)
         return ArchivePage(
             list(found.counts), f"{following:%Y%m%d}" if following >= first else None
         )
+
+    def _listing(self, first: dt.date, last: dt.date) -> Listing:
+        """The studies of a date range; a range with more matches than one C-FIND may
+        return is asked again in halves (one day that has more is an error that says so)."""
+        self.listing_finds += 1
+        try:
+            return listed(self._find(self.keys.window(first, last)))
+        except TooManyMatches as exc:
+            if first >= last:
+                raise SourceUnavailable(
+                    f"{exc}, for the single day {first:%Y-%m-%d}: raise "
+                    "DICOMCAST_SOURCE_MAX_MATCHES to list it"
+                ) from None
+        middle = first + (last - first) // 2
+        earlier, later = self._listing(first, middle), self._listing(middle + dt.timedelta(1), last)
+        earlier.counts.update(later.counts)
+        earlier.identities.update(later.identities)
+        earlier.unusable += later.unusable
+        return earlier
 
     def covers(self, key: str) -> bool:
         """Whether the last listing spoke for this study: its date lies in a listed range
@@ -289,6 +309,16 @@ class DimseSource:
         """The study's instances by C-FIND, level by level; None when the PACS has no study
         of this UID and date (deleted, or its StudyDate was corrected: another key)."""
         assert self.peer is not None
+        try:
+            return self._levels(uid, date)
+        except TooManyMatches as exc:
+            raise MappingError(
+                "the PACS answers more matches for this study than one C-FIND may return",
+                detail=str(exc),
+            ) from None
+
+    def _levels(self, uid: str, date: str | None) -> list[dict[str, Any]] | None:
+        assert self.peer is not None
         # One association per C-FIND: reusing one for a study's queries raced inside
         # pynetdicom (a response taken for a request, now and then), and setting one up on
         # a LAN costs a few milliseconds.
@@ -302,8 +332,14 @@ class DimseSource:
         for series in self._find(self.keys.series(uid)):
             series_json = as_json(series)
             series_uid = text_value(series_json, SERIES_UID)
-            if not series_uid:
-                continue
+            if not is_uid(series_uid):
+                # Sent back as an IMAGE-level key, it could widen the query (`*`) or reach
+                # beyond the study; the README promises keys are UIDs only.
+                raise MappingError(
+                    "the PACS answered a series whose SeriesInstanceUID is not a UID",
+                    detail=f"SeriesInstanceUID {str(series_uid)[:80]!r}",
+                )
+            assert series_uid is not None
             for image in self._find(self.keys.images(uid, series_uid)):
                 instances.append(merged(study, series_json, as_json(image)))
         return instances
