@@ -101,6 +101,12 @@ class OperatorError(DicomcastError):
     """An operator command was refused (e.g. moving a cursor a running worker holds)."""
 
 
+class StoredValueError(DicomcastError):
+    """A value in the state DB this version cannot use (a feed cursor): that source's feed
+    stops and says so in `/readyz` and `status` until an operator sets it again; the other
+    sources, and the syncing of studies already marked, go on."""
+
+
 class StudyError(DicomcastError):
     """This study cannot be synced as it stands; record it as failed and go on."""
 

@@ -60,6 +60,8 @@ def run_once(worker: Worker, progress: Callable[[RoundStats], None] | None = Non
         log.error("source %s could not be read: %s", name, error, extra={"source": name})
     if failed:
         raise next(iter(failed.values()))
+    if worker.feed.unusable:  # said in the log as it stopped; not "all clean"
+        return 1
     counts = worker.counts()
     return 1 if counts.get("failed", 0) + counts.get("dirty", 0) + counts.get("held", 0) else 0
 

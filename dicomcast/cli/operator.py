@@ -22,7 +22,7 @@ from dicomcast.cli.common import (
     with_store,
 )
 from dicomcast.config import Settings, SourceSettings
-from dicomcast.errors import ConfigError, DicomcastError
+from dicomcast.errors import ConfigError, DicomcastError, StoredValueError
 from dicomcast.model import DirtyMark
 from dicomcast.ops.logging import redact
 from dicomcast.state.models import StudyRow
@@ -340,7 +340,10 @@ def _check_cursor(settings: Settings, name: str, value: str) -> None:
 
     config = _configured(settings, name)  # None: not configured here, only a number is safe
     if config is not None and config.kind == "azure-dicom" and config.api_version == "v2":
-        parse_v2_cursor(value)
+        try:
+            parse_v2_cursor(value)
+        except StoredValueError as exc:
+            raise ConfigError(str(exc)) from None
     elif config is not None and config.kind == "aws-healthimaging":
         from dicomcast.sources.healthimaging.source import parse_cursor
 

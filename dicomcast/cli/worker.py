@@ -22,6 +22,7 @@ from dicomcast.cli.common import (
 )
 from dicomcast.config import Settings
 from dicomcast.model import BackfillProgress, SourceSummary, source_dependency
+from dicomcast.sources.rest import sequence_number
 from dicomcast.state.store import StateStore
 
 if TYPE_CHECKING:
@@ -163,8 +164,9 @@ def _source_status(info: SourceSummary) -> dict[str, Any]:
     now = time.time()
     cursor, head = info.cursor, info.feed_head
     lag = None
-    if cursor is not None and head is not None and cursor.isdigit() and head.isdigit():
-        lag = max(0, int(head) - int(cursor))
+    at, end = sequence_number(cursor), sequence_number(head)
+    if at is not None and end is not None:  # `²` passes isdigit, and int() refuses it
+        lag = max(0, end - at)
     return {
         "source": info.source,
         "cursor": cursor,
@@ -180,6 +182,7 @@ def _source_status(info: SourceSummary) -> dict[str, Any]:
         "last_poll_at": iso(info.last_poll_at),
         "archive_resets": info.resets,
         "feed_entries_skipped": info.feed_skips,
+        "feed_error": info.feed_error,
         "backfill": _backfill_status(info.backfill),
     }
 
@@ -231,6 +234,8 @@ def _status_text(info: dict[str, Any]) -> str:
         f"last success    {info['last_success_at'] or '-'}",
         f"last poll       {info['last_poll_at'] or '-'}",
     ]
+    if info["feed_error"]:
+        lines.append(f"feed STOPPED   {info['feed_error']}")
     deletions = info["deletions"]
     if deletions["held"] or deletions["kept"]:
         lines.append(

@@ -324,7 +324,7 @@ def _entry_status(entry: dict[str, Any], *, missing: str) -> int:
     none); 0 when it is not one."""
     response = entry.get("response")
     status = str(response.get("status", missing)) if isinstance(response, dict) else ""
-    return int(status[:3]) if status[:3].isdigit() else 0
+    return int(status[:3]) if status[:3].isascii() and status[:3].isdigit() else 0
 
 
 def _raise_for_entry(entry: dict[str, Any], code: int, what: str) -> None:

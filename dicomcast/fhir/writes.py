@@ -102,7 +102,11 @@ class Writes:
             if mode is None or not mode.probe_if_match or resource is None:
                 return
             version = str((resource.get("meta") or {}).get("versionId") or "")
-            stale = str(int(version) - 1) if version.isdigit() and int(version) > 1 else "0"
+            stale = (
+                str(int(version) - 1)
+                if version.isascii() and version.isdigit() and int(version) > 1
+                else "0"
+            )
             entry = update_entry(resource, {**resource, "meta": {"versionId": stale}})
             enforced = True  # what an answer that proves nothing leaves: If-Match is sent
             for _ in range(2):  # an empty answer makes the client ask for whole ones: again

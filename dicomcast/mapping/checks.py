@@ -38,8 +38,9 @@ def one_patient(data: Mapping[str, Any]) -> None:
     """Refuse a study whose PatientID (or its issuer) has several values (`A\\B`): filing
     it under the first would be a guess at which patient is meant."""
     for tag, name in _ONE_VALUE.items():
-        values = (data.get(tag) or {}).get("Value") or []
-        if len(values) > 1:
+        element = data.get(tag)
+        values = element.get("Value") if isinstance(element, dict) else None
+        if isinstance(values, list) and len([v for v in values if v not in (None, "")]) > 1:
             raise MappingError(
                 f"{name} has {len(values)} values: which patient is meant cannot be told",
                 detail=f"tag ({tag[:4]},{tag[4:]}) {name}; fix it at the source, then resync",

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
-from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
+from dicomcast.errors import ConfigError, MappingError, SourceUnavailable, StoredValueError
 from dicomcast.http import Bounds
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
@@ -79,14 +79,14 @@ def _now_instant(ahead: float = 0.0) -> tuple[int, int]:
 
 def parse_v2_cursor(cursor: str | None) -> tuple[str | None, int]:
     """(start time, entries to skip at it) from a v2 cursor; an operator may set a bare
-    ISO time. `ConfigError` for anything else (a v1 sequence, say)."""
+    ISO time. `StoredValueError` for anything else (a v1 sequence, say)."""
     if not cursor:
         return None, 0
     start, _, skip = cursor.partition("#")
-    if instant(start) is None or (skip and not skip.isdigit()):
-        raise ConfigError(
-            f"feed cursor {cursor!r} is not a change feed v2 position (an ISO time, optionally "
-            "followed by #<entries to skip>); set one with `dicomcast cursor set`"
+    if instant(start) is None or (skip and not (skip.isascii() and skip.isdigit())):
+        raise StoredValueError(
+            f"the cursor {cursor[:60]!r} is not a change feed v2 position (an ISO time, "
+            "optionally followed by #<entries to skip>): set one with `dicomcast cursor set`"
         )
     return start, int(skip or 0)
 
@@ -218,12 +218,12 @@ class AzureDicomSource(RestSource):
         return sequence
 
     def _read_v1(self, cursor: str | None, window: int) -> FeedPage:
-        if cursor and not cursor.isdigit():
-            raise ConfigError(
-                f"feed cursor {cursor!r} is not a change feed v1 sequence number; "
-                "set one with `dicomcast cursor set`"
+        since = sequence_number(cursor or 0)
+        if since is None:
+            raise StoredValueError(
+                f"the stored cursor {str(cursor)[:40]!r} is not a change feed v1 sequence "
+                "number: set one with `dicomcast cursor set`"
             )
-        since = int(cursor or 0)
         entries = self._entries(
             self.rest.get("v1/changefeed", offset=since, limit=window, includeMetadata="false")
         )

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable
+from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, StoredValueError
 from dicomcast.http import Bounds, send
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
@@ -108,7 +108,12 @@ class OrthancSource(RestSource):
     # --- the change feed
 
     def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
-        since = int(cursor or 0)
+        since = sequence_number(cursor or 0)
+        if since is None:
+            raise StoredValueError(
+                f"the stored cursor {str(cursor)[:40]!r} is not an Orthanc change sequence "
+                "number: set one with `dicomcast cursor set`"
+            )
         page = self.rest.get("changes", since=since, limit=limit)
         if not isinstance(page, dict) or not isinstance(page.get("Changes", []), list):
             raise SourceUnavailable("Orthanc /changes answer is not a change page")

@@ -8,6 +8,8 @@ path's); one it only knows as seen (`cursor set head`) is synced now.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +20,10 @@ from sqlalchemy.orm import Session
 from dicomcast.model import BackfillProgress
 from dicomcast.state.db import Database
 from dicomcast.state.models import BackfillRow, StudyRow
+
+log = logging.getLogger(__name__)
+MAX_LIMIT = 1e6  # what `backfill --max-rate/--max-requests` accept at most
+_said: set[tuple[int, str]] = set()  # runs whose unusable limit was logged
 
 BACKFILL = 1  # the priority of a study only a backfill asked for (live changes are 0)
 
@@ -149,7 +155,8 @@ class Backfills:
             if run.finished_at is None:
                 prior = limits.get(run.source, Limits(None, None))
                 limits[run.source] = Limits(
-                    _least(prior.studies, run.max_rate), _least(prior.requests, run.max_requests)
+                    _least(prior.studies, _usable(run, "max_rate", run.max_rate)),
+                    _least(prior.requests, _usable(run, "max_requests", run.max_requests)),
                 )
         return limits
 
@@ -218,6 +225,26 @@ def runs(
             )
         )
     return found
+
+
+def _usable(run: BackfillProgress, name: str, limit: float | None) -> float | None:
+    """A stored limit the pacing can use; one it cannot (infinite, not a number, past
+    MAX_LIMIT: stored before `backfill` checked it) counts as no limit, said once a run,
+    instead of overflowing every worker's pacing at each cycle."""
+    if limit is None or (math.isfinite(limit) and 0 < limit <= MAX_LIMIT):
+        return limit
+    if (run.id, name) not in _said:
+        _said.add((run.id, name))
+        log.warning(
+            "backfill %d has a %s of %r that cannot be used: it runs unpaced (cancel it and "
+            "start it again with a limit of at most %g)",
+            run.id,
+            name,
+            limit,
+            MAX_LIMIT,
+            extra={"source": run.source},
+        )
+    return None
 
 
 def _least(a: float | None, b: float | None) -> float | None:

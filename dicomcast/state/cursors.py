@@ -106,6 +106,14 @@ class Cursors:
                     f"{row.held_until - now:.0f} s; stop it first, then set the cursor"
                 )
             row.cursor = cursor
+            row.feed_error = None
+
+    def record_feed_error(self, source: str, error: str | None) -> None:
+        """Why the source's feed stopped on a stored value (None: it reads again)."""
+        with self.db.write("record_feed_error") as session:
+            session.execute(
+                update(SourceRow).where(SourceRow.name == source).values(feed_error=error)
+            )
 
     def record_page(
         self,
@@ -143,7 +151,7 @@ class Cursors:
             session.execute(
                 update(SourceRow)
                 .where(SourceRow.name == source)
-                .values(cursor=cursor, resets=SourceRow.resets + 1)
+                .values(cursor=cursor, resets=SourceRow.resets + 1, feed_error=None)
             )
 
 

@@ -27,6 +27,7 @@ class SourceRow(Base):
     resets: Mapped[int] = mapped_column(Integer, default=0)
     holder: Mapped[str | None] = mapped_column(String(100))  # the worker tailing it now
     held_until: Mapped[float | None] = mapped_column(Float)  # its lease; renewed each cycle
+    feed_error: Mapped[str | None] = mapped_column(Text)  # a stored value it cannot use (0009)
 
 
 class StudyRow(Base):

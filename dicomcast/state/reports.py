@@ -113,5 +113,6 @@ class Reports:
             last_poll_at=row.last_poll_at if row else None,
             resets=row.resets if row else 0,
             feed_skips=int(skips or 0),
+            feed_error=row.feed_error if row else None,
             backfill=backfill[0] if backfill else None,
         )

@@ -28,6 +28,7 @@ from dicomcast.errors import (
     SourceRejected,
     SourceUnavailable,
     StateUnavailable,
+    StoredValueError,
     failure_class,
 )
 from dicomcast.model import DirtyMark, KnownStudy, Skipped, source_dependency
@@ -54,6 +55,8 @@ class FeedState(Protocol):
     ) -> int: ...
 
     def reset_cursor(self, source: str, cursor: str | None) -> None: ...
+
+    def record_feed_error(self, source: str, error: str | None) -> None: ...
 
     def known_studies(self, source: str) -> dict[str, KnownStudy]: ...
 
@@ -114,6 +117,7 @@ class Feed:
         self.totals = totals
         self.beat = beat
         self.failures: dict[str, int] = {}  # source -> page failures in a row
+        self.unusable: dict[str, str] = {}  # source -> the stored value its feed cannot use
 
     def tail(self, name: str) -> int:
         """Read one source's feed to its end (or until stopped); how many studies were
@@ -131,6 +135,9 @@ class Feed:
             failing = self.failures.get(name, 0) >= FAILING_AFTER
             try:
                 page = source.read_changes(cursor, 1 if failing else self.page_size)
+            except StoredValueError as exc:
+                self._unusable(name, str(exc))
+                break
             except (SourceRejected, SourceUnavailable) as exc:
                 if isinstance(exc, SourceUnavailable) and exc.outage:
                     raise
@@ -156,12 +163,26 @@ class Feed:
         return marked
 
     def check(self, name: str) -> None:
-        """For readiness: raise while this source's feed keeps failing."""
+        """For readiness: raise while this source's feed keeps failing, or is stopped."""
+        if name in self.unusable:
+            raise FeedFailing(f"the change feed stopped: {self.unusable[name]}")
         count = self.failures.get(name, 0)
         if count >= FAILING_AFTER:
             raise FeedFailing(f"the change feed failed {count} times in a row at one position")
 
+    def _unusable(self, name: str, reason: str) -> None:
+        """The feed cannot start from what the state DB holds: stopped, and said so (once
+        in the log; in /readyz, the metric and `status` until it reads again)."""
+        self.metrics.feed_failing.labels(name).set(1)
+        if self.unusable.get(name) != reason:
+            self.unusable[name] = reason
+            self.state.record_feed_error(name, reason)
+            log.error("the change feed stopped: %s", reason, extra={"source": name})
+
     def _page_read(self, name: str) -> None:
+        if self.unusable.pop(name, None) is not None:
+            self.state.record_feed_error(name, None)
+            self.metrics.feed_failing.labels(name).set(0)
         if self.failures.pop(name, 0):
             self.metrics.feed_failing.labels(name).set(0)
             log.warning("the change feed reads again", extra={"source": name})

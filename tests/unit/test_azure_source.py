@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from dicomcast.auth import AzureCredential
 from dicomcast.config import SourceSettings, load_settings
-from dicomcast.errors import ConfigError, MappingError, SourceUnavailable
+from dicomcast.errors import ConfigError, MappingError, SourceUnavailable, StoredValueError
 from dicomcast.http import RetryPolicy
 from dicomcast.model import DateSpan
 from dicomcast.sandbox.samples import bulk_studies
@@ -105,7 +105,7 @@ def test_v1_feed_going_backwards_is_a_reset() -> None:
 def test_v2_cursor_is_an_instant_and_a_count_and_rejects_v1_positions() -> None:
     assert parse_v2_cursor("2026-11-01T00:00:00.0010000Z#2") == ("2026-11-01T00:00:00.0010000Z", 2)
     assert parse_v2_cursor("2026-11-01T00:00:00Z") == ("2026-11-01T00:00:00Z", 0)
-    with pytest.raises(ConfigError, match="not a change feed v2 position"):
+    with pytest.raises(StoredValueError, match="not a change feed v2 position"):
         parse_v2_cursor("1234")
     # Seven decimals are kept: instants 100 ns apart stay apart.
     assert instant("2026-11-01T00:00:00.0000001Z") != instant("2026-11-01T00:00:00.0000002Z")

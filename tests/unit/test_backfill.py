@@ -144,3 +144,12 @@ def test_a_deployments_limits_are_shared_by_the_workers_seen_lately() -> None:
     pace.spend("s", 1)
     now[0] = 1.0
     assert pace.admit("s", 0) == 10  # then a third of 30 a second
+
+
+def test_a_stored_limit_the_pace_cannot_use_runs_unpaced_instead_of_stalling() -> None:
+    store = store_with()
+    store.open_backfill("s", None, None, float("inf"), 1e400, now=1.0)  # stored before checks
+    assert store.backfill_limits() == {"s": Limits(None, None)}
+    pace = BackfillPace(per_round=8, clock=lambda: 5.0)
+    pace.update(store.backfill_limits(), workers=3)
+    assert pace.admit("s", 10) == 8  # no OverflowError, no stall

@@ -16,12 +16,17 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomcast.cli import app as cli
+from dicomcast.cli.worker import _source_status
 from dicomcast.errors import FhirUnavailable, SourceRejected, SourceUnavailable
+from dicomcast.fhir.client import _entry_status
 from dicomcast.http import Bounds, send
+from dicomcast.model import SourceSummary
 from dicomcast.ops.health import Health
 from dicomcast.ops.logging import setup_logging
 from dicomcast.ops.metrics import Metrics, StateCollector
 from dicomcast.sandbox.samples import DEMO_ISSUERS, bulk_studies
+from dicomcast.sources.azure import parse_v2_cursor
+from dicomcast.sources.dimse.query import study_key
 from dicomcast.worker import Worker
 from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir
@@ -264,3 +269,12 @@ def test_an_assigned_id_already_in_use_is_a_conflict_to_retry() -> None:
     )
     with pytest.raises(FhirConflict):
         client.transaction([{"request": {"method": "POST", "url": "Patient"}, "resource": {}}])
+
+
+def test_digits_that_are_not_ascii_are_no_status_version_or_position() -> None:
+    """`'²'.isdigit()` is True and `int('²')` raises: such text must never reach int()."""
+    assert _entry_status({"response": {"status": "²01 Created"}}, missing="") == 0
+    assert _source_status(SourceSummary("s", cursor="²", feed_head="9"))["lag_events"] is None
+    with pytest.raises(Exception, match="not a change feed v2 position"):
+        parse_v2_cursor("2026-01-01T00:00:00Z#²")
+    assert study_key("\uff12\uff10\uff12\uff16\uff11\uff11\uff13\uff10", "1.2.3") == "-/1.2.3"

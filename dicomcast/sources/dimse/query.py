@@ -53,7 +53,7 @@ def study_key(date: str | None, uid: str) -> str:
 
 def _is_date(text: str | None) -> bool:
     """A full DA value (YYYYMMDD), the only date a key carries."""
-    return bool(text) and len(str(text)) == 8 and str(text).isdigit()
+    return bool(text) and len(str(text)) == 8 and str(text).isascii() and str(text).isdigit()
 
 
 def key_parts(key: str) -> tuple[str | None, str]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, SourceUnavailable
+from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import UNCOUNTED, ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.healthimaging import metadata
@@ -235,8 +235,9 @@ def _position(cursor: str | None) -> tuple[float, dict[str, float]]:
     try:
         return parse_cursor(cursor)
     except ValueError:
-        raise SourceUnavailable(
-            "the HealthImaging cursor is neither ours nor an ISO time", outage=True
+        raise StoredValueError(
+            f"the stored cursor {str(cursor)[:60]!r} is neither a HealthImaging position nor "
+            "an ISO time: set one with `dicomcast cursor set`"
         ) from None
 
 
