@@ -25,7 +25,9 @@ ENV DICOMCAST_STATE_URL=sqlite:////data/dicomcast.db \
     DICOMCAST_SOURCE_STORE_HOST=0.0.0.0
 VOLUME ["/data"]
 # /livez, /readyz and /metrics (Prometheus); see docs/operations.md. 11112: the C-STORE
-# listener of a DIMSE source, when DICOMCAST_SOURCE_STORE_PORT=11112 turns it on.
+# listener of a DIMSE source, when DICOMCAST_SOURCE_STORE_PORT=11112 turns it on. Bound to
+# 0.0.0.0 so it can be published: an AE title is not a credential, so require client
+# certificates (DICOM TLS) or let only the PACS reach it; the worker warns otherwise.
 EXPOSE 9464 11112
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/livez', timeout=4)"]

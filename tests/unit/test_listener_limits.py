@@ -16,7 +16,8 @@ from pynetdicom import AE, _config
 from dicomcast.config.source import SourceSettings
 from dicomcast.sandbox.samples import demo_studies, instances
 from dicomcast.sandbox.servers import free_port
-from dicomcast.sources.dimse.listener import StoreListener
+from dicomcast.sources.dimse.listener import StoreListener, exposure
+from dicomcast.sources.dimse.network import tls_context
 from dicomcast.sources.dimse.server import MAX_PDU_READ, PER_AE
 from dicomcast.sources.dimse.source import DimseSource
 from tests.tls import self_signed
@@ -146,3 +147,25 @@ def test_one_ae_title_cannot_take_every_association() -> None:
             if assoc.is_established:
                 assoc.release()
         listener.stop()
+
+
+def test_a_listener_open_beyond_loopback_without_client_certificates_is_warned_of(
+    tmp_path: Path,
+) -> None:
+    assert exposure("127.0.0.1", frozenset(), None) is None
+    assert exposure("::1", frozenset(), None) is None
+    assert "any calling AE title" in str(exposure("0.0.0.0", frozenset(), None))
+    named = str(exposure("10.0.0.5", frozenset({"CT1"}), None))
+    assert "a name the caller gives itself" in named and "docs/security.md" in named
+    cert, key = self_signed(tmp_path, "dicom")
+    mutual = tls_context(
+        SourceSettings(
+            kind="dimse",
+            store_port=1,
+            tls_ca_bundle=str(cert),
+            tls_cert=str(cert),
+            tls_key=str(key),
+        ),
+        server=True,
+    )
+    assert exposure("0.0.0.0", frozenset(), mutual) is None  # certificates are checked

@@ -10,7 +10,9 @@ stored. The server underneath (`server.py`) bounds connections, PDUs and handsha
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -37,6 +39,28 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # the state DB failed: the sender should try again later
 CANNOT_UNDERSTAND = 0xC000
+
+
+def exposure(host: str, allowed: frozenset[str], tls: ssl.SSLContext | None) -> str | None:
+    """What a security review should hear about where this listener is reachable: on an
+    address other than loopback, anyone who can connect may push studies unless DICOM
+    TLS checks their certificates; an AE title is a name the caller gives itself."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or (tls is not None and tls.verify_mode == ssl.CERT_REQUIRED):
+        return None
+    who = (
+        "any calling AE title"
+        if not allowed
+        else "anyone naming an allowed AE title (a name the caller gives itself)"
+    )
+    return (
+        f"the C-STORE listener on {host} accepts studies from {who}: require client "
+        "certificates (SOURCE_TLS_CA_BUNDLE with SOURCE_TLS_CERT/KEY) or let only the "
+        "PACS reach the port (a network policy); see docs/security.md"
+    )
 
 
 class HeaderSink(Protocol):
@@ -97,6 +121,8 @@ class StoreListener:
             "C-STORE listener up",
             extra={"source": self.name, "host": self.address[0], "port": self.address[1]},
         )
+        if warning := exposure(self.address[0], self.allowed, self.ssl):
+            log.warning(warning, extra={"source": self.name, "host": self.address[0]})
 
     def stop(self) -> None:
         if self.server is not None:
