@@ -162,9 +162,9 @@ def managed_identity(scope: str, client_id: str | None = None) -> AzureCredentia
     `client_id` is given, else the DefaultAzureCredential chain."""
     try:
         from azure import identity  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    except ImportError as exc:
         raise ConfigError(
-            "managed identity needs the azure-identity library: pip install 'dicomcast[azure]'"
+            f"managed identity cannot start ({exc.name or exc}): pip install 'dicomcast[azure]'"
         ) from None
     credential = (
         identity.ManagedIdentityCredential(client_id=client_id)

@@ -28,8 +28,10 @@ SIGNED = ("host", "content-type")  # plus the x-amz-* botocore adds; proxies kee
 def _botocore() -> Any:
     try:
         import botocore.session
-    except ImportError:
-        raise ConfigError("aws-sigv4 needs botocore: pip install 'dicomcast[aws]'") from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"aws-sigv4 cannot start ({exc.name or exc}): pip install 'dicomcast[aws]'"
+        ) from None
     return botocore.session
 
 
@@ -119,9 +121,9 @@ def google_default(verify: bool | str = True) -> GoogleCredentials:
         import google.auth
         import urllib3
         from google.auth.transport.urllib3 import Request
-    except ImportError:
+    except ImportError as exc:
         raise ConfigError(
-            "google login needs google-auth: pip install 'dicomcast[google]'"
+            f"google login cannot start ({exc.name or exc}): pip install 'dicomcast[google]'"
         ) from None
     try:
         credentials, _project = google.auth.default(scopes=[GOOGLE_SCOPE])
