@@ -19,7 +19,7 @@ from joserfc.jwk import KeySet
 from dicomcast.auth.smart import ASSERTION_TYPE
 from tests.loopback import Answer, Loopback
 
-TOKEN_URL = "http://auth.test/token"
+TOKEN_URL = "http://fhir.test/token"  # on the FHIR server's origin, as Epic's is
 CLIENT = "dicomcast-backend"
 
 

@@ -141,4 +141,22 @@ class BackendServices(ClientCredentials):
                 "SMART configuration has no token_endpoint (set DICOMCAST_FHIR_OAUTH_TOKEN_URL)",
                 outage=True,
             )
+        # The signed assertion logs in as us: it goes only where the FHIR server's own
+        # origin is, over TLS if the FHIR server uses it. Another origin (an EHR with a
+        # separate authorization server) is trusted once an operator names it.
+        fhir, token = httpx.URL(self.fhir_url), httpx.URL(found)
+        if fhir.scheme == "https" and token.scheme != "https":
+            raise RetriableError(
+                f"refused the token endpoint {found[:200]!r} the SMART configuration names: "
+                "it is plain http, so the signed assertion would travel in clear (set "
+                "DICOMCAST_FHIR_OAUTH_TOKEN_URL to the https one)",
+                outage=True,
+            )
+        if (token.scheme, token.host, token.port) != (fhir.scheme, fhir.host, fhir.port):
+            raise RetriableError(
+                f"refused the token endpoint {found[:200]!r} the SMART configuration names: "
+                f"it is not on the FHIR server's origin ({fhir.scheme}://{fhir.netloc.decode()}); "
+                "if that authorization server is the EHR's, set DICOMCAST_FHIR_OAUTH_TOKEN_URL",
+                outage=True,
+            )
         return found

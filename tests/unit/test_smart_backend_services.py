@@ -150,7 +150,53 @@ def test_check_config_names_the_login_and_scopes_not_granted() -> None:
     client = BackendServices(FHIR, CLIENT, pem, "k1", None, transport=network(auth, FakeFhir()))
     client.token()
     said = describe(client)
-    assert said.startswith("SMART Backend Services (ES384, kid k1), token URL http://auth.test")
+    assert said.startswith(
+        "SMART Backend Services (ES384, kid k1), token URL http://fhir.test/token"
+    )
     assert "granted: system/Patient.crus system/ImagingStudy.cruds" in said
     assert "NOT granted: system/Endpoint.crus system/Observation.cruds" in said
     assert pem.split("\n")[1] not in said  # nothing of the key
+
+
+@pytest.mark.parametrize(
+    ("fhir", "published", "why"),
+    [
+        ("https://ehr.test/fhir", "http://ehr.test/token", "plain http"),
+        ("https://ehr.test/fhir", "https://elsewhere.test/token", "not on the FHIR server"),
+        ("https://ehr.test/fhir", "https://ehr.test:8443/token", "not on the FHIR server"),
+    ],
+)
+def test_a_published_token_endpoint_off_the_fhir_origin_gets_no_assertion(
+    fhir: str, published: str, why: str
+) -> None:
+    pem = generate_key("ES384")
+    sent: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(200, json={"token_endpoint": published})
+
+    client = BackendServices(fhir, CLIENT, pem, None, None, transport=httpx.MockTransport(answer))
+    with pytest.raises(RetriableError, match=why) as refused:
+        client.token()
+    assert refused.value.outage and "DICOMCAST_FHIR_OAUTH_TOKEN_URL" in str(refused.value)
+    assert sent == [f"{fhir}/.well-known/smart-configuration"]  # the assertion never left
+
+
+def test_a_token_endpoint_the_operator_names_may_be_on_another_origin() -> None:
+    pem = generate_key("ES384")
+    auth = AuthServer(public_jwks(pem, None), token_url="https://authorization.test/token")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return auth.token(request)
+
+    client = BackendServices(
+        "https://ehr.test/fhir",
+        CLIENT,
+        pem,
+        None,
+        None,
+        token_url="https://authorization.test/token",
+        transport=httpx.MockTransport(answer),
+    )
+    assert client.token()
