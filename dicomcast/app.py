@@ -55,7 +55,9 @@ def make_source(
     if source.kind == "aws-healthimaging":  # boto3 is imported only where it is followed
         from dicomcast.sources.healthimaging.source import HealthImagingSource
 
-        return HealthImagingSource(source, verify=tls_verify(settings))
+        return HealthImagingSource(
+            source, verify=tls_verify(settings), max_bytes=settings.max_study_bytes
+        )
     kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
     return kind(
         source,

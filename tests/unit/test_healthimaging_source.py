@@ -16,7 +16,7 @@ import pytest
 
 from dicomcast.app import build_app
 from dicomcast.config import SourceSettings, load_settings
-from dicomcast.errors import SourceUnavailable
+from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.model import DateSpan
 from dicomcast.sandbox.samples import (
     DEMO_ISSUERS,
@@ -58,12 +58,13 @@ def settings_for(folder: Path, **source: Any) -> Any:
     )
 
 
-def source_for(store: HealthImagingFake) -> HealthImagingSource:
+def source_for(store: HealthImagingFake, **options: Any) -> HealthImagingSource:
     """The source a test talks to directly, on the fake's endpoint."""
     return HealthImagingSource(
         SourceSettings(
             kind="aws-healthimaging", datastore_id=store.datastore, url=store.url, region=REGION
-        )
+        ),
+        **options,
     )
 
 
@@ -305,3 +306,19 @@ def test_cursor_set_takes_head_or_an_iso_time_for_a_healthimaging_source(
     assert since.exit_code == 0, since.output
     wrong = runner.invoke(app, ["cursor", "set", "yesterday"], env=env)
     assert wrong.exit_code == 2 and "give an ISO time with its zone" in wrong.output
+
+
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_metadata_that_inflates_past_max_study_bytes_is_refused_not_read(
+    store: HealthImagingFake,
+) -> None:
+    (spec,) = bulk_studies(1, 1, patients=1, prefix="bomb", series=1)
+    datasets = list(instances(spec))
+    datasets[0].StudyComments = "A" * (8 * 2**20)  # 8 MiB that gzip sends as about 8 KiB
+    store.import_study(datasets)
+    source = source_for(store, max_bytes=2**20)
+    with pytest.raises(SourceRejected, match="larger than 1048576 bytes") as refused:
+        source.fetch_study(spec.study_uid)
+    assert refused.value.status == 413  # parks the study, like an HTTP source's 413
+    assert source_for(store).fetch_study(spec.study_uid).view is not None  # the default bound
+    source.close()

@@ -94,8 +94,9 @@ class Calls:
             kwargs["nextToken"] = token
         return self.call("SearchImageSets", self.search_pace, **kwargs)
 
-    def metadata(self, image_set: str) -> bytes | None:
-        """The image set's metadata blob as sent (gzip); None when it is gone."""
+    def metadata(self, image_set: str, limit: int) -> bytes | None:
+        """The image set's metadata blob as sent (gzip), at most `limit` bytes of it; None
+        when it is gone."""
         try:
             answer = self.call("GetImageSetMetadata", self.metadata_pace, imageSetId=image_set)
         except SourceRejected as exc:
@@ -104,9 +105,12 @@ class Calls:
             raise
         body = answer["imageSetMetadataBlob"]
         try:
-            return bytes(body.read())
+            blob = bytes(body.read(limit + 1))
         finally:
             body.close()
+        if len(blob) > limit:
+            raise too_large(limit)
+        return blob
 
     def datastore_properties(self) -> dict[str, Any]:
         answer = self.call("GetDatastore", self.search_pace)
@@ -155,3 +159,13 @@ def _classified(operation: str, code: str, status: int) -> Exception:
 
 def _snake(operation: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
+
+
+def too_large(limit: int) -> SourceRejected:
+    """A study whose metadata is larger than MAX_STUDY_BYTES: refused with the reason (as
+    the HTTP sources refuse one), not read into memory."""
+    return SourceRejected(
+        f"the study's HealthImaging metadata is larger than {limit} bytes "
+        "(DICOMCAST_MAX_STUDY_BYTES)",
+        status=413,
+    )

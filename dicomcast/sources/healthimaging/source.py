@@ -21,9 +21,9 @@ or conflicting versions waiting for an operator), and a warning says how many.
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import json
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +32,7 @@ from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import UNCOUNTED, ArchivePage, FeedPage, FetchedStudy
 from dicomcast.sources.healthimaging import metadata
-from dicomcast.sources.healthimaging.calls import Calls, make_client
+from dicomcast.sources.healthimaging.calls import Calls, make_client, too_large
 from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
 
 OVERLAP = 30.0  # seconds re-read behind the cursor: image sets that became searchable late
@@ -46,8 +46,16 @@ class HealthImagingSource:
     logs_deletes = False
     lists_changes = False
 
-    def __init__(self, config: SourceSettings, *, client: Any = None, verify: bool | str = True):
+    def __init__(
+        self,
+        config: SourceSettings,
+        *,
+        client: Any = None,
+        verify: bool | str = True,
+        max_bytes: int = 256 * 2**20,
+    ):
         self.name = config.name
+        self.max_bytes = max_bytes  # a study's metadata, decompressed: MAX_STUDY_BYTES
         self.config = config
         self.calls = Calls(client or make_client(config, verify), config)
         self.keep_tags: frozenset[str] | None = None
@@ -122,11 +130,14 @@ class HealthImagingSource:
                 f"{len(summaries) - len(primary)} non-primary image sets of the study left out"
             )
         instances: dict[str, dict[str, Any]] = {}
+        left = self.max_bytes
         for summary in sorted(chosen, key=lambda s: _entry(s)[1]):  # the newest wins
-            blob = self.calls.metadata(str(summary["imageSetId"]))
+            blob = self.calls.metadata(str(summary["imageSetId"]), left)
             if blob is None:
                 continue  # deleted since the search
-            for instance in metadata.instances(_decoded(blob)):
+            raw = _inflated(blob, left)
+            left -= len(raw)
+            for instance in metadata.instances(_decoded(raw)):
                 instances[text_value(instance, SOP_INSTANCE_UID) or str(len(instances))] = instance
         if not instances:
             if summaries and self._image_sets(key):  # deleted since the search? ask again
@@ -253,8 +264,24 @@ def _between(field: str, start: float, end: float) -> dict[str, Any]:
     return {"operator": "BETWEEN", "values": [{field: v} for v in values]}
 
 
-def _decoded(blob: bytes) -> dict[str, Any]:
-    raw = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+def _inflated(blob: bytes, limit: int) -> bytes:
+    """The metadata JSON, at most `limit` bytes of it: 255 KiB of gzip can inflate to
+    256 MiB, so the bound is on what comes out, not on what was sent."""
+    raw = blob
+    if blob[:2] == b"\x1f\x8b":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(blob, limit + 1)
+        except zlib.error:
+            raise SourceUnavailable(
+                "HealthImaging metadata is not valid gzip", outage=True
+            ) from None
+    if len(raw) > limit:
+        raise too_large(limit)
+    return raw
+
+
+def _decoded(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except ValueError:
