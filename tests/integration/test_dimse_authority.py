@@ -1,7 +1,7 @@
 """With a PACS to query, the PACS says who a study's patient is: a push (storescu naming
 any AE title) cannot re-file its study under another patient, and a patient the PACS
 corrects in place (UIDs and counts kept) reaches FHIR at the next poll. Orthanc is the
-PACS, for real."""
+PACS, for real; an instance a sender pushes again under another study leaves the first."""
 
 from __future__ import annotations
 
@@ -102,3 +102,43 @@ def test_a_patient_corrected_in_place_at_the_pacs_reaches_fhir(
     code, _ = sync_once(**settings)
     assert code == 0
     assert patient_of_study(fhir) == "DM9"
+
+
+def test_an_instance_pushed_again_under_another_study_leaves_the_first(
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
+    listener_port: int,
+    tmp_path: Path,
+) -> None:
+    first = ct_study("moved-from", "20261122", 2)
+    second = ct_study("moved-to", "20261122", 1)
+    files = tmp_path / "first"
+    files.mkdir()
+    datasets = list(instances(first))
+    for n, ds in enumerate(datasets):
+        (files / f"{n}.dcm").write_bytes(to_bytes(ds))
+    worker = start_worker(push_settings(make_settings, listener_port), tmp_path / "worker.log")
+    try:
+        assert storescu(listener_port, files).returncode == 0
+        [study] = wait_for(fhir, "ImagingStudy", 1)
+        assert study["numberOfInstances"] == 2
+        # The modality corrects its mistake: the second instance belongs to another study.
+        moved = tmp_path / "moved"
+        moved.mkdir()
+        resent = datasets[1]
+        resent.StudyInstanceUID = second.study_uid
+        (moved / "0.dcm").write_bytes(to_bytes(resent))
+        assert storescu(listener_port, moved).returncode == 0
+        deadline = time.monotonic() + 60
+        while True:
+            counts = {
+                s["identifier"][0]["value"]: s["numberOfInstances"]
+                for s in all_resources(fhir, "ImagingStudy")
+            }
+            if counts == {f"urn:oid:{first.study_uid}": 1, f"urn:oid:{second.study_uid}": 1}:
+                break
+            assert time.monotonic() < deadline, counts
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
