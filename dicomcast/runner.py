@@ -160,8 +160,12 @@ def start(worker: Worker) -> bool:
 def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> None:
     """Run the worker's jobs until its stop event is set (SIGTERM/SIGINT set it)."""
     if threading.current_thread() is threading.main_thread():
+        received: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, _frame: _on_signal(worker, signum))
+            signal.signal(sig, lambda signum, _frame: _on_signal(received, signum, worker))
+        threading.Thread(
+            target=_watch_signals, args=(received, worker), name="signals", daemon=True
+        ).start()
     if not start(worker):
         return
     from apscheduler.schedulers.background import BackgroundScheduler  # only for good
@@ -194,7 +198,10 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
     if on_ready:
         on_ready()
     try:
-        worker.stop_event.wait()
+        # Timed, so that the main thread runs a signal's handler within half a second
+        # even if the kernel handed the signal to another thread.
+        while not worker.stop_event.wait(0.5):
+            pass
     finally:
         log.info("stopping: finishing the studies in flight")
         closer = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True})
@@ -212,10 +219,20 @@ def run_forever(worker: Worker, on_ready: Callable[[], None] | None = None) -> N
         log.info("stopped", extra={"sources": names})
 
 
-def _on_signal(worker: Worker, signum: int) -> None:
-    if worker.stop_event.is_set():
+def _on_signal(received: list[int], signum: int, worker: Worker) -> None:
+    """Only note the signal: a handler runs inside whatever the main thread was doing, and
+    one that takes a lock the main thread holds (`Event.set` takes the event's) never
+    returns. A worker once ignored SIGTERM for good under load. `_watch_signals` acts."""
+    if received:
         _exit_now(worker, f"second {signal.Signals(signum).name}: exiting at once")
-    worker.stop_event.set()
+    received.append(signum)
+
+
+def _watch_signals(received: list[int], worker: Worker) -> None:
+    """Turn a noted signal into the stop event, from a thread of its own."""
+    while not worker.stop_event.wait(0.2):
+        if received:
+            worker.stop_event.set()
 
 
 def _exit_now(worker: Worker, reason: str) -> None:

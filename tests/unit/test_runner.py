@@ -136,3 +136,25 @@ def test_one_study_that_always_gets_a_503_parks_instead_of_pausing_everyone(
     assert (row.study_key, row.status, row.error_status) == (bad, "failed", 503)
     assert row.attempts == 3  # MAX_ATTEMPTS, like any study's own failure
     assert worker.store.counts("default") == {"clean": 3, "failed": 1}
+
+
+def test_a_signal_while_the_main_thread_holds_the_stop_events_lock_still_stops() -> None:
+    """A signal handler runs inside whatever the main thread was doing; one that took the
+    stop event's lock while the main thread held it (entering or leaving a wait) would
+    never return, and SIGTERM would be ignored for good."""
+    import signal as signals
+
+    from dicomcast.runner import _on_signal, _watch_signals
+
+    class Stoppable:
+        stop_event = threading.Event()
+
+    worker: Any = Stoppable()
+    received: list[int] = []
+    watcher = threading.Thread(target=_watch_signals, args=(received, worker), daemon=True)
+    watcher.start()
+    with worker.stop_event._cond:  # as inside Event.wait, when the signal lands
+        _on_signal(received, signals.SIGTERM, worker)  # returns: takes no lock
+    assert worker.stop_event.wait(5)
+    watcher.join(5)
+    assert not watcher.is_alive()
