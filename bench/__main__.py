@@ -12,7 +12,8 @@ target passes. Every ratio compares figures measured in this same run, on this m
    plus the large studies;
 6. mapping alone, on one core;
 7. what dose reports cost: images' metadata and mapping with dose Observations on and off;
-8. a PACS over DIMSE: `run --once` by C-FIND polling, and storescu into the C-STORE listener;
+8. a PACS over DIMSE: `run --once` by C-FIND polling, and storescu into the C-STORE listener
+   (many small instances, and one large multiframe: the listener's memory);
 9-12. the worker itself against in-memory stand-ins (`bench.itself`): its ceiling in
    instances per CPU-second, start-up, 1/2/4 workers on PostgreSQL, and a backfill while
    live studies arrive.
@@ -123,6 +124,7 @@ def main() -> int:
         )
         query = dimse.query_mode(root / "dimse-query", 20, 20)
         push = dimse.push_mode(root / "dimse-push", 20, 20)
+        big_push = dimse.large_push(root / "dimse-large", 256 if args.quick else 1024)
         own_rows, own_targets, _ = itself.measure(
             root / "itself", quick=args.quick, rss_1k=small.peak_rss_mb
         )
@@ -133,6 +135,8 @@ def main() -> int:
     limit_rate = everything.instances / limit
     base_rate = base.instances / base_seconds
     lag_bound = STABLE_AGE + POLL_INTERVAL + 2
+    pushed_mib = big_push.pixel_bytes / 2**20
+    push_rate = pushed_mib / big_push.seconds
     rows = [
         ("data", f"{len(everything.studies)} studies, {everything.instances:,} instances "
                  f"(incl. {len(large.studies)} of 1,000); the 10k stored in Orthanc in "
@@ -167,6 +171,11 @@ def main() -> int:
         ("   DIMSE push (C-STORE in)", f"{push.studies / push.seconds:.1f} studies/s, "
                                        f"{push.rate:,.0f} instances/s, storescu to FHIR "
                                        "(StableAge 1 s)"),
+        ("   DIMSE push, one large instance", f"{pushed_mib:,.0f} MiB of pixel data in "
+                                              f"{big_push.seconds:.1f} s ({push_rate:,.0f} "
+                                              "MiB/s); worker peak RSS "
+                                              f"{big_push.rss_before / 2**20:.0f} MiB + "
+                                              f"{big_push.rss_growth / 2**20:.0f} MiB"),
         *own_rows,
     ]  # fmt: skip
     targets = [
@@ -200,6 +209,11 @@ def main() -> int:
         (
             dose.map_on >= 0.9 * dose.map_off,
             f"mapping images with dose on {dose.map_on / dose.map_off:.2f}x of off >= 0.90x",
+        ),
+        (
+            big_push.rss_growth <= 0.05 * big_push.pixel_bytes,
+            f"the listener's RSS grows {big_push.rss_growth / big_push.pixel_bytes:.1%} of "
+            "the pixel data pushed through it <= 5 %",
         ),
         *own_targets,
     ]

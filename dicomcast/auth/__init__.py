@@ -164,7 +164,8 @@ def managed_identity(scope: str, client_id: str | None = None) -> AzureCredentia
         from azure import identity  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise ConfigError(
-            f"managed identity cannot start ({exc.name or exc}): pip install 'dicomcast[azure]'"
+            f"managed identity needs azure-identity ({exc.name or exc} cannot be imported): "
+            "pip install 'dicomcast[azure]'"
         ) from None
     credential = (
         identity.ManagedIdentityCredential(client_id=client_id)

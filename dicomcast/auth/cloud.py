@@ -30,7 +30,8 @@ def _botocore() -> Any:
         import botocore.session
     except ImportError as exc:
         raise ConfigError(
-            f"aws-sigv4 cannot start ({exc.name or exc}): pip install 'dicomcast[aws]'"
+            f"aws-sigv4 needs botocore ({exc.name or exc} cannot be imported): "
+            "pip install 'dicomcast[aws]'"
         ) from None
     return botocore.session
 
@@ -123,7 +124,8 @@ def google_default(verify: bool | str = True) -> GoogleCredentials:
         from google.auth.transport.urllib3 import Request
     except ImportError as exc:
         raise ConfigError(
-            f"google login cannot start ({exc.name or exc}): pip install 'dicomcast[google]'"
+            f"google login needs google-auth and its urllib3 transport ({exc.name or exc} "
+            "cannot be imported): pip install 'dicomcast[google]'"
         ) from None
     try:
         credentials, _project = google.auth.default(scopes=[GOOGLE_SCOPE])

@@ -7,9 +7,12 @@ can predict exactly which FHIR resources must appear.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -335,3 +338,24 @@ def bulk_studies(
 
 DEMO_ISSUERS = {"HOSP-A": "urn:oid:1.2.826.0.1.3680043.8.498.1"}
 DEMO_PATIENT_SYSTEM = "urn:oid:1.2.826.0.1.3680043.8.498.99"
+
+
+def multiframe_file(path: Path, spec: StudySpec, frames: int) -> int:
+    """A one-instance CT of `frames` 512x512 16-bit frames written to `path` without holding
+    its pixel data in memory (a gigabyte for 2,048 frames): what pushes a listener's memory.
+    Returns the pixel data's size."""
+    [ds] = list(instances(spec))[:1]
+    ds.Rows = ds.Columns = 512
+    ds.NumberOfFrames = frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    if "PixelData" in ds:
+        del ds.PixelData
+    dcmwrite(path, ds, enforce_file_format=True)
+    frame = bytes(range(256)) * (512 * 512 * 2 // 256)
+    with path.open("ab") as out:  # (7FE0,0010) OW, explicit VR little endian
+        out.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, len(frame) * frames))
+        for _ in range(frames):
+            out.write(frame)
+    return len(frame) * frames

@@ -5,25 +5,22 @@ peak RSS stays where a small study leaves it."""
 from __future__ import annotations
 
 import signal
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pydicom import dcmwrite
 
 from dicomcast.config import Settings
-from dicomcast.sandbox.samples import SeriesSpec, StudySpec, instances
+from dicomcast.sandbox.samples import SeriesSpec, StudySpec, multiframe_file
 from dicomcast.sandbox.servers import FhirServer, free_port
 from tests.integration.test_dimse import push_settings, start_worker, storescu, wait_for
 
 pytestmark = pytest.mark.integration
-FRAME = 512 * 512 * 2  # 16-bit 512x512
-FRAMES = 2048  # 1 GiB
+FRAMES = 2048  # of 512 KiB: 1 GiB
 
 
 def big_instance(folder: Path) -> Path:
-    """A multiframe CT of 1 GiB of pixel data, written without holding it in memory."""
+    """A multiframe CT of 1 GiB of pixel data."""
     spec = StudySpec(
         key="big",
         patient_id="BIG1",
@@ -31,21 +28,8 @@ def big_instance(folder: Path) -> Path:
         issuer="HOSP-A",
         series=[SeriesSpec("CT", 1)],
     )
-    [ds] = list(instances(spec))
-    ds.Rows = ds.Columns = 512
-    ds.NumberOfFrames = FRAMES
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    if "PixelData" in ds:
-        del ds.PixelData
     path = folder / "big.dcm"
-    dcmwrite(path, ds, enforce_file_format=True)
-    chunk = bytes(range(256)) * (FRAME // 256)
-    with path.open("ab") as out:
-        out.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, FRAME * FRAMES))
-        for _ in range(FRAMES):
-            out.write(chunk)
+    multiframe_file(path, spec, FRAMES)
     return path
 
 
