@@ -13,7 +13,7 @@ target passes. Every ratio compares figures measured in this same run, on this m
 6. mapping alone, on one core;
 7. what dose reports cost: images' metadata and mapping with dose Observations on and off;
 8. a PACS over DIMSE: `run --once` by C-FIND polling, and storescu into the C-STORE listener
-   (many small instances, and one large multiframe: the listener's memory);
+   (many small instances, and one multiframe of 512 MiB, 1 GiB in full: the listener's memory);
 9-12. the worker itself against in-memory stand-ins (`bench.itself`): its ceiling in
    instances per CPU-second, start-up, 1/2/4 workers on PostgreSQL, and a backfill while
    live studies arrive.
@@ -124,7 +124,7 @@ def main() -> int:
         )
         query = dimse.query_mode(root / "dimse-query", 20, 20)
         push = dimse.push_mode(root / "dimse-push", 20, 20)
-        big_push = dimse.large_push(root / "dimse-large", 256 if args.quick else 1024)
+        big_push = dimse.large_push(root / "dimse-large", 1024 if args.quick else 2048)
         own_rows, own_targets, _ = itself.measure(
             root / "itself", quick=args.quick, rss_1k=small.peak_rss_mb
         )
