@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -268,3 +269,14 @@ class SourceSummary:
 def source_dependency(name: str) -> str:
     """A source's name as a dependency: its pause, readiness check and metrics label."""
     return f"source:{name}"
+
+
+@dataclass
+class RoundStats:
+    """What one sync round did: its studies' outcomes by label."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def attempted(self) -> int:
+        return sum(self.outcomes.values())

@@ -16,15 +16,70 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from dicomcast.errors import DicomcastError, RetriableError, StateUnavailable, failure_class
+from dicomcast.model import RoundStats
 from dicomcast.sync.feed import per_source
 
 if TYPE_CHECKING:
+    from dicomcast.config import Settings
     from dicomcast.model import StudyLocation
+    from dicomcast.ops.metrics import Metrics
+    from dicomcast.parts import App
+    from dicomcast.sources.base import Source
+    from dicomcast.state.store import StateStore
+    from dicomcast.sync.endpoints import Endpoints
+    from dicomcast.sync.feed import Feed
+    from dicomcast.sync.leases import SourceLeases
+    from dicomcast.sync.pauses import Pause, Pauses
+    from dicomcast.sync.reconcile import Reconciler
     from dicomcast.sync.verify import Verifier
-    from dicomcast.worker import RoundStats, Worker
+
+
+class Worker(Protocol):
+    """What the runner drives: `dicomcast.worker.Worker`, as seen from here (the worker
+    calls the runner; the runner names only this, so the two do not import each other)."""
+
+    app: App
+    settings: Settings
+    sources: dict[str, Source]
+    store: StateStore
+    metrics: Metrics
+    owner: str
+    stop_event: threading.Event
+    pauses: Pauses
+    leases: SourceLeases
+    feed: Feed
+    endpoints: Endpoints
+    reconciler: Reconciler
+    hard_exit: Callable[[int], object]
+    tailed_at: float  # monotonic time of the last feed read in the loop
+
+    @property
+    def tailing(self) -> dict[str, bool]: ...
+
+    @property
+    def tick(self) -> float: ...
+
+    def prepare(self) -> None: ...
+
+    def beat(self) -> None: ...
+
+    def tail(self, *, strict: bool = True, failed: dict[str, Exception] | None = None) -> int: ...
+
+    def follow_backfills(self) -> None: ...
+
+    def hold_source(self) -> bool: ...
+
+    def source_pause(self, name: str) -> Pause: ...
+
+    def paused_until(self, source: str | None = None) -> float | None: ...
+
+    def sync_round(self, *, wait_for_stable: bool, skip: Collection[str] = ()) -> RoundStats: ...
+
+    def counts(self) -> Counter[str]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +144,9 @@ def cycle(worker: Worker) -> None:
 
 def poll_if_due(worker: Worker) -> None:
     now = time.monotonic()
-    if now - worker._tailed_at < worker.settings.poll_interval - worker.tick / 2:
+    if now - worker.tailed_at < worker.settings.poll_interval - worker.tick / 2:
         return
-    worker._tailed_at = now
+    worker.tailed_at = now
     try:
         # A deleted, replaced or corrupted state DB pauses everything until it is back.
         worker.store.ping()

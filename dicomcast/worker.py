@@ -21,13 +21,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from dicomcast import runner
 from dicomcast.errors import StateUnavailable, failure_class, failure_label
 from dicomcast.mapping.settings import MappingConfigs
-from dicomcast.model import Kind, Outcome, StudyTask, source_dependency
+from dicomcast.model import Kind, Outcome, RoundStats, StudyTask, source_dependency
 from dicomcast.ops.memory import release_free_memory, settle_heap
 from dicomcast.parts import App
 from dicomcast.sources.base import Source
@@ -43,15 +42,6 @@ from dicomcast.sync.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 TICK = 0.5  # seconds between looks for due studies (the feed is polled less often)
-
-
-@dataclass
-class RoundStats:
-    outcomes: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def attempted(self) -> int:
-        return sum(self.outcomes.values())
 
 
 class Worker:
@@ -108,7 +98,7 @@ class Worker:
         )
         self.pace = BackfillPace(per_round=2 * settings.concurrency)
         self._settled = False
-        self._tailed_at = -1e9  # monotonic time of the last feed read in the loop
+        self.tailed_at = -1e9  # monotonic time of the last feed read in the loop (runner's)
         self._unrecorded: list[StudyTask] = []  # claims the state DB failed to release
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="sync")
 

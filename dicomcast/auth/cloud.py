@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from dicomcast.auth import RenewingToken
+from dicomcast.auth.tokens import RenewingToken
 from dicomcast.errors import ConfigError, RetriableError
 
 HEALTHLAKE = "healthlake"

@@ -19,7 +19,7 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from dicomcast.auth import ClientCredentials
+from dicomcast.auth.tokens import ClientCredentials
 from dicomcast.errors import ConfigError, RetriableError
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -26,9 +26,10 @@ from dicomcast.sources.rest import sequence_number
 from dicomcast.state.store import StateStore
 
 if TYPE_CHECKING:
+    from dicomcast.model import RoundStats
     from dicomcast.ops.health import Health
     from dicomcast.ops.listener import Listener
-    from dicomcast.worker import RoundStats, Worker
+    from dicomcast.worker import Worker
 
 
 def run(

@@ -4,15 +4,28 @@ or value a directive gives."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 
+from dicomcast.errors import MappingFileError
 from dicomcast.mapping.runtime import Node, Run, Scope, empty
 from dicomcast.studyview import is_dataset, tag_of, values
 
-if TYPE_CHECKING:
-    from dicomcast.mapping.engine import Compiler
+
+class Compiler(Protocol):
+    """What `foreach:` asks of the rule compiler (`engine.Compiler`): compiling its body,
+    refusing with the node's place, and noting the tags it reads."""
+
+    in_item: int  # compiling a rule that reads inside an item (nested foreach: a count)
+
+    def fail(self, node: yaml.Node, reason: str) -> MappingFileError: ...
+
+    def plain(self, node: yaml.Node) -> Any: ...
+
+    def compile(self, node: yaml.Node, path: str) -> Node: ...
+
+    def note(self, tags: list[str]) -> None: ...
 
 
 def compile_foreach(compiler: Compiler, keys: dict[str, yaml.Node], path: str) -> Node:

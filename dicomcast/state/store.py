@@ -44,8 +44,9 @@ class StateStore(Cursors, Queue, Contributions, Received, Reports, Backfills, De
     @classmethod
     def for_settings(cls, settings: Settings) -> StateStore:
         """The state DB the settings name, with their pool size and statement timeout. On
-        load the pool grows by two connections per sync thread (one may hold a study's lock
-        while the other records its part), so a small pool never starves the syncs."""
+        load the pool may grow by three connections per sync thread (a study's lock held
+        while its part is recorded, and the listener or a probe alongside), so a small pool
+        never starves the syncs."""
         return cls(
             settings.state_url,
             pool_size=settings.state_pool_size,

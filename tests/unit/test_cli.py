@@ -46,9 +46,8 @@ def test_run_once_progress_counts_settled_of_settled_and_waiting() -> None:
     from collections import Counter
 
     from dicomcast.cli.worker import _Progress
-    from dicomcast.model import DirtyMark
+    from dicomcast.model import DirtyMark, RoundStats
     from dicomcast.state.store import StateStore
-    from dicomcast.worker import RoundStats
 
     store = StateStore("sqlite://")
     store.migrate()

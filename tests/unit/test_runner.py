@@ -76,7 +76,7 @@ def test_a_deleted_or_corrupted_state_db_pauses_and_the_worker_recovers_once_res
                 db.write_bytes(b"this is not a database" * 100)
             with pytest.raises(StateUnavailable, match="missing" if damage == "delete" else None):
                 worker.store.ping()  # /readyz's state probe
-            worker._tailed_at = -1e9
+            worker.tailed_at = -1e9
             worker.cycle()  # no crash: the state pause is on
             assert worker.pauses["state"].active()
             shutil.copy(tmp_path / "backup.db", db)  # the operator restores the backup
@@ -87,7 +87,7 @@ def test_a_deleted_or_corrupted_state_db_pauses_and_the_worker_recovers_once_res
             source = worker.source
             assert isinstance(source, FakeSource)
             source.feed.append(next(iter(source.studies)))
-            worker._tailed_at = -1e9
+            worker.tailed_at = -1e9
             worker.cycle()
             assert worker.store.counts("default") == {"clean": 3}
     finally:
