@@ -46,7 +46,7 @@ def _restore_logging() -> Iterator[None]:
 def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     server = OrthancServer(tmp_path / "orthanc").start()
     yield server
-    server.stop()
+    server.discard()
 
 
 @pytest.fixture

@@ -155,6 +155,14 @@ class OrthancServer:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def discard(self) -> None:
+        """End a server whose folder is thrown away next: at once (SIGKILL). A graceful
+        stop takes Orthanc about 3.3 s (its HTTP server alone 2 s), which every test
+        paid; what it would save is in a folder nobody reads again."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
     def client(self) -> httpx.Client:
         auth = httpx.BasicAuth(*self.user) if self.user else None
         return httpx.Client(base_url=self.url, auth=auth, timeout=60)

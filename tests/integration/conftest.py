@@ -23,4 +23,4 @@ def pacs(tmp_path: Path, listener_port: int) -> Iterator[OrthancServer]:
         tmp_path / "pacs", modalities={"dicomcast": ["DICOMCAST", "127.0.0.1", listener_port]}
     ).start()
     yield server
-    server.stop()
+    server.discard()
