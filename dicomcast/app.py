@@ -19,9 +19,8 @@ from dicomcast.http import RetryPolicy
 from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS, load_mappings, mapping_config
 from dicomcast.ops.metrics import Metrics
 from dicomcast.parts import App
-from dicomcast.sources.azure import AzureDicomSource
-from dicomcast.sources.base import Source
-from dicomcast.sources.orthanc import OrthancSource
+from dicomcast.sources import registry
+from dicomcast.sources.base import Source, SourceContext
 from dicomcast.state.locks import PATIENT_SPACE, StudyLocks
 from dicomcast.state.store import StateStore
 from dicomcast.urls import mask_url
@@ -47,26 +46,15 @@ def make_source(
 ) -> Source:
     """A client for one configured source (the only one, when not named). `headers` is
     where a DIMSE source's listener keeps what it received (the state DB)."""
-    source = source or settings.first_source()
-    if source.kind == "dimse":  # pynetdicom is imported only where a PACS is followed
-        from dicomcast.sources.dimse.source import DimseSource
-
-        return DimseSource(source, headers)
-    if source.kind == "aws-healthimaging":  # boto3 is imported only where it is followed
-        from dicomcast.sources.healthimaging.source import HealthImagingSource
-
-        return HealthImagingSource(
-            source, verify=tls_verify(settings), max_bytes=settings.max_study_bytes
-        )
-    kind = AzureDicomSource if source.kind == "azure-dicom" else OrthancSource
-    return kind(
-        source,
+    context = SourceContext(
         verify=tls_verify(settings),
         timeout=settings.http_timeout,
         transport=transport,
         retry=retry_policy(settings),
         max_bytes=settings.max_study_bytes,
+        headers=headers,
     )
+    return registry.build(source or settings.first_source(), context)
 
 
 def make_fhir(settings: Settings, transport: httpx.BaseTransport | None = None) -> FhirClient:

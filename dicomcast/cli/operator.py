@@ -335,23 +335,14 @@ def _start_from_now(
 
 def _check_cursor(settings: Settings, name: str, value: str) -> None:
     """Refuse a position the source's feed cannot read from (a fatal error: exit 2)."""
-    from dicomcast.sources.azure import parse_v2_cursor
+    from dicomcast.sources import registry
     from dicomcast.sources.rest import sequence_number
 
     config = _configured(settings, name)  # None: not configured here, only a number is safe
-    if config is not None and config.kind == "azure-dicom" and config.api_version == "v2":
-        try:
-            parse_v2_cursor(value)
-        except StoredValueError as exc:
-            raise ConfigError(str(exc)) from None
-    elif config is not None and config.kind == "aws-healthimaging":
-        from dicomcast.sources.healthimaging.source import parse_cursor
-
-        try:
-            parse_cursor(value)
-        except ValueError:
-            raise ConfigError(
-                f"{value!r} is not a HealthImaging position: give an ISO time with its zone"
-            ) from None
-    elif sequence_number(value) is None:  # `²` passes str.isdigit; 5,000 digits do too
-        raise ConfigError(f"{value[:40]!r} is not a change sequence number")
+    try:
+        if config is not None:
+            registry.check_cursor(config, value)
+        elif sequence_number(value) is None:  # `²` passes str.isdigit; 5,000 digits do too
+            raise StoredValueError(f"{value[:40]!r} is not a change sequence number")
+    except StoredValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -24,17 +24,21 @@ same UID in two partitions is two studies.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import re
-import time
 from typing import Any
 
 from dicomcast.config import DEFAULT_PARTITION, PARTITION_NAME, SourceSettings
 from dicomcast.errors import ConfigError, MappingError, SourceUnavailable, StoredValueError
 from dicomcast.http import Bounds
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
+from dicomcast.sources.azure_positions import (
+    FUTURE_TOLERANCE,
+    _now_instant,
+    instant,
+    parse_v2_cursor,
+)
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import STUDY_UID, build_study_views, text_value
 
@@ -43,52 +47,7 @@ log = logging.getLogger(__name__)
 V1_WINDOW = 100  # the service's largest v1 `limit`
 V2_PAGE = 200  # the service's largest v2 `limit`
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-TIMESTAMP = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?\s*(Z|[+-]\d\d:?\d\d)?",
-    re.IGNORECASE,
-)
 DICOM_JSON = {"Accept": "application/dicom+json"}
-
-
-def instant(timestamp: Any) -> tuple[int, int] | None:
-    """A feed Timestamp as (epoch seconds, nanoseconds), at the service's full precision
-    (seven decimals: datetime would cut the last one and merge distinct instants)."""
-    match = TIMESTAMP.fullmatch(str(timestamp).strip()) if timestamp is not None else None
-    if not match:
-        return None
-    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
-    try:
-        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    except (OverflowError, ValueError):
-        return None
-    zone = match.group(8)
-    if zone and zone.upper() != "Z":
-        sign = -1 if zone[0] == "-" else 1
-        digits = zone[1:].replace(":", "")
-        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
-    fraction = (match.group(7) or "").ljust(9, "0")
-    return seconds, int(fraction)
-
-
-FUTURE_TOLERANCE = 24 * 3600.0  # clocks disagree; a day ahead is a broken or hostile feed
-
-
-def _now_instant(ahead: float = 0.0) -> tuple[int, int]:
-    return int(time.time() + ahead), 0
-
-
-def parse_v2_cursor(cursor: str | None) -> tuple[str | None, int]:
-    """(start time, entries to skip at it) from a v2 cursor; an operator may set a bare
-    ISO time. `StoredValueError` for anything else (a v1 sequence, say)."""
-    if not cursor:
-        return None, 0
-    start, _, skip = cursor.partition("#")
-    if instant(start) is None or (skip and not (skip.isascii() and skip.isdigit())):
-        raise StoredValueError(
-            f"the cursor {cursor[:60]!r} is not a change feed v2 position (an ISO time, "
-            "optionally followed by #<entries to skip>): set one with `dicomcast cursor set`"
-        )
-    return start, int(skip or 0)
 
 
 class AzureDicomSource(RestSource):
@@ -392,3 +351,23 @@ class AzureDicomSource(RestSource):
 
     def list_studies(self) -> dict[str, int]:
         raise NotImplementedError("the DICOM service's feed logs deletes; no scan is needed")
+
+
+def from_settings(settings: SourceSettings, context: SourceContext) -> AzureDicomSource:
+    """A DICOM service source, as the registry builds it."""
+    return AzureDicomSource(
+        settings,
+        verify=context.verify,
+        timeout=context.timeout,
+        transport=context.transport,
+        retry=context.retry,
+        max_bytes=context.max_bytes,
+    )
+
+
+def check_cursor(settings: SourceSettings, value: str) -> None:
+    """A v1 sequence number, or a v2 position (an ISO time, `#<entries to skip>`)."""
+    if settings.api_version == "v2":
+        parse_v2_cursor(value)
+    elif sequence_number(value) is None:
+        raise StoredValueError(f"{value[:40]!r} is not a change feed v1 sequence number")

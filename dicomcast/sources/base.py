@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import httpx
+
+from dicomcast.http import RetryPolicy
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.studyview import StudyView
 
@@ -64,6 +67,18 @@ class FetchedStudy:
     def absent(cls, key: str, study_uid: str | None = None) -> FetchedStudy:
         """The study is gone, as two reads of the source agree."""
         return cls(key, None, study_uid=study_uid, gone=True)
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What the assembly hands every kind besides its own settings."""
+
+    verify: bool | str = True
+    timeout: float = 30.0
+    transport: httpx.BaseTransport | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_bytes: int = 256 * 2**20  # MAX_STUDY_BYTES
+    headers: Any = None  # where a C-STORE listener keeps what it received (the state DB)
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, StoredValueError
 from dicomcast.http import Bounds, send
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import build_study_views, is_uid, text_value, whole_text
 
@@ -300,3 +300,21 @@ class OrthancSource(RestSource):
             if len(page) < limit:
                 return counts
             since += limit
+
+
+def from_settings(settings: SourceSettings, context: SourceContext) -> OrthancSource:
+    """An Orthanc source, as the registry builds it."""
+    return OrthancSource(
+        settings,
+        verify=context.verify,
+        timeout=context.timeout,
+        transport=context.transport,
+        retry=context.retry,
+        max_bytes=context.max_bytes,
+    )
+
+
+def check_cursor(settings: SourceSettings, value: str) -> None:
+    """A position of `/changes`: a change's sequence number."""
+    if sequence_number(value) is None:  # `²` passes str.isdigit; 5,000 digits do too
+        raise StoredValueError(f"{value[:40]!r} is not an Orthanc change sequence number")

@@ -20,7 +20,8 @@ from dicomcast.errors import ConfigError, MappingError, SourceUnavailable, Store
 from dicomcast.http import RetryPolicy
 from dicomcast.model import DateSpan
 from dicomcast.sandbox.samples import bulk_studies
-from dicomcast.sources.azure import AzureDicomSource, instant, parse_v2_cursor
+from dicomcast.sources.azure import AzureDicomSource
+from dicomcast.sources.azure_positions import instant, parse_v2_cursor
 from tests.azure_fake import CLIENT_ID, CLIENT_SECRET, SERVICE, TENANT, FakeDicomService
 from tests.fakes import dicom_json
 

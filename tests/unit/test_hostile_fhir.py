@@ -25,7 +25,7 @@ from dicomcast.ops.health import Health
 from dicomcast.ops.logging import setup_logging
 from dicomcast.ops.metrics import Metrics, StateCollector
 from dicomcast.sandbox.samples import DEMO_ISSUERS, bulk_studies
-from dicomcast.sources.azure import parse_v2_cursor
+from dicomcast.sources.azure_positions import parse_v2_cursor
 from dicomcast.sources.dimse.query import study_key
 from dicomcast.worker import Worker
 from tests.fakes import FakeSource, dicom_json, fake_worker

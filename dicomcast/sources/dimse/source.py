@@ -24,9 +24,9 @@ from typing import Any, Protocol
 from pydicom.dataset import Dataset
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, OperatorError, SourceUnavailable
+from dicomcast.errors import MappingError, OperatorError, SourceUnavailable, StoredValueError
 from dicomcast.model import DateSpan, StudyLocation
-from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
 from dicomcast.sources.dimse.network import Peer, TooManyMatches
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
@@ -382,3 +382,17 @@ class DimseSource:
     def close(self) -> None:
         if self.peer is not None:
             self.peer.close()
+
+
+def from_settings(settings: SourceSettings, context: SourceContext) -> DimseSource:
+    """A DIMSE source, as the registry builds it: its listener keeps what it receives
+    in `context.headers` (the state DB)."""
+    return DimseSource(settings, context.headers)
+
+
+def check_cursor(settings: SourceSettings, value: str) -> None:
+    """No change feed to position: its first poll reads the last `lookback_days`."""
+    raise StoredValueError(
+        f"source {settings.name!r} polls a PACS and has no change feed to move: its first "
+        "poll reads the studies of the last lookback_days (set that instead)"
+    )

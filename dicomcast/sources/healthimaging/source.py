@@ -30,7 +30,7 @@ from typing import Any
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import UNCOUNTED, ArchivePage, FeedPage, FetchedStudy
+from dicomcast.sources.base import UNCOUNTED, ArchivePage, FeedPage, FetchedStudy, SourceContext
 from dicomcast.sources.healthimaging import metadata
 from dicomcast.sources.healthimaging.calls import Calls, make_client, too_large
 from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
@@ -289,3 +289,18 @@ def _decoded(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SourceUnavailable("HealthImaging metadata is not a JSON object", outage=True)
     return data
+
+
+def from_settings(settings: SourceSettings, context: SourceContext) -> HealthImagingSource:
+    """A HealthImaging source, as the registry builds it (boto3 makes its own client)."""
+    return HealthImagingSource(settings, verify=context.verify, max_bytes=context.max_bytes)
+
+
+def check_cursor(settings: SourceSettings, value: str) -> None:
+    """An ISO time with its zone, or a position this source wrote."""
+    try:
+        parse_cursor(value)
+    except ValueError:
+        raise StoredValueError(
+            f"{value[:40]!r} is not a HealthImaging position: give an ISO time with its zone"
+        ) from None
