@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from dicomcast.urls import has_userinfo, without_userinfo
 
-SourceKind = Literal["orthanc", "azure-dicom", "dimse", "aws-healthimaging"]
+SourceKind = Literal["orthanc", "azure-dicom", "dimse", "aws-healthimaging", "dicomweb"]
 ApiVersion = Literal["v1", "v2"]
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 AZURE_DICOM_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
@@ -89,7 +89,10 @@ class SourceSettings(BaseModel):
         None, description="Poll the PACS with C-FIND (default: when `url` is set)."
     )
     lookback_days: int = Field(
-        7, ge=0, le=3650, description="The polled window: studies of the last N days."
+        7,
+        ge=0,
+        le=3650,
+        description="The polled window (dimse, dicomweb): studies of the last N days.",
     )
     sweep_interval: float = Field(
         86400.0,

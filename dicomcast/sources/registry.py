@@ -43,6 +43,12 @@ def _dimse() -> Kind:
     return source
 
 
+def _dicomweb() -> Kind:
+    from dicomcast.sources import dicomweb
+
+    return dicomweb
+
+
 def _healthimaging() -> Kind:
     from dicomcast.sources.healthimaging import source  # boto3: only where it is followed
 
@@ -55,6 +61,7 @@ KINDS: dict[str, Callable[[], Kind]] = {
     "azure-dicom": _azure,
     "dimse": _dimse,
     "aws-healthimaging": _healthimaging,
+    "dicomweb": _dicomweb,
 }
 
 

@@ -17,6 +17,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "azure-dicom": {"url": "https://dicom.test", "token": "t"},
     "dimse": {"url": "dicom://pacs.test:104", "remote_ae": "PACS"},
     "aws-healthimaging": {"datastore_id": "0" * 32, "region": "eu-west-1"},
+    "dicomweb": {"url": "https://pacs.test/dicom-web"},
 }
 
 
@@ -37,6 +38,7 @@ def test_every_kind_is_built_through_the_registry_and_says_its_kind(kind: str) -
         ("azure-dicom", "2026-12-01T00:00:00.1234567Z#3", "42"),  # v2 by default
         ("aws-healthimaging", "2026-12-01T00:00:00Z", "yesterday"),
         ("dimse", None, "42"),  # no change feed to move at all
+        ("dicomweb", None, "42"),
     ],
 )
 def test_each_kind_judges_a_cursor_with_one_error(kind: str, good: str | None, bad: str) -> None:

@@ -11,8 +11,6 @@ instance, the form every other source gives.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +19,9 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicomcast.sources.windows import identity
+from dicomcast.sources.windows import key_parts as key_parts
+from dicomcast.sources.windows import study_key as study_key
 from dicomcast.studyview import STUDY_UID, is_uid, text_value
 
 STUDY_DATE = "00080020"
@@ -43,25 +44,6 @@ SERIES = {
 IDENTITY = ("PatientID", "IssuerOfPatientID", "PatientName")
 IDENTITY_TAGS = ("00100020", "00100021", "00100010")
 NOT_KEYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet"}
-
-
-def study_key(date: str | None, uid: str) -> str:
-    """A study's key: `YYYYMMDD/UID` (`-/UID` without a usable date). The date in the key
-    tells, from the state DB alone, whether a study lies in the polled window."""
-    return f"{date if _is_date(date) else '-'}/{uid}"
-
-
-def _is_date(text: str | None) -> bool:
-    """A full DA value (YYYYMMDD), the only date a key carries."""
-    return bool(text) and len(str(text)) == 8 and str(text).isascii() and str(text).isdigit()
-
-
-def key_parts(key: str) -> tuple[str | None, str]:
-    """(StudyDate or None, StudyInstanceUID) of a key; ValueError when it is not one."""
-    date, _, uid = key.partition("/")
-    if not is_uid(uid) or not (date == "-" or _is_date(date)):
-        raise ValueError("not a DIMSE study key (YYYYMMDD/UID)")
-    return (None if date == "-" else date), uid
 
 
 def _keyword(tag: str) -> str | None:
@@ -172,13 +154,6 @@ def merged(*levels: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def identity(data: dict[str, Any]) -> str:
-    """A digest of what identifies a study's patient in an answer (PatientID, issuer,
-    name): it changes when the PACS corrects the patient, and holds no readable PHI."""
-    values = [json.dumps(data.get(tag, {}).get("Value"), sort_keys=True) for tag in IDENTITY_TAGS]
-    return hashlib.sha256("\x1f".join(values).encode()).hexdigest()[:32]
-
-
 @dataclass
 class Listing:
     """A STUDY-level answer: key -> NumberOfStudyRelatedInstances (-1: no count given,
@@ -205,5 +180,5 @@ def listed(answers: Iterable[Dataset]) -> Listing:
             count = -1
         key = study_key(text_value(data, STUDY_DATE), uid)
         found.counts[key] = count
-        found.identities[key] = identity(data)
+        found.identities[key] = identity(data, IDENTITY_TAGS)
     return found

@@ -38,6 +38,7 @@ from dicomcast.sources.dimse.query import (
     merged,
     study_key,
 )
+from dicomcast.sources.windows import DateWindows, split
 from dicomcast.studyview import (
     SERIES_UID,
     SOP_UID,
@@ -48,11 +49,9 @@ from dicomcast.studyview import (
 )
 
 log = logging.getLogger(__name__)
-SWEEP_PAGE_DAYS = 30
 # A PACS whose C-FIND gives no NumberOfStudyRelatedInstances: the count this source found
 # when it last read a study stands in for it, for this long; then the study is read again.
 RECOUNT_AFTER = 300.0
-SWEEP_FROM = dt.date(1985, 1, 1)  # ACR-NEMA 1.0: no DICOM study is older
 # What a pushed header must agree on with the PACS's answer to add anything to it:
 # PatientID, IssuerOfPatientID, StudyInstanceUID, SeriesInstanceUID, SOPClassUID.
 AUTHORITY = ("00100020", "00100021", "0020000D", "0020000E", "00080016")
@@ -93,9 +92,9 @@ class DimseSource:
         self.clock = clock
         self.today = today
         self._location = StudyLocation(settings.published_url, settings.name)
-        self._covered: list[tuple[str, str]] = []  # date ranges the last listing covered
-        self._sweep_at: dt.date | None = None  # the end of the next sweep page
-        self._sweep_started = 0.0
+        self.windows = DateWindows(
+            settings.lookback_days, settings.sweep_interval, clock=clock, today=today
+        )
         self.finds = 0  # C-FIND round trips, for the bench and the leak test
         self.listing_finds = 0  # of which for listings (polls, sweep pages)
         self._counted: dict[str, tuple[int, float]] = {}  # key -> (instances read, when)
@@ -144,12 +143,7 @@ class DimseSource:
         counts: dict[str, int] = {}
         identities: dict[str, str] = {}
         if self.peer is not None:
-            end = self.today()
-            start = end - dt.timedelta(days=self.settings.lookback_days)
-            covered.append((start, end))
-            page = self._sweep_page(start)
-            if page:
-                covered.append(page)
+            covered = self.windows.ranges()
             for first, last in covered:
                 found = self._listing(first, last)
                 if found.unusable:
@@ -166,7 +160,7 @@ class DimseSource:
                 if count < 0:  # no count from the PACS: what the last read found, for a while
                     read, at = self._counted.get(key, (-1, 0.0))
                     counts[key] = read if now - at < RECOUNT_AFTER else -1
-        self._covered = [(f"{a:%Y%m%d}", f"{b:%Y%m%d}") for a, b in covered]
+        self.windows.listed(covered)
         self.identities = identities
         return counts
 
@@ -178,18 +172,12 @@ class DimseSource:
                 f"source {self.name!r} only receives pushes: it has no archive to list "
                 "(send the studies to its listener instead)"
             )
-        first = max(SWEEP_FROM, span.since or SWEEP_FROM)
-        end = (
-            dt.datetime.strptime(after, "%Y%m%d").date() if after else (span.until or self.today())
-        )
-        if end < first:
+        page = self.windows.archive_page(span, after)
+        if page is None:
             return ArchivePage([], None)
-        start = max(first, end - dt.timedelta(days=SWEEP_PAGE_DAYS - 1))
+        (start, end), following = page
         found = self._listing(start, end)
-        following = start - dt.timedelta(days=1)
-        return ArchivePage(
-            list(found.counts), f"{following:%Y%m%d}" if following >= first else None
-        )
+        return ArchivePage(list(found.counts), following)
 
     def _listing(self, first: dt.date, last: dt.date) -> Listing:
         """The studies of a date range; a range with more matches than one C-FIND may
@@ -203,37 +191,15 @@ class DimseSource:
                     f"{exc}, for the single day {first:%Y-%m-%d}: raise "
                     "DICOMCAST_SOURCE_MAX_MATCHES to list it"
                 ) from None
-        middle = first + (last - first) // 2
-        earlier, later = self._listing(first, middle), self._listing(middle + dt.timedelta(1), last)
+        (a, b), (c, d) = split(first, last)
+        earlier, later = self._listing(a, b), self._listing(c, d)
         earlier.counts.update(later.counts)
         earlier.identities.update(later.identities)
         earlier.unusable += later.unusable
         return earlier
 
     def covers(self, key: str) -> bool:
-        """Whether the last listing spoke for this study: its date lies in a listed range
-        (absent from the listing then means gone)."""
-        try:
-            date, _ = key_parts(key)
-        except ValueError:
-            return False
-        return date is not None and any(a <= date <= b for a, b in self._covered)
-
-    def _sweep_page(self, window_start: dt.date) -> tuple[dt.date, dt.date] | None:
-        """The next page of older dates while a sweep runs; a sweep starts every
-        `sweep_interval` seconds and reads one page per poll, newest first."""
-        interval = self.settings.sweep_interval
-        if not interval:
-            return None
-        if self._sweep_at is None:
-            if self.clock() - self._sweep_started < interval:
-                return None
-            self._sweep_started = self.clock()
-            self._sweep_at = window_start - dt.timedelta(days=1)
-        end = self._sweep_at
-        start = max(SWEEP_FROM, end - dt.timedelta(days=SWEEP_PAGE_DAYS - 1))
-        self._sweep_at = None if start <= SWEEP_FROM else start - dt.timedelta(days=1)
-        return start, end
+        return self.windows.covers(key)
 
     # --- one study
 

@@ -1,0 +1,214 @@
+"""Any DICOMweb archive as a source, by QIDO-RS and WADO-RS alone (dcm4chee-arc, Google
+Cloud Healthcare, Kheops, HealthImaging's DICOMweb, a PACS's DICOMweb gateway, Orthanc's
+plugin): none of them offers a change feed dicomcast could read.
+
+Its "feed" is a listing, as for a PACS over C-FIND (`windows.py`): each poll searches the
+studies of the last `lookback_days` (and, while a sweep runs, one older page of dates)
+with their instance counts and who their patient is; a study whose count or patient
+changed is read with WADO-RS metadata. A search is paged by `offset`; a range with
+`max_matches` matches or more is asked again in halves (set it to a server's own cap:
+HealthImaging's DICOMweb stops at 10,000 and looks complete). A study is gone only when
+its metadata is not found and a search on its UID agrees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from dicomcast.config import SourceSettings
+from dicomcast.errors import MappingError, OperatorError, SourceUnavailable, StoredValueError
+from dicomcast.model import DateSpan, StudyLocation
+from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
+from dicomcast.sources.rest import NotFound, RestSource
+from dicomcast.sources.windows import DateWindows, identity, key_parts, split, study_key
+from dicomcast.studyview import STUDY_UID, build_study_views, is_uid, text_value
+
+log = logging.getLogger(__name__)
+DICOM_JSON = {"Accept": "application/dicom+json"}
+STUDY_DATE = "00080020"
+INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
+IDENTITY = ("00100020", "00100021", "00100010")  # PatientID, its issuer, PatientName
+PAGE = 200  # results asked for per QIDO page
+
+
+class TooMany(Exception):
+    """A date range holds more studies than one listing may page through."""
+
+
+class DicomwebSource(RestSource):
+    kind = "dicomweb"
+    logs_deletes = False
+    lists_changes = True  # no change feed: each poll's listing is compared with the state DB
+
+    def __init__(self, settings: SourceSettings, **options: Any) -> None:
+        super().__init__(settings, **options)
+        self.windows = DateWindows(settings.lookback_days, settings.sweep_interval)
+        self.max_matches = settings.max_matches
+        self.identities: dict[str, str] = {}  # key -> patient digest, as last listed
+        self._location = StudyLocation(settings.published_url, settings.name)
+
+    # --- the feed: a listing
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        """No change feed: the listing (`list_studies`) is compared each poll instead."""
+        return FeedPage([], cursor or "", None, done=True)
+
+    def next_position(self, cursor: str | None) -> str:
+        return cursor or ""
+
+    def head(self) -> str:
+        raise OperatorError(
+            f"source {self.name!r} lists a DICOMweb archive and has no change feed to move: "
+            "its first poll reads the studies of the last lookback_days (set that instead)"
+        )
+
+    def list_studies(self) -> dict[str, int]:
+        ranges = self.windows.ranges()
+        counts: dict[str, int] = {}
+        identities: dict[str, str] = {}
+        for first, last in ranges:
+            for answer in self._listing(first, last):
+                uid = text_value(answer, STUDY_UID)
+                if not is_uid(uid):
+                    continue
+                assert uid is not None
+                key = study_key(text_value(answer, STUDY_DATE), uid)
+                try:
+                    counts[key] = int(str(text_value(answer, INSTANCES)))
+                except ValueError:
+                    counts[key] = -1  # no count: always read again
+                identities[key] = identity(answer, IDENTITY)
+        self.windows.listed(ranges)
+        self.identities = identities
+        return counts
+
+    def covers(self, key: str) -> bool:
+        return self.windows.covers(key)
+
+    def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
+        """30 days of StudyDate a page, newest first (`limit` is the server's to keep)."""
+        page = self.windows.archive_page(span, after)
+        if page is None:
+            return ArchivePage([], None)
+        (start, end), following = page
+        keys = [
+            study_key(text_value(a, STUDY_DATE), uid)
+            for a in self._listing(start, end)
+            if is_uid(uid := text_value(a, STUDY_UID)) and uid is not None
+        ]
+        return ArchivePage(keys, following)
+
+    def _listing(self, first: dt.date, last: dt.date) -> list[dict[str, Any]]:
+        """Every study of a date range, page by page; in halves when it holds too many."""
+        try:
+            return self._search(StudyDate=f"{first:%Y%m%d}-{last:%Y%m%d}")
+        except TooMany:
+            if first >= last:
+                raise SourceUnavailable(
+                    f"DICOMweb search of {first:%Y-%m-%d} holds more studies than "
+                    f"{self.max_matches} (raise DICOMCAST_SOURCE_MAX_MATCHES)"
+                ) from None
+        (a, b), (c, d) = split(first, last)
+        return self._listing(a, b) + self._listing(c, d)
+
+    def _search(self, **query: Any) -> list[dict[str, Any]]:
+        """QIDO-RS `studies` with the count and the patient, paged by offset until a page
+        comes back empty (a server may answer fewer than asked per page). At
+        `max_matches` it raises `TooMany`: a server that stops at its own cap
+        (HealthImaging: 10,000) looks complete, so the setting names that cap."""
+        fields = ",".join((STUDY_DATE, INSTANCES, *IDENTITY))
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.rest.get(
+                "studies",
+                headers=DICOM_JSON,
+                includefield=fields,
+                offset=len(found),
+                limit=PAGE,
+                **query,
+            )
+            if page is not None and not isinstance(page, list):
+                raise SourceUnavailable("DICOMweb search answer is not a JSON array")
+            items = [a for a in page or [] if isinstance(a, dict)]
+            found += items
+            if len(found) >= self.max_matches:
+                raise TooMany
+            if not items:
+                return found
+
+    # --- one study
+
+    def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
+        try:
+            date, uid = key_parts(key)
+        except ValueError:
+            raise MappingError("not a DICOMweb study key", detail=f"key {key[:200]!r}") from None
+        try:
+            metadata = self.rest.get(
+                f"studies/{quote(uid, safe='')}/metadata",
+                object_hook=self.metadata_filter(),
+                headers=DICOM_JSON,
+            )
+        except NotFound:
+            metadata = None
+        if metadata is not None and not isinstance(metadata, list):
+            raise SourceUnavailable(f"DICOMweb metadata of {uid} is not a JSON array")
+        views, orphans = build_study_views([m for m in metadata or [] if isinstance(m, dict)])
+        view = next((v for v in views if v.uid == uid), None)
+        listed_date = text_value(view.data, STUDY_DATE) if view else None
+        if view is None or (listed_date or None) != date:
+            return self._absent(key, uid, date)
+        return FetchedStudy(key, view, True, uid, orphans)
+
+    def _absent(self, key: str, uid: str, date: str | None) -> FetchedStudy:
+        """No study of this key in the metadata: gone (or moved to another StudyDate) only
+        when a search on its UID agrees."""
+        if any(k == key for k in self.lookup_study(uid)):
+            raise SourceUnavailable(
+                "the DICOMweb server lists a study its metadata read did not return; "
+                "reading it again later"
+            )
+        return FetchedStudy.absent(key, uid)
+
+    def lookup_study(self, study_uid: str) -> list[str]:
+        if not is_uid(study_uid):
+            return []
+        return [
+            study_key(text_value(a, STUDY_DATE), study_uid)
+            for a in self._search(StudyInstanceUID=study_uid)
+            if text_value(a, STUDY_UID) == study_uid
+        ]
+
+    def location(self, key: str) -> StudyLocation:
+        return self._location
+
+    def default_location(self) -> StudyLocation:
+        return self._location
+
+    def check(self, timeout: float = 5.0) -> str:
+        """A search for one study: the server answers QIDO-RS."""
+        self.rest.get("studies", headers=DICOM_JSON, limit=1)
+        return f"DICOMweb {self.settings.published_url} answers QIDO-RS"
+
+
+def from_settings(settings: SourceSettings, context: SourceContext) -> DicomwebSource:
+    """A DICOMweb source, as the registry builds it."""
+    return DicomwebSource(
+        settings,
+        verify=context.verify,
+        timeout=context.timeout,
+        transport=context.transport,
+        retry=context.retry,
+        max_bytes=context.max_bytes,
+    )
+
+
+def check_cursor(settings: SourceSettings, value: str) -> None:
+    """No change feed to position: its first poll reads the last `lookback_days`."""
+    raise StoredValueError(
+        f"source {settings.name!r} lists a DICOMweb archive and has no change feed to move: "
+        "its first poll reads the studies of the last lookback_days (set that instead)"
+    )
