@@ -355,14 +355,7 @@ class AzureDicomSource(RestSource):
 
 def from_settings(settings: SourceSettings, context: SourceContext) -> AzureDicomSource:
     """A DICOM service source, as the registry builds it."""
-    return AzureDicomSource(
-        settings,
-        verify=context.verify,
-        timeout=context.timeout,
-        transport=context.transport,
-        retry=context.retry,
-        max_bytes=context.max_bytes,
-    )
+    return AzureDicomSource.from_context(settings, context)
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:

@@ -19,11 +19,19 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import MappingError, OperatorError, SourceUnavailable, StoredValueError
+from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
 from dicomcast.model import DateSpan, StudyLocation
-from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
+from dicomcast.sources.base import ArchivePage, FetchedStudy, SourceContext
 from dicomcast.sources.rest import NotFound, RestSource
-from dicomcast.sources.windows import DateWindows, identity, key_parts, split, study_key
+from dicomcast.sources.windows import (
+    DateWindows,
+    ListedFeed,
+    identity,
+    key_parts,
+    no_feed,
+    split,
+    study_key,
+)
 from dicomcast.studyview import STUDY_UID, build_study_views, is_uid, text_value
 
 log = logging.getLogger(__name__)
@@ -38,8 +46,9 @@ class TooMany(Exception):
     """A date range holds more studies than one listing may page through."""
 
 
-class DicomwebSource(RestSource):
+class DicomwebSource(ListedFeed, RestSource):
     kind = "dicomweb"
+    following = "lists a DICOMweb archive"
     logs_deletes = False
     lists_changes = True  # no change feed: each poll's listing is compared with the state DB
 
@@ -50,20 +59,7 @@ class DicomwebSource(RestSource):
         self.identities: dict[str, str] = {}  # key -> patient digest, as last listed
         self._location = StudyLocation(settings.published_url, settings.name)
 
-    # --- the feed: a listing
-
-    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
-        """No change feed: the listing (`list_studies`) is compared each poll instead."""
-        return FeedPage([], cursor or "", None, done=True)
-
-    def next_position(self, cursor: str | None) -> str:
-        return cursor or ""
-
-    def head(self) -> str:
-        raise OperatorError(
-            f"source {self.name!r} lists a DICOMweb archive and has no change feed to move: "
-            "its first poll reads the studies of the last lookback_days (set that instead)"
-        )
+    # --- the feed: a listing (`ListedFeed`: none to read)
 
     def list_studies(self) -> dict[str, int]:
         ranges = self.windows.ranges()
@@ -84,9 +80,6 @@ class DicomwebSource(RestSource):
         self.windows.listed(ranges)
         self.identities = identities
         return counts
-
-    def covers(self, key: str) -> bool:
-        return self.windows.covers(key)
 
     def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
         """30 days of StudyDate a page, newest first (`limit` is the server's to keep)."""
@@ -196,19 +189,9 @@ class DicomwebSource(RestSource):
 
 def from_settings(settings: SourceSettings, context: SourceContext) -> DicomwebSource:
     """A DICOMweb source, as the registry builds it."""
-    return DicomwebSource(
-        settings,
-        verify=context.verify,
-        timeout=context.timeout,
-        transport=context.transport,
-        retry=context.retry,
-        max_bytes=context.max_bytes,
-    )
+    return DicomwebSource.from_context(settings, context)
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:
     """No change feed to position: its first poll reads the last `lookback_days`."""
-    raise StoredValueError(
-        f"source {settings.name!r} lists a DICOMweb archive and has no change feed to move: "
-        "its first poll reads the studies of the last lookback_days (set that instead)"
-    )
+    raise StoredValueError(no_feed(settings.name, DicomwebSource.following))

@@ -304,14 +304,7 @@ class OrthancSource(RestSource):
 
 def from_settings(settings: SourceSettings, context: SourceContext) -> OrthancSource:
     """An Orthanc source, as the registry builds it."""
-    return OrthancSource(
-        settings,
-        verify=context.verify,
-        timeout=context.timeout,
-        transport=context.transport,
-        retry=context.retry,
-        max_bytes=context.max_bytes,
-    )
+    return OrthancSource.from_context(settings, context)
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import orjson
@@ -15,6 +15,7 @@ from dicomcast.auth import source_auth
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.http import Bounds, Observer, RetryPolicy, make_client, send
+from dicomcast.sources.base import SourceContext
 from dicomcast.studyview import DatasetFilter, dataset_filter
 
 
@@ -153,6 +154,19 @@ class RestSource:
         )
         bounds = Bounds(deadline=timeout, max_bytes=max_bytes)
         self.rest = RestReader(self.http, self.server, retry or RetryPolicy(), bounds)
+
+    @classmethod
+    def from_context(cls, settings: SourceSettings, context: SourceContext) -> Self:
+        """The source as the registry builds it: the assembly's TLS, timeout, retries,
+        answer bound (and, in tests, transport)."""
+        return cls(
+            settings,
+            verify=context.verify,
+            timeout=context.timeout,
+            transport=context.transport,
+            retry=context.retry,
+            max_bytes=context.max_bytes,
+        )
 
     @property
     def observe(self) -> Observer | None:

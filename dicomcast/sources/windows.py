@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dicomcast.errors import OperatorError
 from dicomcast.model import DateSpan
+from dicomcast.sources.base import FeedPage
 from dicomcast.studyview import is_uid
 
 SWEEP_PAGE_DAYS = 30
@@ -125,3 +127,33 @@ def split(first: dt.date, last: dt.date) -> tuple[Range, Range]:
     """A range in two halves (a listing past the server's cap is asked again in halves)."""
     middle = first + (last - first) // 2
     return (first, middle), (middle + dt.timedelta(days=1), last)
+
+
+class ListedFeed:
+    """The feed of an archive followed by listing it (`list_studies` each poll): there is
+    none to read or move. `following` says how, for the operator who tries."""
+
+    name: str
+    windows: DateWindows
+    following = "lists its archive"
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        """No change feed: the listing (`list_studies`) is compared each poll instead."""
+        return FeedPage([], cursor or "", None, done=True)
+
+    def next_position(self, cursor: str | None) -> str:
+        return cursor or ""
+
+    def head(self) -> str:
+        raise OperatorError(no_feed(self.name, self.following))
+
+    def covers(self, key: str) -> bool:
+        return self.windows.covers(key)
+
+
+def no_feed(name: str, following: str) -> str:
+    """Why a listed source has no position to set (`cursor set`)."""
+    return (
+        f"source {name!r} {following} and has no change feed to move: its first poll reads "
+        "the studies of the last lookback_days (set that instead)"
+    )

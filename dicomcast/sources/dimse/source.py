@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, OperatorError, SourceUnavailable, StoredValueError
 from dicomcast.model import DateSpan, StudyLocation
-from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
+from dicomcast.sources.base import ArchivePage, FetchedStudy, SourceContext
 from dicomcast.sources.dimse.network import Peer, TooManyMatches
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
@@ -38,7 +38,7 @@ from dicomcast.sources.dimse.query import (
     merged,
     study_key,
 )
-from dicomcast.sources.windows import DateWindows, split
+from dicomcast.sources.windows import DateWindows, ListedFeed, no_feed, split
 from dicomcast.studyview import (
     SERIES_UID,
     SOP_UID,
@@ -67,8 +67,9 @@ class HeaderStore(Protocol):
     def drop_received(self, source: str, sop_uids: list[str]) -> int: ...
 
 
-class DimseSource:
+class DimseSource(ListedFeed):
     kind = "dimse"
+    following = "polls a PACS"
     logs_deletes = False
     lists_changes = True  # no change feed: each poll's listing is compared with the state DB
 
@@ -120,20 +121,7 @@ class DimseSource:
         self._inside = tags
         self.keys = Keys(self._keep, tags)
 
-    # --- the feed: a listing
-
-    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
-        """No change feed: the listing (`list_studies`) is compared each poll instead."""
-        return FeedPage([], cursor or "", None, done=True)
-
-    def next_position(self, cursor: str | None) -> str:
-        return cursor or ""
-
-    def head(self) -> str:
-        raise OperatorError(
-            f"source {self.name!r} polls a PACS and has no change feed to move: its first "
-            "poll reads the studies of the last lookback_days (set that instead)"
-        )
+    # --- the feed: a listing (`ListedFeed`: none to read)
 
     def list_studies(self) -> dict[str, int]:
         """Query mode: the polled window and, while a sweep runs, one older page, by C-FIND.
@@ -197,9 +185,6 @@ class DimseSource:
         earlier.identities.update(later.identities)
         earlier.unusable += later.unusable
         return earlier
-
-    def covers(self, key: str) -> bool:
-        return self.windows.covers(key)
 
     # --- one study
 
@@ -358,7 +343,4 @@ def from_settings(settings: SourceSettings, context: SourceContext) -> DimseSour
 
 def check_cursor(settings: SourceSettings, value: str) -> None:
     """No change feed to position: its first poll reads the last `lookback_days`."""
-    raise StoredValueError(
-        f"source {settings.name!r} polls a PACS and has no change feed to move: its first "
-        "poll reads the studies of the last lookback_days (set that instead)"
-    )
+    raise StoredValueError(no_feed(settings.name, DimseSource.following))
