@@ -112,6 +112,10 @@ def source_auth(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Auth | None:
     """How requests to one source log in (None: an open server)."""
+    if source.auth == "google":
+        from dicomcast.auth import cloud
+
+        return cloud.google_default(verify)
     return make_auth(
         token=source.token,
         username=source.username,

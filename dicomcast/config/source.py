@@ -77,6 +77,12 @@ class SourceSettings(BaseModel):
     client_secret: SecretStr | None = None
     scope: str | None = None
     managed_identity: bool = False
+    auth: Literal["google"] | None = Field(
+        None,
+        description="A cloud's own login for the source: `google` (Application Default "
+        "Credentials for the Cloud Healthcare API, `dicomcast[google]`), for a Google DICOM "
+        "store followed with kind `dicomweb`.",
+    )
     patient_id_system: str | None = Field(
         None, description="Overrides the global patient_id_system for this source's studies."
     )
@@ -180,6 +186,7 @@ class SourceSettings(BaseModel):
                 ("username", self.username is not None),
                 ("client_secret", self.client_secret is not None),
                 ("managed_identity", self.managed_identity),
+                ("auth", self.auth is not None),
             )
             if used
         ]

@@ -20,8 +20,10 @@ from joserfc.jwk import RSAKey
 
 from dicomcast.auth import describe
 from dicomcast.auth.cloud import GOOGLE_SCOPE, AwsSigV4
+from dicomcast.config.source import SourceSettings
 from dicomcast.errors import ConfigError
 from dicomcast.sandbox.samples import bulk_studies
+from dicomcast.sources.dicomweb import DicomwebSource
 from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir, outcome
 from tests.sigv4 import HEALTHLAKE, REGION, SECRET, sigv4_refusal
@@ -227,3 +229,29 @@ def test_cloud_logins_exclude_the_other_ways_in() -> None:
     )
     with pytest.raises(ConfigError, match="logs in by itself"):
         settings.require_worker_settings()
+
+
+def test_a_google_dicom_store_is_followed_with_application_default_credentials(
+    google_account: TokenEndpoint,
+) -> None:
+    """`kind=dicomweb` with `auth=google`: every QIDO-RS request carries a token that
+    google-auth got for the service account (the store admits no other)."""
+    base = "https://healthcare.googleapis.com/v1/projects/p/locations/l/datasets/d/dicomStores/s"
+    seen: list[str] = []
+
+    def store(request: httpx.Request) -> httpx.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        seen.append(token)
+        if token not in google_account.issued:
+            return httpx.Response(401)
+        return httpx.Response(200, json=[])
+
+    settings = SourceSettings(kind="dicomweb", url=f"{base}/dicomWeb", auth="google")
+    source = DicomwebSource(settings, transport=httpx.MockTransport(store))
+    try:
+        assert "answers QIDO-RS" in source.check()
+    finally:
+        source.close()
+    assert seen == ["ya29.token-1"]
+    with pytest.raises(ValueError, match="one way to log in"):
+        SourceSettings(kind="dicomweb", url=f"{base}/dicomWeb", auth="google", token="t")
