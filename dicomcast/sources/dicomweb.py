@@ -24,10 +24,14 @@ from dicomcast.model import DateSpan, StudyLocation
 from dicomcast.sources.base import ArchivePage, FetchedStudy, SourceContext
 from dicomcast.sources.rest import NotFound, RestSource
 from dicomcast.sources.windows import (
+    INSTANCES,
+    PATIENT,
+    STUDY_DATE,
     DateWindows,
     ListedFeed,
-    identity,
+    Listing,
     key_parts,
+    listed,
     no_feed,
     split,
     study_key,
@@ -36,9 +40,6 @@ from dicomcast.studyview import STUDY_UID, build_study_views, is_uid, text_value
 
 log = logging.getLogger(__name__)
 DICOM_JSON = {"Accept": "application/dicom+json"}
-STUDY_DATE = "00080020"
-INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
-IDENTITY = ("00100020", "00100021", "00100010")  # PatientID, its issuer, PatientName
 PAGE = 200  # results asked for per QIDO page
 
 
@@ -63,23 +64,12 @@ class DicomwebSource(ListedFeed, RestSource):
 
     def list_studies(self) -> dict[str, int]:
         ranges = self.windows.ranges()
-        counts: dict[str, int] = {}
-        identities: dict[str, str] = {}
+        found = Listing()
         for first, last in ranges:
-            for answer in self._listing(first, last):
-                uid = text_value(answer, STUDY_UID)
-                if not is_uid(uid):
-                    continue
-                assert uid is not None
-                key = study_key(text_value(answer, STUDY_DATE), uid)
-                try:
-                    counts[key] = int(str(text_value(answer, INSTANCES)))
-                except ValueError:
-                    counts[key] = -1  # no count: always read again
-                identities[key] = identity(answer, IDENTITY)
+            found.update(listed(self._listing(first, last)))
         self.windows.listed(ranges)
-        self.identities = identities
-        return counts
+        self.identities = found.identities
+        return found.counts
 
     def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
         """30 days of StudyDate a page, newest first (`limit` is the server's to keep)."""
@@ -87,12 +77,7 @@ class DicomwebSource(ListedFeed, RestSource):
         if page is None:
             return ArchivePage([], None)
         (start, end), following = page
-        keys = [
-            study_key(text_value(a, STUDY_DATE), uid)
-            for a in self._listing(start, end)
-            if is_uid(uid := text_value(a, STUDY_UID)) and uid is not None
-        ]
-        return ArchivePage(keys, following)
+        return ArchivePage(list(listed(self._listing(start, end)).counts), following)
 
     def _listing(self, first: dt.date, last: dt.date) -> list[dict[str, Any]]:
         """Every study of a date range, page by page; in halves when it holds too many."""
@@ -112,7 +97,7 @@ class DicomwebSource(ListedFeed, RestSource):
         comes back empty (a server may answer fewer than asked per page). At
         `max_matches` it raises `TooMany`: a server that stops at its own cap
         (HealthImaging: 10,000) looks complete, so the setting names that cap."""
-        fields = ",".join((STUDY_DATE, INSTANCES, *IDENTITY))
+        fields = ",".join((STUDY_DATE, INSTANCES, *PATIENT))
         found: list[dict[str, Any]] = []
         while True:
             page = self.rest.get(

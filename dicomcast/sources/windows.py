@@ -14,14 +14,18 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from dicomcast.errors import OperatorError
 from dicomcast.model import DateSpan
 from dicomcast.sources.base import FeedPage
-from dicomcast.studyview import is_uid
+from dicomcast.studyview import STUDY_UID, is_uid, text_value
 
+STUDY_DATE = "00080020"
+INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
+PATIENT = ("00100020", "00100021", "00100010")  # PatientID, its issuer, PatientName
 SWEEP_PAGE_DAYS = 30
 SWEEP_FROM = dt.date(1985, 1, 1)  # ACR-NEMA 1.0: no DICOM study is older
 Range = tuple[dt.date, dt.date]
@@ -38,7 +42,7 @@ def _is_date(text: str | None) -> bool:
     return bool(text) and len(str(text)) == 8 and str(text).isascii() and str(text).isdigit()
 
 
-def identity(data: dict[str, Any], tags: tuple[str, ...]) -> str:
+def identity(data: dict[str, Any], tags: tuple[str, ...] = PATIENT) -> str:
     """A digest of what identifies a study's patient in a listing (PatientID, its issuer,
     the name): it changes when the archive corrects the patient, and holds no readable PHI."""
     values = [json.dumps(data.get(tag, {}).get("Value"), sort_keys=True) for tag in tags]
@@ -51,6 +55,40 @@ def key_parts(key: str) -> tuple[str | None, str]:
     if not is_uid(uid) or not (date == "-" or _is_date(date)):
         raise ValueError("not a study key (YYYYMMDD/UID)")
     return (None if date == "-" else date), uid
+
+
+@dataclass
+class Listing:
+    """A study search's answer: key -> NumberOfStudyRelatedInstances (-1: no count given,
+    always "changed"), key -> patient identity digest, and how many had no valid UID."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    identities: dict[str, str] = field(default_factory=dict)
+    unusable: int = 0
+
+    def update(self, other: Listing) -> None:
+        self.counts.update(other.counts)
+        self.identities.update(other.identities)
+        self.unusable += other.unusable
+
+
+def listed(answers: Iterable[dict[str, Any]]) -> Listing:
+    """The listing in a study search's answers (DICOM JSON, whichever protocol)."""
+    found = Listing()
+    for data in answers:
+        uid = text_value(data, STUDY_UID)
+        if not is_uid(uid):
+            found.unusable += 1
+            continue
+        assert uid is not None
+        try:
+            count = int(str(text_value(data, INSTANCES)))
+        except ValueError:
+            count = -1
+        key = study_key(text_value(data, STUDY_DATE), uid)
+        found.counts[key] = count
+        found.identities[key] = identity(data)
+    return found
 
 
 class DateWindows:

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomcast.sources.windows import identity
+from dicomcast.sources.windows import STUDY_DATE as STUDY_DATE
 from dicomcast.sources.windows import key_parts as key_parts
 from dicomcast.sources.windows import study_key as study_key
-from dicomcast.studyview import STUDY_UID, is_uid, text_value
 
-STUDY_DATE = "00080020"
-INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 # Attributes of the patient and study levels (PS3.4 C.6.2.1, Study Root), and of the series
 # level, that a mapping may read; everything else the mappings read is asked at IMAGE level.
 PATIENT_STUDY = {
@@ -42,7 +38,6 @@ SERIES = {
     "OperatorsName", "InstitutionName", "StationName", "ManufacturerModelName",
 }  # fmt: skip
 IDENTITY = ("PatientID", "IssuerOfPatientID", "PatientName")
-IDENTITY_TAGS = ("00100020", "00100021", "00100010")
 NOT_KEYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet"}
 
 
@@ -86,7 +81,7 @@ class Keys:
         ds.StudyDate = f"{start:%Y%m%d}-{end:%Y%m%d}"
         ds.StudyInstanceUID = None
         ds.NumberOfStudyRelatedInstances = None
-        for keyword in IDENTITY:  # a patient corrected in place keeps the count
+        for keyword in IDENTITY:  # a patient corrected in place keeps the count (PATIENT)
             setattr(ds, keyword, None)
         return ds
 
@@ -152,33 +147,3 @@ def merged(*levels: dict[str, Any]) -> dict[str, Any]:
     for level in levels:
         out.update(level)
     return out
-
-
-@dataclass
-class Listing:
-    """A STUDY-level answer: key -> NumberOfStudyRelatedInstances (-1: no count given,
-    always "changed"), key -> patient identity digest, and how many had no valid UID."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    identities: dict[str, str] = field(default_factory=dict)
-    unusable: int = 0
-
-
-def listed(answers: Iterable[Dataset]) -> Listing:
-    """The listing in a STUDY-level answer."""
-    found = Listing()
-    for answer in answers:
-        data = as_json(answer)
-        uid = text_value(data, STUDY_UID)
-        if not is_uid(uid):
-            found.unusable += 1
-            continue
-        assert uid is not None
-        try:
-            count = int(str(text_value(data, INSTANCES)))
-        except ValueError:
-            count = -1
-        key = study_key(text_value(data, STUDY_DATE), uid)
-        found.counts[key] = count
-        found.identities[key] = identity(data, IDENTITY_TAGS)
-    return found

@@ -31,14 +31,12 @@ from dicomcast.sources.dimse.network import Peer, TooManyMatches
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
     Keys,
-    Listing,
     as_json,
     key_parts,
-    listed,
     merged,
     study_key,
 )
-from dicomcast.sources.windows import DateWindows, ListedFeed, no_feed, split
+from dicomcast.sources.windows import DateWindows, ListedFeed, Listing, listed, no_feed, split
 from dicomcast.studyview import (
     SERIES_UID,
     SOP_UID,
@@ -172,7 +170,7 @@ class DimseSource(ListedFeed):
         return is asked again in halves (one day that has more is an error that says so)."""
         self.listing_finds += 1
         try:
-            return listed(self._find(self.keys.window(first, last)))
+            return listed(as_json(a) for a in self._find(self.keys.window(first, last)))
         except TooManyMatches as exc:
             if first >= last:
                 raise SourceUnavailable(
@@ -180,10 +178,8 @@ class DimseSource(ListedFeed):
                     "DICOMCAST_SOURCE_MAX_MATCHES to list it"
                 ) from None
         (a, b), (c, d) = split(first, last)
-        earlier, later = self._listing(a, b), self._listing(c, d)
-        earlier.counts.update(later.counts)
-        earlier.identities.update(later.identities)
-        earlier.unusable += later.unusable
+        earlier = self._listing(a, b)
+        earlier.update(self._listing(c, d))
         return earlier
 
     # --- one study
