@@ -14,14 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.standins import Archive, Fhir, Template, transport
-from dicomcast.app import build_app, make_source
+from dicomcast.app import build_app
 from dicomcast.config import Settings, load_settings
 from dicomcast.sandbox.environment import env_for
 from dicomcast.sandbox.samples import DEMO_ISSUERS, DEMO_PATIENT_SYSTEM
@@ -63,8 +63,11 @@ def ceiling(template: Template, studies: int) -> Ceiling:
     to_archive, to_fhir = transport(archive.answer, "/orthanc"), transport(fhir.answer, "/fhir")
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(f"sqlite:///{tmp}/state.db")
-        source = make_source(settings, settings.first_source(), transport=to_archive)
-        app = build_app(settings, source=source, fhir_transport=to_fhir)
+        app = build_app(
+            settings,
+            fhir_transport=to_fhir,
+            adapt=lambda _config, context: replace(context, transport=to_archive),
+        )
         worker = Worker(app)
         try:
             cpu, wall = time.process_time(), time.perf_counter()

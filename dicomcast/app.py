@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import httpx
@@ -20,7 +21,7 @@ from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS, load_mappings, mappi
 from dicomcast.ops.metrics import Metrics
 from dicomcast.parts import App
 from dicomcast.sources import registry
-from dicomcast.sources.base import Source, SourceContext
+from dicomcast.sources.base import ReadPlan, Source, SourceContext
 from dicomcast.state.locks import PATIENT_SPACE, StudyLocks
 from dicomcast.state.store import StateStore
 from dicomcast.urls import mask_url
@@ -38,15 +39,14 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(settings.http_retries, max_delay=30.0, base=settings.http_retry_base)
 
 
-def make_source(
+def source_context(
     settings: Settings,
-    source: SourceSettings | None = None,
     transport: httpx.BaseTransport | None = None,
     headers: HeaderStore | None = None,
-) -> Source:
-    """A client for one configured source (the only one, when not named). `headers` is
-    where a DIMSE source's listener keeps what it received (the state DB)."""
-    context = SourceContext(
+) -> SourceContext:
+    """What every source is built with: TLS, timeouts, retries, the answer bound, and
+    `headers`, where a DIMSE source's listener keeps what it received (the state DB)."""
+    return SourceContext(
         verify=tls_verify(settings),
         timeout=settings.http_timeout,
         transport=transport,
@@ -54,6 +54,17 @@ def make_source(
         max_bytes=settings.max_study_bytes,
         headers=headers,
     )
+
+
+def make_source(
+    settings: Settings,
+    source: SourceSettings | None = None,
+    transport: httpx.BaseTransport | None = None,
+    headers: HeaderStore | None = None,
+) -> Source:
+    """A client for one configured source (the only one, when not named), for the
+    operator commands (the worker's are built by `build_app`, with its read plan)."""
+    context = source_context(settings, transport, headers)
     return registry.build(source or settings.first_source(), context)
 
 
@@ -107,11 +118,13 @@ def build_app(
     sources: list[Source] | None = None,
     fhir_transport: httpx.BaseTransport | None = None,
     metrics: Metrics | None = None,
+    adapt: Callable[[SourceSettings, SourceContext], SourceContext] | None = None,
 ) -> App:
     """Validate settings, compile mappings, migrate the state DB: every fatal check up front.
 
     `source`/`sources` replace the configured sources' clients (tests pass fakes); they must
-    carry the configured names."""
+    carry the configured names. `adapt` changes what a configured one is built with (tests
+    give a transport, a clock)."""
     settings.require_worker_settings()
     if not settings.verify_tls:
         log.warning(
@@ -144,14 +157,13 @@ def build_app(
     metrics = metrics or Metrics()
     fhir.observe = metrics.observe_fhir
     given = {s.name: s for s in ([source] if source else []) + (sources or [])}
+    plan = ReadPlan(mappings.tags_read(), mappings.content_classes(), mappings.item_tags())
+    context = replace(source_context(settings, headers=store), plan=plan)
     clients: dict[str, Source] = {}
     for config in configured:
-        client = given.pop(config.name, None) or make_source(settings, config, headers=store)
-        client.observe = _counting(metrics, client.name)
-        client.keep_tags = mappings.tags_read()
-        client.content_of = mappings.content_classes()
-        client.inside_items = mappings.item_tags()
-        clients[config.name] = client
+        made = given.pop(config.name) if config.name in given else None
+        own = replace(context, observe=_counting(metrics, config.name))
+        clients[config.name] = made or registry.build(config, adapt(config, own) if adapt else own)
     if given:
         raise ConfigError(f"sources given that are not configured: {sorted(given)}")
     names = list(clients)

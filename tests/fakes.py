@@ -3,7 +3,6 @@ server stand-in that answers every request with one status, and a worker built o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,40 +28,16 @@ def studies(count: int, series: int = 2, prefix: str = "rc") -> dict[str, list[A
     return {s.study_uid: dicom_json(s) for s in specs}
 
 
-class FakeSource:
-    """Studies held in memory as DICOM JSON; `feed` lists study keys in change order."""
+class ListedFake:
+    """Studies held in memory as DICOM JSON, followed by listing them (no change feed)."""
 
     kind = "fake"
-    logs_deletes = False
-    lists_changes = False
     location_ = StudyLocation("http://fake.test/dicom-web", "default")
 
     def __init__(self, studies: dict[str, list[Any]], name: str = "default") -> None:
         self.name = name
         self.studies = studies
         self.feed: list[str] = list(studies)
-        self.observe: Callable[[int | None, float], None] | None = None
-        self.keep_tags: frozenset[str] | None = None
-        self.content_of: frozenset[str] = frozenset()
-        self.inside_items: frozenset[str] = frozenset()
-
-    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
-        start = int(cursor or 0)
-        keys = self.feed[start : start + limit]
-        end = start + len(keys)
-        return FeedPage(
-            [DirtyMark(k) for k in keys],
-            str(end),
-            str(len(self.feed)),
-            end >= len(self.feed),
-            changes_read=len(keys),
-        )
-
-    def next_position(self, cursor: str | None) -> str:
-        return str(int(cursor or 0) + 1)
-
-    def head(self) -> str:
-        return str(len(self.feed))
 
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         if key not in self.studies:
@@ -98,6 +73,28 @@ class FakeSource:
 
     def close(self) -> None:
         pass
+
+
+class FakeSource(ListedFake):
+    """Studies held in memory as DICOM JSON; `feed` lists study keys in change order."""
+
+    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
+        start = int(cursor or 0)
+        keys = self.feed[start : start + limit]
+        end = start + len(keys)
+        return FeedPage(
+            [DirtyMark(k) for k in keys],
+            str(end),
+            str(len(self.feed)),
+            end >= len(self.feed),
+            changes_read=len(keys),
+        )
+
+    def next_position(self, cursor: str | None) -> str:
+        return str(int(cursor or 0) + 1)
+
+    def head(self) -> str:
+        return str(len(self.feed))
 
 
 class StatusFhir(httpx.MockTransport):

@@ -106,6 +106,7 @@ def _list(
     from rich.progress import Progress, TextColumn
 
     from dicomcast.app import make_source
+    from dicomcast.sources.base import archive_of
 
     configured = settings.find_source(name)
     since, until = (f"{d:%Y%m%d}" if d else None for d in (span.since, span.until))
@@ -124,7 +125,7 @@ def _list(
         ) as bar:
             task = bar.add_task("listing", total=None, completed=run.listed)
             while True:
-                page = client.archive(span, after, page_size)
+                page = archive_of(client).archive(span, after, page_size)
                 store.mark_backfill(run, page.keys, page.after)
                 bar.advance(task, len(page.keys))
                 after = page.after

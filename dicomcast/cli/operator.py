@@ -319,11 +319,13 @@ def _start_from_now(
     scan would otherwise fill in from the archive's history) its present studies recorded
     as seen. Returns the position and how many studies were newly recorded."""
     from dicomcast.app import make_source
+    from dicomcast.sources.base import StudyListing
+    from dicomcast.sources.registry import change_feed
 
     client = make_source(settings, config)
     try:
-        position = client.head()
-        if client.logs_deletes:
+        position = change_feed(client).head()
+        if not isinstance(client, StudyListing):  # its feed logs deletions
             return position, 0
         known = store.known_studies(config.name)
         present = client.list_studies()

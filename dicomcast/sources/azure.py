@@ -51,8 +51,10 @@ DICOM_JSON = {"Accept": "application/dicom+json"}
 
 
 class AzureDicomSource(RestSource):
+    """A `ChangeFeed` that logs deletions (so no `StudyListing` is needed) and an
+    `ArchiveListing`."""
+
     kind = "azure-dicom"
-    logs_deletes = True
     server = "DICOM service"
 
     def __init__(self, settings: SourceSettings, **options: Any) -> None:
@@ -348,9 +350,6 @@ class AzureDicomSource(RestSource):
             for p in (listed if isinstance(listed, list) else [])
             if isinstance(p, dict) and PARTITION_NAME.fullmatch(str(p.get("partitionName", "")))
         ]
-
-    def list_studies(self) -> dict[str, int]:
-        raise NotImplementedError("the DICOM service's feed logs deletes; no scan is needed")
 
 
 def from_settings(settings: SourceSettings, context: SourceContext) -> AzureDicomSource:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -48,14 +50,23 @@ class TooMany(Exception):
 
 
 class DicomwebSource(ListedFeed, RestSource):
+    """A `StudyListing` (QIDO-RS by StudyDate windows, its feed) and an `ArchiveListing`."""
+
     kind = "dicomweb"
     following = "lists a DICOMweb archive"
-    logs_deletes = False
-    lists_changes = True  # no change feed: each poll's listing is compared with the state DB
 
-    def __init__(self, settings: SourceSettings, **options: Any) -> None:
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        today: Callable[[], dt.date] = dt.date.today,
+        **options: Any,
+    ) -> None:
         super().__init__(settings, **options)
-        self.windows = DateWindows(settings.lookback_days, settings.sweep_interval)
+        self.windows = DateWindows(
+            settings.lookback_days, settings.sweep_interval, clock=clock, today=today
+        )
         self.max_matches = settings.max_matches
         self.identities: dict[str, str] = {}  # key -> patient digest, as last listed
         self._location = StudyLocation(settings.published_url, settings.name)
@@ -174,7 +185,7 @@ class DicomwebSource(ListedFeed, RestSource):
 
 def from_settings(settings: SourceSettings, context: SourceContext) -> DicomwebSource:
     """A DICOMweb source, as the registry builds it."""
-    return DicomwebSource.from_context(settings, context)
+    return DicomwebSource.from_context(settings, context, clock=context.clock, today=context.today)
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:

@@ -51,8 +51,10 @@ def _event_time(date: Any) -> float | None:
 
 
 class OrthancSource(RestSource):
+    """A `ChangeFeed` (`/changes`, which logs no deletions), a `StudyListing` for the
+    reconcile scan and an `ArchiveListing`."""
+
     kind = "orthanc"
-    logs_deletes = False
     server = "Orthanc"
 
     def __init__(self, settings: SourceSettings, **options: Any) -> None:
@@ -282,6 +284,10 @@ class OrthancSource(RestSource):
         return ArchivePage(keys, str(offset + len(found)) if len(found) >= limit else None)
 
     # --- everything, for deletions the feed does not log
+
+    def covers(self, key: str) -> bool:
+        """The listing is the whole archive."""
+        return True
 
     def list_studies(self) -> dict[str, int]:
         counts: dict[str, int] = {}

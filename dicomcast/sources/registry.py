@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dicomcast.config import SourceSettings
-from dicomcast.errors import ConfigError
-from dicomcast.sources.base import Source, SourceContext
+from dicomcast.errors import ConfigError, OperatorError
+from dicomcast.sources.base import ChangeFeed, Source, SourceContext
+from dicomcast.sources.windows import ListedFeed, no_feed
 
 
 class Kind(Protocol):
@@ -80,3 +81,12 @@ def _module(kind: str) -> Kind:
     if found is None:
         raise ConfigError(f"unknown source kind {kind!r} (one of: {', '.join(KINDS)})")
     return found()
+
+
+def change_feed(source: Source) -> ChangeFeed:
+    """The source's change feed, for an operator who moves it; OperatorError, saying what
+    to set instead, for a kind followed by listing alone."""
+    if isinstance(source, ChangeFeed):
+        return source
+    following = source.following if isinstance(source, ListedFeed) else "has no change feed"
+    raise OperatorError(no_feed(source.name, following))

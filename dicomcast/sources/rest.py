@@ -15,7 +15,7 @@ from dicomcast.auth import source_auth
 from dicomcast.config import SourceSettings
 from dicomcast.errors import SourceRejected, SourceUnavailable
 from dicomcast.http import Bounds, Observer, RetryPolicy, make_client, send
-from dicomcast.sources.base import SourceContext
+from dicomcast.sources.base import ReadPlan, SourceContext
 from dicomcast.studyview import DatasetFilter, dataset_filter
 
 
@@ -130,12 +130,12 @@ class RestSource:
         retry: RetryPolicy | None = None,
         auth: httpx.Auth | None = None,
         max_bytes: int | None = None,
+        plan: ReadPlan | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.name = settings.name
         self.settings = settings
-        self.keep_tags: frozenset[str] | None = None  # tags worth keeping (None: all)
-        self.content_of: frozenset[str] = frozenset()  # SOP classes whose SR tree is kept
-        self.inside_items: frozenset[str] = frozenset()  # unused: DICOMweb answers whole
+        self.plan = plan or ReadPlan()  # what to keep of each answer (DICOMweb answers whole)
         auth = auth or source_auth(settings, verify=verify, transport=transport)
         # The source's own TLS files, as for DICOM TLS: its CA bundle, and a certificate for
         # a server behind a mutual-TLS gateway.
@@ -154,39 +154,30 @@ class RestSource:
         )
         bounds = Bounds(deadline=timeout, max_bytes=max_bytes)
         self.rest = RestReader(self.http, self.server, retry or RetryPolicy(), bounds)
+        self.rest.observe = observe
 
     @classmethod
-    def from_context(cls, settings: SourceSettings, context: SourceContext) -> Self:
+    def from_context(cls, settings: SourceSettings, context: SourceContext, **extra: Any) -> Self:
         """The source as the registry builds it: the assembly's TLS, timeout, retries,
-        answer bound (and, in tests, transport)."""
+        answer bound, read plan and request observer (and, in tests, transport); `extra`
+        goes to a kind's own constructor."""
         return cls(
             settings,
+            **extra,
             verify=context.verify,
             timeout=context.timeout,
             transport=context.transport,
             retry=context.retry,
             max_bytes=context.max_bytes,
+            plan=context.plan,
+            observe=context.observe,
         )
-
-    @property
-    def observe(self) -> Observer | None:
-        return self.rest.observe
-
-    @observe.setter
-    def observe(self, value: Observer | None) -> None:
-        self.rest.observe = value
-
-    lists_changes = False
-
-    def covers(self, key: str) -> bool:
-        """A REST archive's listing is the whole archive."""
-        return True
 
     def metadata_filter(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
         """The JSON object hook that keeps only what the mappings read (None: keep all)."""
-        if self.keep_tags is None:
+        if self.plan.tags is None:
             return None
-        return dataset_filter(self.keep_tags, self.content_of)
+        return dataset_filter(self.plan.tags, self.plan.content_of)
 
     def close(self) -> None:
         self.http.close()

@@ -18,9 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomcast.errors import OperatorError
 from dicomcast.model import DateSpan
-from dicomcast.sources.base import FeedPage
 from dicomcast.studyview import STUDY_UID, is_uid, text_value
 
 STUDY_DATE = "00080020"
@@ -168,22 +166,12 @@ def split(first: dt.date, last: dt.date) -> tuple[Range, Range]:
 
 
 class ListedFeed:
-    """The feed of an archive followed by listing it (`list_studies` each poll): there is
-    none to read or move. `following` says how, for the operator who tries."""
+    """An archive followed by listing it each poll (`StudyListing` without `ChangeFeed`):
+    there is no feed to read or move. `following` says how, for the operator who tries."""
 
     name: str
     windows: DateWindows
     following = "lists its archive"
-
-    def read_changes(self, cursor: str | None, limit: int) -> FeedPage:
-        """No change feed: the listing (`list_studies`) is compared each poll instead."""
-        return FeedPage([], cursor or "", None, done=True)
-
-    def next_position(self, cursor: str | None) -> str:
-        return cursor or ""
-
-    def head(self) -> str:
-        raise OperatorError(no_feed(self.name, self.following))
 
     def covers(self, key: str) -> bool:
         return self.windows.covers(key)

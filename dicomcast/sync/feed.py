@@ -33,7 +33,14 @@ from dicomcast.errors import (
 )
 from dicomcast.model import DirtyMark, KnownStudy, Skipped, source_dependency
 from dicomcast.ops.metrics import Metrics
-from dicomcast.sources.base import UNCOUNTED, ListsIdentities, Source
+from dicomcast.sources.base import (
+    UNCOUNTED,
+    ChangeFeed,
+    ListsIdentities,
+    Source,
+    StudyListing,
+    listing_is_feed,
+)
 from dicomcast.sync.pauses import Pauses
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,10 @@ class FeedState(Protocol):
     ) -> int: ...
 
     def record_skip(self, source: str, cursor: str, skipped: Skipped) -> None: ...
+
+
+class FeedSource(Source, ChangeFeed, Protocol):
+    """A source with a change feed (the feed also probes it, to tell an outage)."""
 
 
 FAILING_AFTER = 3  # a page failing this many times in a row is read one entry at a time
@@ -123,7 +134,7 @@ class Feed:
         """Read one source's feed to its end (or until stopped); how many studies were
         marked dirty."""
         source = self.sources[name]
-        if source.lists_changes:  # no change feed: the listing is the feed
+        if not isinstance(source, ChangeFeed):  # the listing is the feed
             marked = self.scan(name)
             self.beat()
             return marked
@@ -187,7 +198,9 @@ class Feed:
             self.metrics.feed_failing.labels(name).set(0)
             log.warning("the change feed reads again", extra={"source": name})
 
-    def _page_failed(self, name: str, source: Source, cursor: str | None, exc: Exception) -> bool:
+    def _page_failed(
+        self, name: str, source: FeedSource, cursor: str | None, exc: Exception
+    ) -> bool:
         """Count a page's own failure; True when the entry at `cursor` was stepped past."""
         count = self.failures[name] = self.failures.get(name, 0) + 1
         self.metrics.feed_failing.labels(name).set(1 if count >= FAILING_AFTER else 0)
@@ -222,7 +235,7 @@ class Feed:
         for a source whose feed does not log deletes); how many were marked. A study missing
         from a listing counts as vanished only where the listing speaks for it (`covers`)."""
         source = self.sources[name]
-        if source.logs_deletes:
+        if not isinstance(source, StudyListing):  # its feed logs deletions
             return 0
         present = source.list_studies()
         identities = source.identities if isinstance(source, ListsIdentities) else {}
@@ -244,7 +257,7 @@ class Feed:
         # it is a cheap no-op (content hash), so no special case is needed.
         # Where the listing is the change feed (a PACS polled by C-FIND) a study it finds is
         # news, and goes ahead of a backfill; a reconcile scan only fills gaps.
-        self.state.mark_dirty(name, marks, now, lift=source.lists_changes)
+        self.state.mark_dirty(name, marks, now, lift=listing_is_feed(source))
         if marks:
             log.info(
                 "reconcile found %d studies to sync",

@@ -26,7 +26,7 @@ from dicomcast.fhir.upsert import FhirWriter
 from dicomcast.mapping.mapper import Mappings, search_token
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import DateSpan
-from dicomcast.sources.base import Source
+from dicomcast.sources.base import Source, archive_of
 
 log = logging.getLogger(__name__)
 UID_PREFIX = "urn:oid:"
@@ -67,7 +67,7 @@ class Verifier:
         seen: set[str] = set()
         after: str | None = None
         while True:
-            page = self.source.archive(span, after, self.page_size)
+            page = archive_of(self.source).archive(span, after, self.page_size)
             for key in page.keys:
                 yield from self.study(key, seen)
             after = page.after

@@ -5,6 +5,7 @@ history across partitions ends in exactly the archive's present state, and sever
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from prometheus_client import generate_latest
 
 from dicomcast.app import build_app
 from dicomcast.cli.worker import _status
-from dicomcast.config import DEFAULT_PARTITION, Settings
+from dicomcast.config import DEFAULT_PARTITION, Settings, SourceSettings
 from dicomcast.errors import SourceUnavailable
 from dicomcast.http import RetryPolicy
 from dicomcast.sandbox.samples import (
@@ -24,7 +25,7 @@ from dicomcast.sandbox.samples import (
     to_bytes,
 )
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
-from dicomcast.sources.azure import AzureDicomSource
+from dicomcast.sources.base import SourceContext
 from dicomcast.worker import Worker
 from tests.azure_fake import (
     CLIENT_ID,
@@ -58,13 +59,14 @@ def azure_settings(**overrides: Any) -> dict[str, Any]:
 
 def worker_for(settings: Settings, service: FakeDicomService) -> Worker:
     """A worker whose Microsoft source talks to the fake service."""
-    azure = next(s for s in settings.source_list() if s.kind == "azure-dicom")
-    client = AzureDicomSource(
-        azure,
-        transport=service.transport(),
-        retry=RetryPolicy(attempts=4, max_delay=10, base=0.05),
-    )
-    return Worker(build_app(settings, sources=[client]))
+
+    def on_the_fake(config: SourceSettings, context: SourceContext) -> SourceContext:
+        if config.kind != "azure-dicom":
+            return context
+        retry = RetryPolicy(attempts=4, max_delay=10, base=0.05)
+        return replace(context, transport=service.transport(), retry=retry)
+
+    return Worker(build_app(settings, adapt=on_the_fake))
 
 
 def run_once(settings: Settings, service: FakeDicomService) -> Worker:

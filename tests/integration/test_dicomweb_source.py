@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -79,9 +80,9 @@ def test_late_instances_deletions_and_corrections_follow_in_the_window_only(
     settings = make_settings(**dicomweb(gateway, lookback_days=30))
 
     def poll() -> Worker:
-        source = DicomwebSource(settings.first_source())
-        source.windows.today = lambda: today[0]
-        worker = Worker(build_app(settings, source=source))
+        worker = Worker(
+            build_app(settings, adapt=lambda _c, context: replace(context, today=lambda: today[0]))
+        )
         try:
             assert worker.run_once() == 0
         finally:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,9 @@ def test_query_mode_follows_late_instances_and_deletions_in_the_window_only(
     settings = make_settings(**dimse(orthanc, lookback_days=30))
 
     def poll() -> Worker:
-        source = DimseSource(settings.first_source(), today=lambda: today[0])
-        worker = Worker(build_app(settings, source=source))
+        worker = Worker(
+            build_app(settings, adapt=lambda _c, context: replace(context, today=lambda: today[0]))
+        )
         try:
             assert worker.run_once() == 0
         finally:

@@ -17,7 +17,7 @@ from dicomcast.sources.azure import AzureDicomSource
 from dicomcast.sources.base import FetchedStudy
 from dicomcast.sources.orthanc import OrthancSource
 from dicomcast.state.store import StateStore
-from tests.fakes import FakeSource, studies
+from tests.fakes import FakeSource, ListedFake, studies
 from tests.fhir_fake import FakeFhir
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77"
@@ -90,10 +90,9 @@ def test_the_budget_holds_for_workers_taking_slots_at_once(tmp_path: Path) -> No
     store.close()
 
 
-class Failing(FakeSource):
+class Failing(ListedFake):
     """A source whose listing shows every study, one of which always fails to read."""
 
-    lists_changes = True
     poison = ""
     reads = 0
 

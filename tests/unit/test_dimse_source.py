@@ -21,9 +21,11 @@ from dicomcast.mapping.mapper import Mappings
 from dicomcast.mapping.settings import MAPPING_CONFIG_KEYS
 from dicomcast.sandbox.samples import demo_studies, instances
 from dicomcast.sandbox.servers import free_port
+from dicomcast.sources.base import ChangeFeed
 from dicomcast.sources.dimse.listener import StoreListener
 from dicomcast.sources.dimse.query import Keys, key_parts, study_key
 from dicomcast.sources.dimse.source import DimseSource
+from dicomcast.sources.registry import change_feed
 from tests.tls import self_signed
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -251,5 +253,6 @@ def test_dicom_tls_is_mutual_and_a_plain_peer_is_not_let_in(tmp_path: Path) -> N
 
 def test_a_dimse_source_has_no_feed_head_to_start_from() -> None:
     source = DimseSource(SourceSettings(kind="dimse", store_port=11112))
+    assert not isinstance(source, ChangeFeed)
     with pytest.raises(OperatorError, match="lookback_days"):
-        source.head()
+        change_feed(source).head()

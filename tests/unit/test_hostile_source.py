@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,15 @@ def worker_on(tmp_path: Path) -> Iterator[Callable[[FakeOrthanc], Worker]]:
             once_max_wait=0,
             http_port=0,
         )
-        source = OrthancSource(
-            settings.first_source(), transport=orthanc, retry=RetryPolicy(attempts=1)
+        worker = Worker(
+            build_app(
+                settings,
+                fhir_transport=FakeFhir(),
+                adapt=lambda _config, context: replace(
+                    context, transport=orthanc, retry=RetryPolicy(attempts=1)
+                ),
+            )
         )
-        worker = Worker(build_app(settings, source=source, fhir_transport=FakeFhir()))
         worker.endpoints.known["http://orthanc.test/dicom-web"] = "Endpoint/e"
         worker.store.ensure_source("default", "orthanc")
         assert worker.hold_source()

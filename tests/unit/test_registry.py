@@ -3,14 +3,21 @@ is that kind, and judges a cursor for its own feed with one error."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from dicomcast.config.source import SourceSettings
+from dicomcast.config.source import SourceKind, SourceSettings
 from dicomcast.errors import ConfigError, StoredValueError
 from dicomcast.sources import registry
-from dicomcast.sources.base import SourceContext
+from dicomcast.sources.base import (
+    ArchiveListing,
+    ChangeFeed,
+    SourceContext,
+    StudyListing,
+    listing_is_feed,
+    logs_deletes,
+)
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "orthanc": {"url": "http://orthanc.test"},
@@ -54,3 +61,23 @@ def test_an_unknown_kind_names_the_known_ones() -> None:
     object.__setattr__(settings, "kind", "pacs-9000")
     with pytest.raises(ConfigError, match="orthanc, azure-dicom, dimse, aws-healthimaging"):
         registry.build(settings, SourceContext())
+
+
+def test_the_settings_accept_exactly_the_kinds_the_registry_builds() -> None:
+    assert set(get_args(SourceKind)) == set(registry.KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(registry.KINDS))
+def test_a_kind_declares_its_abilities_by_what_its_class_implements(kind: str) -> None:
+    """No flags and no methods that only raise: a kind is followed by a feed, a listing,
+    or both (a listing beside a feed is the reconcile scan of a feed that logs no
+    deletions); every kind can list its archive for a backfill."""
+    source = registry.build(SourceSettings(kind=kind, **SETTINGS[kind]), SourceContext())
+    try:
+        assert isinstance(source, (ChangeFeed, StudyListing)) and isinstance(source, ArchiveListing)
+        for flag in ("logs_deletes", "lists_changes", "keep_tags", "observe"):
+            assert not hasattr(source, flag)
+        assert logs_deletes(source) == (kind == "azure-dicom")
+        assert listing_is_feed(source) == (kind in ("dimse", "dicomweb"))
+    finally:
+        source.close()

@@ -25,8 +25,9 @@ from pydicom.dataset import Dataset
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, OperatorError, SourceUnavailable, StoredValueError
+from dicomcast.http import Observer
 from dicomcast.model import DateSpan, StudyLocation
-from dicomcast.sources.base import ArchivePage, FetchedStudy, SourceContext
+from dicomcast.sources.base import UNKNOWN, ArchivePage, FetchedStudy, ReadPlan, SourceContext
 from dicomcast.sources.dimse.network import Peer, TooManyMatches
 from dicomcast.sources.dimse.query import (
     STUDY_DATE,
@@ -66,16 +67,18 @@ class HeaderStore(Protocol):
 
 
 class DimseSource(ListedFeed):
+    """A `StudyListing` (its C-FIND listing is its feed) and an `ArchiveListing`."""
+
     kind = "dimse"
     following = "polls a PACS"
-    logs_deletes = False
-    lists_changes = True  # no change feed: each poll's listing is compared with the state DB
 
     def __init__(
         self,
         settings: SourceSettings,
         headers: HeaderStore | None = None,
         *,
+        plan: ReadPlan | None = None,
+        observe: Observer | None = None,
         clock: Callable[[], float] = time.time,
         today: Callable[[], dt.date] = dt.date.today,
     ) -> None:
@@ -83,11 +86,11 @@ class DimseSource(ListedFeed):
         self.settings = settings
         self.peer = Peer(settings) if settings.querying else None
         self.headers = headers if settings.store_port is not None else None
-        self.observe: Callable[[int | None, float], None] | None = None
-        self.content_of: frozenset[str] = frozenset()
-        self._keep: frozenset[str] | None = None
-        self._inside: frozenset[str] = frozenset()
-        self.keys = Keys(None)
+        self._observe = observe
+        self.plan = plan or ReadPlan()
+        # The tags the mappings read become the C-FIND return keys (never those read only
+        # inside items).
+        self.keys = Keys(self.plan.tags, self.plan.inside_items)
         self.clock = clock
         self.today = today
         self._location = StudyLocation(settings.published_url, settings.name)
@@ -98,26 +101,6 @@ class DimseSource(ListedFeed):
         self.listing_finds = 0  # of which for listings (polls, sweep pages)
         self._counted: dict[str, tuple[int, float]] = {}  # key -> (instances read, when)
         self.identities: dict[str, str] = {}  # key -> patient digest, as last listed
-
-    @property
-    def keep_tags(self) -> frozenset[str] | None:
-        return self._keep
-
-    @keep_tags.setter
-    def keep_tags(self, tags: frozenset[str] | None) -> None:
-        """The tags the mappings read: they become the C-FIND return keys."""
-        self._keep = tags
-        self.keys = Keys(tags, self._inside)
-
-    @property
-    def inside_items(self) -> frozenset[str]:
-        return self._inside
-
-    @inside_items.setter
-    def inside_items(self, tags: frozenset[str]) -> None:
-        """The tags the mappings read only inside items: never asked for as keys."""
-        self._inside = tags
-        self.keys = Keys(self._keep, tags)
 
     # --- the feed: a listing (`ListedFeed`: none to read)
 
@@ -144,8 +127,8 @@ class DimseSource(ListedFeed):
             self._counted = {k: v for k, v in self._counted.items() if k in counts}
             for key, count in counts.items():
                 if count < 0:  # no count from the PACS: what the last read found, for a while
-                    read, at = self._counted.get(key, (-1, 0.0))
-                    counts[key] = read if now - at < RECOUNT_AFTER else -1
+                    read, at = self._counted.get(key, (UNKNOWN, 0.0))
+                    counts[key] = read if now - at < RECOUNT_AFTER else UNKNOWN
         self.windows.listed(covered)
         self.identities = identities
         return counts
@@ -201,9 +184,9 @@ class DimseSource(ListedFeed):
             if found is None:  # a STUDY-level C-FIND on the UID agrees: gone, or moved
                 return FetchedStudy.absent(key, uid)
             instances = self._with_pushed(key, found, pushed)
-        keep = self._keep
+        keep = self.plan.tags
         if keep is not None:
-            hook = dataset_filter(keep, self.content_of)
+            hook = dataset_filter(keep, self.plan.content_of)
             instances = [hook(dict(i)) for i in instances]
         views, orphans = build_study_views(instances)
         view = next((v for v in views if v.uid == uid), None)
@@ -299,11 +282,11 @@ class DimseSource(ListedFeed):
         try:
             result = self.peer.find(query)
         except Exception:
-            if self.observe:
-                self.observe(None, time.monotonic() - started)
+            if self._observe:
+                self._observe(None, time.monotonic() - started)
             raise
-        if self.observe:
-            self.observe(200, time.monotonic() - started)
+        if self._observe:
+            self._observe(200, time.monotonic() - started)
         return result
 
     def lookup_study(self, study_uid: str) -> list[str]:
@@ -334,7 +317,14 @@ class DimseSource(ListedFeed):
 def from_settings(settings: SourceSettings, context: SourceContext) -> DimseSource:
     """A DIMSE source, as the registry builds it: its listener keeps what it receives
     in `context.headers` (the state DB)."""
-    return DimseSource(settings, context.headers)
+    return DimseSource(
+        settings,
+        context.headers,
+        plan=context.plan,
+        observe=context.observe,
+        clock=context.clock,
+        today=context.today,
+    )
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:

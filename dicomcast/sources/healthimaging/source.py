@@ -24,13 +24,20 @@ import datetime as dt
 import json
 import time
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
+from dicomcast.http import Observer
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
-from dicomcast.sources.base import UNCOUNTED, ArchivePage, FeedPage, FetchedStudy, SourceContext
+from dicomcast.sources.base import (
+    UNCOUNTED,
+    ArchivePage,
+    FeedPage,
+    FetchedStudy,
+    ReadPlan,
+    SourceContext,
+)
 from dicomcast.sources.healthimaging import metadata
 from dicomcast.sources.healthimaging.calls import Calls, make_client, too_large
 from dicomcast.studyview import build_study_views, dataset_filter, is_uid, text_value
@@ -42,9 +49,10 @@ SOP_INSTANCE_UID = "00080018"
 
 
 class HealthImagingSource:
+    """A `ChangeFeed` (image sets by `updatedAt`), a `StudyListing` for the reconcile scan
+    (its feed does not log deletions) and an `ArchiveListing`."""
+
     kind = "aws-healthimaging"
-    logs_deletes = False
-    lists_changes = False
 
     def __init__(
         self,
@@ -53,24 +61,17 @@ class HealthImagingSource:
         client: Any = None,
         verify: bool | str = True,
         max_bytes: int = 256 * 2**20,
+        plan: ReadPlan | None = None,
+        observe: Observer | None = None,
     ):
         self.name = config.name
         self.max_bytes = max_bytes  # a study's metadata, decompressed: MAX_STUDY_BYTES
         self.config = config
         self.calls = Calls(client or make_client(config, verify), config)
-        self.keep_tags: frozenset[str] | None = None
-        self.content_of: frozenset[str] = frozenset()
-        self.inside_items: frozenset[str] = frozenset()
+        self.calls.observe = observe
+        self.plan = plan or ReadPlan()
         self._location = StudyLocation(config.published_url, config.name)
         self._listed = False
-
-    @property
-    def observe(self) -> Callable[[int | None, float], None] | None:
-        return self.calls.observe
-
-    @observe.setter
-    def observe(self, value: Callable[[int | None, float], None] | None) -> None:
-        self.calls.observe = value
 
     # --- the feed
 
@@ -147,8 +148,8 @@ class HealthImagingSource:
                 )
             return FetchedStudy.absent(key, key)
         found = list(instances.values())
-        if self.keep_tags is not None:
-            found = dataset_filter(self.keep_tags, self.content_of).tree(found)
+        if self.plan.tags is not None:
+            found = dataset_filter(self.plan.tags, self.plan.content_of).tree(found)
         views, orphans = build_study_views(found)
         view = next((v for v in views if v.uid == key), None)
         if view is None:
@@ -293,7 +294,13 @@ def _decoded(raw: bytes) -> dict[str, Any]:
 
 def from_settings(settings: SourceSettings, context: SourceContext) -> HealthImagingSource:
     """A HealthImaging source, as the registry builds it (boto3 makes its own client)."""
-    return HealthImagingSource(settings, verify=context.verify, max_bytes=context.max_bytes)
+    return HealthImagingSource(
+        settings,
+        verify=context.verify,
+        max_bytes=context.max_bytes,
+        plan=context.plan,
+        observe=context.observe,
+    )
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:
