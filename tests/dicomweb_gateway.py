@@ -21,6 +21,7 @@ class DicomwebOnly(Loopback):
         self.upstream = httpx.Client(base_url=upstream, timeout=60)
         self.cap = cap
         self.paths: list[str] = []
+        self.targets: list[str] = []  # with their queries
 
     @property
     def dicomweb_url(self) -> str:
@@ -31,6 +32,7 @@ class DicomwebOnly(Loopback):
 
     def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         self.paths.append(urlsplit(target).path)
+        self.targets.append(target)
         if not target.startswith("/dicom-web/"):
             return 404, {}, b""
         kept = {k: v for k, v in headers.items() if k in ("accept",)}

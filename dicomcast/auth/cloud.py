@@ -22,6 +22,7 @@ from dicomcast.errors import ConfigError, RetriableError
 
 HEALTHLAKE = "healthlake"
 GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-healthcare"
+PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
 SIGNED = ("host", "content-type")  # plus the x-amz-* botocore adds; proxies keep these
 
 
@@ -116,8 +117,8 @@ class GoogleCredentials(RenewingToken):
             return str(self.credentials.token)
 
 
-def google_default(verify: bool | str = True) -> GoogleCredentials:
-    """Application Default Credentials, scoped for the Cloud Healthcare API."""
+def google_default(verify: bool | str = True, scope: str = GOOGLE_SCOPE) -> GoogleCredentials:
+    """Application Default Credentials, scoped for the Cloud Healthcare API (or `scope`)."""
     try:
         import google.auth
         import urllib3
@@ -128,7 +129,7 @@ def google_default(verify: bool | str = True) -> GoogleCredentials:
             "cannot be imported): pip install 'dicomcast[google]'"
         ) from None
     try:
-        credentials, _project = google.auth.default(scopes=[GOOGLE_SCOPE])
+        credentials, _project = google.auth.default(scopes=[scope])
     except google.auth.exceptions.DefaultCredentialsError as exc:
         raise ConfigError(f"Google Application Default Credentials: {exc}") from None
     pool = (

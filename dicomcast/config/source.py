@@ -12,6 +12,10 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from dicomcast.urls import has_userinfo, without_userinfo
 
+# Pub/Sub's own rules for the names: a project ID, and a subscription name.
+SUBSCRIPTION = re.compile(
+    r"projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-A-Za-z0-9._~+%]{2,254}"
+)
 SourceKind = Literal["orthanc", "azure-dicom", "dimse", "aws-healthimaging", "dicomweb"]
 ApiVersion = Literal["v1", "v2"]
 ENTRA_LOGIN = "https://login.microsoftonline.com"
@@ -134,6 +138,18 @@ class SourceSettings(BaseModel):
         description="Matches one C-FIND may return; a listing past it is split by date.",
     )
 
+    # --- a DICOMweb archive's change notifications (kind `dicomweb`)
+    pubsub_subscription: str | None = Field(
+        None,
+        description="A Google Cloud Healthcare DICOM store's Pub/Sub pull subscription "
+        "(projects/P/subscriptions/S): its notifications mark studies dirty within a poll; "
+        "the listing then runs every reconcile_interval, for what they never say.",
+    )
+    pubsub_url: str = Field(
+        "https://pubsub.googleapis.com",
+        description="The Pub/Sub API's root (another only for its emulator).",
+    )
+
     # --- AWS HealthImaging (kind `aws-healthimaging`): `url` is an optional endpoint override
     datastore_id: str | None = Field(None, description="The HealthImaging data store's id.")
     region: str | None = Field(None, description="AWS region (default: AWS_REGION).")
@@ -209,6 +225,8 @@ class SourceSettings(BaseModel):
             self._check_dimse()
         if self.kind == "aws-healthimaging":
             self._check_healthimaging()
+        if self.pubsub_subscription is not None:
+            self._check_pubsub()
         if self.kind == "orthanc" and self.partitions:
             raise ValueError(f"source {self.name}: partitions are a Microsoft DICOM service idea")
         bad = [p for p in self.partitions or [] if p != "*" and not PARTITION_NAME.fullmatch(p)]
@@ -224,6 +242,17 @@ class SourceSettings(BaseModel):
         )
         if not self.region:
             raise ValueError(f"source {self.name}: aws-healthimaging needs region (or AWS_REGION)")
+
+    def _check_pubsub(self) -> None:
+        if self.kind != "dicomweb":
+            raise ValueError(f"source {self.name}: pubsub_subscription is for kind dicomweb")
+        if not SUBSCRIPTION.fullmatch(self.pubsub_subscription or ""):
+            raise ValueError(
+                f"source {self.name}: pubsub_subscription must be "
+                "projects/PROJECT/subscriptions/SUBSCRIPTION"
+            )
+        if has_userinfo(self.pubsub_url):
+            raise ValueError(f"source {self.name}: pubsub_url must not carry credentials")
 
     def _check_dimse(self) -> None:
         if self.url and not DICOM_URL.fullmatch(self.url):

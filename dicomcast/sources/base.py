@@ -104,7 +104,7 @@ class SourceContext:
 class Source(Protocol):
     """What every kind does. What only some can do is a protocol of its own below (a kind
     has an ability when its class has the methods): `ChangeFeed`, `StudyListing`,
-    `ArchiveListing`, `ListsIdentities`."""
+    `ArchiveListing`, `ListsIdentities`, `Notifications`."""
 
     name: str
     kind: str
@@ -178,6 +178,32 @@ class ArchiveListing(Protocol):
     def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
         """A page of about `limit` of the studies the archive holds in `span`, starting at
         `after` (None: the first page); the position is opaque, and resumes a listing."""
+        ...
+
+
+@dataclass(frozen=True)
+class Notified:
+    """One pull of change notifications: the studies they name, the entries that name none
+    (recorded, never retried), and the receipt that acknowledges them all."""
+
+    marks: list[DirtyMark]
+    skipped: list[Skipped]
+    receipt: list[str]  # opaque to all but the source (Pub/Sub ack IDs)
+
+
+@runtime_checkable
+class Notifications(Protocol):
+    """Hears of changes between listings (a Google DICOM store's Pub/Sub notifications):
+    a listed source so told needs its listing only now and then, for what notifications
+    never say (deletions, lost messages)."""
+
+    def notifications(self, limit: int) -> Notified:
+        """Up to `limit` notifications, not yet acknowledged (empty: none waiting)."""
+        ...
+
+    def acknowledge(self, notified: Notified) -> None:
+        """Done with these: called only once their marks are committed (until then, and
+        if this fails, they come again: at least once)."""
         ...
 
 

@@ -20,10 +20,15 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+import httpx
+
+from dicomcast.auth.cloud import PUBSUB_SCOPE, google_default
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
-from dicomcast.model import DateSpan, StudyLocation
-from dicomcast.sources.base import ArchivePage, FetchedStudy, SourceContext
+from dicomcast.http import make_client
+from dicomcast.model import DateSpan, DirtyMark, StudyLocation
+from dicomcast.sources.base import ArchivePage, FetchedStudy, Notified, SourceContext
+from dicomcast.sources.pubsub import Subscription, skipped
 from dicomcast.sources.rest import NotFound, RestSource
 from dicomcast.sources.windows import (
     INSTANCES,
@@ -168,7 +173,7 @@ class DicomwebSource(ListedFeed, RestSource):
         return [
             study_key(text_value(a, STUDY_DATE), study_uid)
             for a in self._search(StudyInstanceUID=study_uid)
-            if text_value(a, STUDY_UID) == study_uid
+            if is_study(a, study_uid)
         ]
 
     def location(self, key: str) -> StudyLocation:
@@ -183,9 +188,61 @@ class DicomwebSource(ListedFeed, RestSource):
         return f"DICOMweb {self.settings.published_url} answers QIDO-RS"
 
 
+def is_study(answer: dict[str, Any], study_uid: str) -> bool:
+    """A search answer is the study asked for (a server may ignore the UID filter)."""
+    return text_value(answer, STUDY_UID) == study_uid
+
+
+class NotifiedDicomwebSource(DicomwebSource):
+    """A DICOMweb archive that also tells of changes (`Notifications`): a Google DICOM
+    store's Pub/Sub subscription. Its listing runs at each reconcile scan instead of each
+    poll; the notifications name studies by UID, looked up by QIDO for their keys."""
+
+    def __init__(self, settings: SourceSettings, *, pubsub: httpx.Client, **options: Any) -> None:
+        super().__init__(settings, **options)
+        self.pubsub = pubsub
+        self.subscription = Subscription(pubsub, str(settings.pubsub_subscription), self.rest.retry)
+
+    def notifications(self, limit: int) -> Notified:
+        messages = self.subscription.pull(limit)
+        when: dict[str, float | None] = {}
+        for m in messages:  # one per instance: a study once, at its latest change
+            if m.study_uid:
+                at = m.published_at
+                when[m.study_uid] = max(filter(None, (when.get(m.study_uid), at)), default=None)
+        marks: list[DirtyMark] = []
+        for uid, at in when.items():  # looked up as a listing would show it: no re-sync then
+            found = listed(a for a in self._search(StudyInstanceUID=uid) if is_study(a, uid))
+            marks += [
+                DirtyMark(key, at, uid, count=n, identity=found.identities.get(key))
+                for key, n in found.counts.items()
+            ]
+        return Notified(marks, skipped(messages), [m.ack_id for m in messages])
+
+    def acknowledge(self, notified: Notified) -> None:
+        self.subscription.acknowledge(notified.receipt)
+
+    def close(self) -> None:
+        super().close()
+        self.pubsub.close()
+
+
 def from_settings(settings: SourceSettings, context: SourceContext) -> DicomwebSource:
-    """A DICOMweb source, as the registry builds it."""
-    return DicomwebSource.from_context(settings, context, clock=context.clock, today=context.today)
+    """A DICOMweb source, as the registry builds it; told by Pub/Sub where the settings
+    name a subscription (logged in with ADC when `auth` is google, else not at all: the
+    emulator)."""
+    clocks: dict[str, Any] = {"clock": context.clock, "today": context.today}
+    if not settings.pubsub_subscription:
+        return DicomwebSource.from_context(settings, context, **clocks)
+    auth = google_default(context.verify, PUBSUB_SCOPE) if settings.auth == "google" else None
+    pubsub = make_client(
+        settings.pubsub_url,
+        auth=auth,
+        verify=settings.tls_ca_bundle or context.verify,
+        timeout=context.timeout,
+        transport=context.transport,
+    )
+    return NotifiedDicomwebSource.from_context(settings, context, pubsub=pubsub, **clocks)
 
 
 def check_cursor(settings: SourceSettings, value: str) -> None:

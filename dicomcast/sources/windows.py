@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicomcast.model import DateSpan
+from dicomcast.sources.base import UNKNOWN
 from dicomcast.studyview import STUDY_UID, is_uid, text_value
 
 STUDY_DATE = "00080020"
@@ -82,7 +83,7 @@ def listed(answers: Iterable[dict[str, Any]]) -> Listing:
         try:
             count = int(str(text_value(data, INSTANCES)))
         except ValueError:
-            count = -1
+            count = UNKNOWN
         key = study_key(text_value(data, STUDY_DATE), uid)
         found.counts[key] = count
         found.identities[key] = identity(data)

@@ -138,6 +138,21 @@ class Cursors:
             )
         return len(marks)
 
+    def record_notified(
+        self, source: str, marks: Iterable[DirtyMark], skipped: Iterable[Skipped] = ()
+    ) -> int:
+        """Mark the studies notifications named, with those that named none recorded, in
+        one transaction (the notifications are acknowledged only after it commits)."""
+        now = time.time()
+        marks = list(marks)
+        with self.db.write("record_notified") as session:
+            mark(self.db, session, source, marks, now)
+            session.add_all(_skip_row(source, s, now) for s in skipped)
+            session.execute(
+                update(SourceRow).where(SourceRow.name == source).values(last_poll_at=now)
+            )
+        return len(marks)
+
     def record_skip(self, source: str, cursor: str, skipped: Skipped) -> None:
         """Step the cursor past one entry that cannot be read, and record it, atomically."""
         now = time.time()

@@ -37,6 +37,7 @@ from dicomcast.sources.base import (
     UNCOUNTED,
     ChangeFeed,
     ListsIdentities,
+    Notifications,
     Source,
     StudyListing,
     listing_is_feed,
@@ -77,6 +78,10 @@ class FeedState(Protocol):
     ) -> int: ...
 
     def record_skip(self, source: str, cursor: str, skipped: Skipped) -> None: ...
+
+    def record_notified(
+        self, source: str, marks: Iterable[DirtyMark], skipped: Iterable[Skipped] = ()
+    ) -> int: ...
 
 
 class FeedSource(Source, ChangeFeed, Protocol):
@@ -134,6 +139,17 @@ class Feed:
         """Read one source's feed to its end (or until stopped); how many studies were
         marked dirty."""
         source = self.sources[name]
+        if isinstance(source, Notifications):  # told of changes; listed at each scan
+            try:
+                return self._notified(name, source)
+            except (SourceRejected, SourceUnavailable) as exc:
+                # Notifications unreadable: this poll lists instead (if the archive itself
+                # is down, the listing says so, and the source pauses).
+                log.warning(
+                    "notifications could not be read (%s): listing instead",
+                    failure_class(exc),
+                    extra={"source": name},
+                )
         if not isinstance(source, ChangeFeed):  # the listing is the feed
             marked = self.scan(name)
             self.beat()
@@ -171,6 +187,25 @@ class Feed:
             self.beat()
             if page.done:
                 break
+        return marked
+
+    def _notified(self, name: str, source: Notifications) -> int:
+        """Take every notification waiting: its studies marked (committed) before it is
+        acknowledged, so a crash in between only brings it again."""
+        marked = 0
+        for _ in range(MAX_STEPS):
+            if self.stop.is_set():
+                break
+            notified = source.notifications(self.page_size)
+            if not notified.receipt:
+                break
+            marks, skipped = _usable(notified.marks, notified.skipped)
+            marked += self.state.record_notified(name, marks, skipped)
+            self._skipped(name, skipped)
+            source.acknowledge(notified)
+            self.totals["changes"] += len(notified.receipt)
+            self.metrics.changes_read.labels(name).inc(len(notified.receipt))
+        self.beat()
         return marked
 
     def check(self, name: str) -> None:

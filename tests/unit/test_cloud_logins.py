@@ -19,10 +19,12 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from dicomcast.auth import describe
-from dicomcast.auth.cloud import GOOGLE_SCOPE, AwsSigV4
+from dicomcast.auth.cloud import GOOGLE_SCOPE, PUBSUB_SCOPE, AwsSigV4
 from dicomcast.config.source import SourceSettings
 from dicomcast.errors import ConfigError
 from dicomcast.sandbox.samples import bulk_studies
+from dicomcast.sources import registry
+from dicomcast.sources.base import Notifications, SourceContext
 from dicomcast.sources.dicomweb import DicomwebSource
 from tests.fakes import FakeSource, dicom_json, fake_worker
 from tests.fhir_fake import FakeFhir, outcome
@@ -115,6 +117,7 @@ class TokenEndpoint(http.server.ThreadingHTTPServer):
     def __init__(self, public: RSAKey) -> None:
         self.public = public
         self.issued: list[str] = []
+        self.scopes: dict[str, str] = {}  # token -> the scope it was issued for
         self.serial = itertools.count(1)
         super().__init__(("127.0.0.1", 0), TokenHandler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}/token"
@@ -136,9 +139,11 @@ class TokenHandler(http.server.BaseHTTPRequestHandler):
             except Exception:  # any bad assertion is an invalid grant
                 token = None
             claims = token.claims if token else {}
-            if claims.get("aud") == AUDIENCE and GOOGLE_SCOPE in claims.get("scope", ""):
+            scope = claims.get("scope", "")
+            if claims.get("aud") == AUDIENCE and scope in (GOOGLE_SCOPE, PUBSUB_SCOPE):
                 access = f"ya29.token-{next(self.server.serial)}"
                 self.server.issued.append(access)
+                self.server.scopes[access] = scope
                 status = 200
                 body = {"access_token": access, "expires_in": 3600, "token_type": "Bearer"}
         payload = json.dumps(body).encode()
@@ -255,3 +260,39 @@ def test_a_google_dicom_store_is_followed_with_application_default_credentials(
     assert seen == ["ya29.token-1"]
     with pytest.raises(ValueError, match="one way to log in"):
         SourceSettings(kind="dicomweb", url=f"{base}/dicomWeb", auth="google", token="t")
+
+
+def test_a_google_dicom_stores_notifications_are_pulled_with_a_pubsub_token(
+    google_account: TokenEndpoint,
+) -> None:
+    """With a subscription, Pub/Sub is asked with a token for its own scope, and the
+    store with one for the Cloud Healthcare API's: each admits only its own."""
+    base = "https://healthcare.googleapis.com/v1/projects/p/locations/l/datasets/d/dicomStores/s"
+    subscription = "projects/hospital-imaging/subscriptions/dicomcast"
+    scopes: list[tuple[str, str]] = []
+
+    def google(request: httpx.Request) -> httpx.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        scope = google_account.scopes.get(token, "")
+        scopes.append((request.url.host, scope))
+        wanted = PUBSUB_SCOPE if request.url.host == "pubsub.googleapis.com" else GOOGLE_SCOPE
+        if scope != wanted:
+            return httpx.Response(403, json={"error": {"code": 403, "status": "PERMISSION_DENIED"}})
+        if request.url.path == f"/v1/{subscription}:pull":
+            return httpx.Response(200, json={})
+        return httpx.Response(200, json=[])
+
+    settings = SourceSettings(
+        kind="dicomweb", url=f"{base}/dicomWeb", auth="google", pubsub_subscription=subscription
+    )
+    source = registry.build(settings, SourceContext(transport=httpx.MockTransport(google)))
+    try:
+        assert isinstance(source, Notifications)
+        assert source.notifications(10).receipt == []
+        assert "answers QIDO-RS" in source.check()
+    finally:
+        source.close()
+    assert scopes == [
+        ("pubsub.googleapis.com", PUBSUB_SCOPE),
+        ("healthcare.googleapis.com", GOOGLE_SCOPE),
+    ]
