@@ -39,15 +39,15 @@ from dicomcast.sources.azure_positions import (
     parse_v2_cursor,
 )
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
+from dicomcast.sources.dicomweb_reads import lists, metadata, search, study_of
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import STUDY_UID, build_study_views, text_value
+from dicomcast.studyview import STUDY_UID, text_value
 
 log = logging.getLogger(__name__)
 
 V1_WINDOW = 100  # the service's largest v1 `limit`
 V2_PAGE = 200  # the service's largest v2 `limit`
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-DICOM_JSON = {"Accept": "application/dicom+json"}
 
 
 class AzureDicomSource(RestSource):
@@ -276,18 +276,8 @@ class AzureDicomSource(RestSource):
     def fetch_study(self, key: str, *, unless_unstable: bool = False) -> FetchedStudy:
         """The study's current metadata; the service has no notion of an unstable study."""
         partition, uid = self.split_key(key)
-        try:
-            metadata = self.rest.get(
-                f"{self._prefix(partition)}studies/{uid}/metadata",
-                object_hook=self.metadata_filter(),
-                headers=DICOM_JSON,
-            )
-        except NotFound:
-            return self._absent(key, partition, uid)
-        if not isinstance(metadata, list):
-            raise SourceUnavailable(f"DICOMweb metadata of {uid} is not a JSON array")
-        views, orphans = build_study_views([m for m in metadata if isinstance(m, dict)])
-        view = next((v for v in views if v.uid == uid), None)
+        instances = metadata(self.rest, self._prefix(partition), uid, self.metadata_filter())
+        view, orphans = study_of(instances or [], uid)
         if view is None:
             return self._absent(key, partition, uid)
         return FetchedStudy(key, view, True, uid, orphans)
@@ -295,7 +285,7 @@ class AzureDicomSource(RestSource):
     def _absent(self, key: str, partition: str, uid: str) -> FetchedStudy:
         """The metadata read found no study: gone only when a QIDO search for its UID
         agrees (a 404 from a misrouted path or a lagging replica must delete nothing)."""
-        if self._lists(partition, uid):
+        if lists(self.rest, self._prefix(partition), uid):
             raise SourceUnavailable(
                 "the DICOM service's metadata read found no study that its QIDO search "
                 "still lists; reading it again later"
@@ -308,15 +298,8 @@ class AzureDicomSource(RestSource):
         return [
             f"{partition}/{study_uid}"
             for partition in self._partition_names()
-            if self._lists(partition, study_uid)
+            if lists(self.rest, self._prefix(partition), study_uid)
         ]
-
-    def _lists(self, partition: str, uid: str) -> bool:
-        """Whether a QIDO search of the partition finds a study of this UID."""
-        found = self.rest.get(
-            f"{self._prefix(partition)}studies", headers=DICOM_JSON, StudyInstanceUID=uid
-        )
-        return isinstance(found, list) and bool(found)
 
     def archive(self, span: DateSpan, after: str | None, limit: int) -> ArchivePage:
         """QIDO-RS `studies` per partition, paged by `offset` (at most 200 a page); the
@@ -331,9 +314,8 @@ class AzureDicomSource(RestSource):
         query: dict[str, Any] = {"offset": start, "limit": page, "includefield": STUDY_UID}
         if span.query:
             query["StudyDate"] = span.query
-        found = self.rest.get(f"{self._prefix(partition)}studies", headers=DICOM_JSON, **query)
-        found = found if isinstance(found, list) else []
-        uids = [text_value(item, STUDY_UID) for item in found if isinstance(item, dict)]
+        found = search(self.rest, self._prefix(partition), **query)
+        uids = [text_value(item, STUDY_UID) for item in found]
         keys = [f"{partition}/{uid}" for uid in uids if uid and UID.fullmatch(uid)]
         if len(found) >= page:
             return ArchivePage(keys, f"{partition}|{start + len(found)}")

@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -28,8 +27,16 @@ from dicomcast.errors import MappingError, SourceUnavailable, StoredValueError
 from dicomcast.http import make_client
 from dicomcast.model import DateSpan, DirtyMark, StudyLocation
 from dicomcast.sources.base import ArchivePage, FetchedStudy, Notified, SourceContext
+from dicomcast.sources.dicomweb_reads import (
+    TooMany,
+    is_study,
+    metadata,
+    search,
+    search_all,
+    study_of,
+)
 from dicomcast.sources.pubsub import Subscription, skipped
-from dicomcast.sources.rest import NotFound, RestSource
+from dicomcast.sources.rest import RestSource
 from dicomcast.sources.windows import (
     INSTANCES,
     PATIENT,
@@ -43,15 +50,9 @@ from dicomcast.sources.windows import (
     split,
     study_key,
 )
-from dicomcast.studyview import STUDY_UID, build_study_views, is_uid, text_value
+from dicomcast.studyview import is_uid, text_value
 
 log = logging.getLogger(__name__)
-DICOM_JSON = {"Accept": "application/dicom+json"}
-PAGE = 200  # results asked for per QIDO page
-
-
-class TooMany(Exception):
-    """A date range holds more studies than one listing may page through."""
 
 
 class DicomwebSource(ListedFeed, RestSource):
@@ -109,29 +110,11 @@ class DicomwebSource(ListedFeed, RestSource):
         return self._listing(a, b) + self._listing(c, d)
 
     def _search(self, **query: Any) -> list[dict[str, Any]]:
-        """QIDO-RS `studies` with the count and the patient, paged by offset until a page
-        comes back empty (a server may answer fewer than asked per page). At
-        `max_matches` it raises `TooMany`: a server that stops at its own cap
-        (HealthImaging: 10,000) looks complete, so the setting names that cap."""
+        """QIDO-RS `studies` with the count and the patient, every page; `TooMany` at
+        `max_matches` (a server that stops at its own cap, as HealthImaging's does at
+        10,000, looks complete: the setting names that cap)."""
         fields = ",".join((STUDY_DATE, INSTANCES, *PATIENT))
-        found: list[dict[str, Any]] = []
-        while True:
-            page = self.rest.get(
-                "studies",
-                headers=DICOM_JSON,
-                includefield=fields,
-                offset=len(found),
-                limit=PAGE,
-                **query,
-            )
-            if page is not None and not isinstance(page, list):
-                raise SourceUnavailable("DICOMweb search answer is not a JSON array")
-            items = [a for a in page or [] if isinstance(a, dict)]
-            found += items
-            if len(found) >= self.max_matches:
-                raise TooMany
-            if not items:
-                return found
+        return search_all(self.rest, "", self.max_matches, includefield=fields, **query)
 
     # --- one study
 
@@ -140,18 +123,8 @@ class DicomwebSource(ListedFeed, RestSource):
             date, uid = key_parts(key)
         except ValueError:
             raise MappingError("not a DICOMweb study key", detail=f"key {key[:200]!r}") from None
-        try:
-            metadata = self.rest.get(
-                f"studies/{quote(uid, safe='')}/metadata",
-                object_hook=self.metadata_filter(),
-                headers=DICOM_JSON,
-            )
-        except NotFound:
-            metadata = None
-        if metadata is not None and not isinstance(metadata, list):
-            raise SourceUnavailable(f"DICOMweb metadata of {uid} is not a JSON array")
-        views, orphans = build_study_views([m for m in metadata or [] if isinstance(m, dict)])
-        view = next((v for v in views if v.uid == uid), None)
+        instances = metadata(self.rest, "", uid, self.metadata_filter())
+        view, orphans = study_of(instances or [], uid)
         listed_date = text_value(view.data, STUDY_DATE) if view else None
         if view is None or (listed_date or None) != date:
             return self._absent(key, uid, date)
@@ -170,11 +143,11 @@ class DicomwebSource(ListedFeed, RestSource):
     def lookup_study(self, study_uid: str) -> list[str]:
         if not is_uid(study_uid):
             return []
-        return [
-            study_key(text_value(a, STUDY_DATE), study_uid)
-            for a in self._search(StudyInstanceUID=study_uid)
-            if is_study(a, study_uid)
-        ]
+        return [study_key(text_value(a, STUDY_DATE), study_uid) for a in self._found(study_uid)]
+
+    def _found(self, study_uid: str) -> list[dict[str, Any]]:
+        """The search answers that are this study, with what a listing shows of it."""
+        return [a for a in self._search(StudyInstanceUID=study_uid) if is_study(a, study_uid)]
 
     def location(self, key: str) -> StudyLocation:
         return self._location
@@ -184,13 +157,8 @@ class DicomwebSource(ListedFeed, RestSource):
 
     def check(self, timeout: float = 5.0) -> str:
         """A search for one study: the server answers QIDO-RS."""
-        self.rest.get("studies", headers=DICOM_JSON, limit=1)
+        search(self.rest, "", limit=1)
         return f"DICOMweb {self.settings.published_url} answers QIDO-RS"
-
-
-def is_study(answer: dict[str, Any], study_uid: str) -> bool:
-    """A search answer is the study asked for (a server may ignore the UID filter)."""
-    return text_value(answer, STUDY_UID) == study_uid
 
 
 class NotifiedDicomwebSource(DicomwebSource):
@@ -212,7 +180,7 @@ class NotifiedDicomwebSource(DicomwebSource):
                 when[m.study_uid] = max(filter(None, (when.get(m.study_uid), at)), default=None)
         marks: list[DirtyMark] = []
         for uid, at in when.items():  # looked up as a listing would show it: no re-sync then
-            found = listed(a for a in self._search(StudyInstanceUID=uid) if is_study(a, uid))
+            found = listed(self._found(uid))
             marks += [
                 DirtyMark(key, at, uid, count=n, identity=found.identities.get(key))
                 for key, n in found.counts.items()

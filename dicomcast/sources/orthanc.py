@@ -21,15 +21,15 @@ import logging
 import re
 import time
 from typing import Any
-from urllib.parse import quote
 
 from dicomcast.config import SourceSettings
 from dicomcast.errors import MappingError, SourceRejected, SourceUnavailable, StoredValueError
 from dicomcast.http import Bounds, send
 from dicomcast.model import DateSpan, DirtyMark, Skipped, StudyLocation
 from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceContext
+from dicomcast.sources.dicomweb_reads import metadata, study_of
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
-from dicomcast.studyview import build_study_views, is_uid, text_value, whole_text
+from dicomcast.studyview import is_uid, text_value, whole_text
 
 log = logging.getLogger(__name__)
 
@@ -203,28 +203,18 @@ class OrthancSource(RestSource):
             return FetchedStudy(key, None, stable=False, study_uid=study_uid, unread=True)
         patient_tags = study.get("PatientMainDicomTags")
         patient_id = patient_tags.get("PatientID") if isinstance(patient_tags, dict) else None
-        try:
-            metadata = self.rest.get(
-                f"dicom-web/studies/{quote(study_uid, safe='')}/metadata",
-                object_hook=self.metadata_filter(),
-            )
-        except NotFound:
+        found = metadata(self.rest, "dicom-web/", study_uid, self.metadata_filter())
+        if found is None:
             return self._absent_or_misrouted(key, study_uid)
-        if not isinstance(metadata, list):
-            raise SourceUnavailable(f"DICOMweb metadata of {study_uid} is not a JSON array")
         # DICOMweb answers by StudyInstanceUID alone; keep only this Orthanc study's patient.
         instances = [
             m
-            for m in metadata
-            if isinstance(m, dict)
-            and (
-                patient_id is None
-                or whole_text(m, PATIENT_ID) == patient_id
-                or (not patient_id and not text_value(m, PATIENT_ID))
-            )
+            for m in found
+            if patient_id is None
+            or whole_text(m, PATIENT_ID) == patient_id
+            or (not patient_id and not text_value(m, PATIENT_ID))
         ]
-        views, orphans = build_study_views(instances)
-        view = next((v for v in views if v.uid == study_uid), None)
+        view, orphans = study_of(instances, study_uid)
         if view is None:  # deleted between the two reads, or the two APIs disagree
             return self._absent_or_misrouted(key, study_uid, empty=True)
         return FetchedStudy(key, view, stable, study_uid, orphans)
