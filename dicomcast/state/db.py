@@ -235,6 +235,12 @@ class Database:
         heads = set(scripts.get_heads())
         known = {s.revision for s in scripts.walk_revisions()}
         with translated("migrate"), self.engine.begin() as connection:
+            if self.dialect == "sqlite":
+                # The sqlite3 module opens no transaction before DDL, so each CREATE would
+                # commit alone: a crash mid-migration left tables without alembic's version,
+                # and no later start got past them. One transaction, which also makes
+                # workers starting together on one file take turns.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             if self.dialect == "postgresql":
                 # Workers starting together take turns: the first migrates, the others
                 # then find the schema at head (the lock ends with this transaction).

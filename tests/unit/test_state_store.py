@@ -109,3 +109,30 @@ def test_schema_head_names_the_newest_migration() -> None:
         assert store.schema_revision() == {SCHEMA_HEAD}
     finally:
         store.close()
+
+
+def test_a_migration_cut_short_leaves_nothing_the_next_start_trips_on(tmp_path: Path) -> None:
+    """A worker killed while it creates the schema (seen: kill -9 at a random moment)
+    must not leave tables without alembic's version: the next start said `table sources
+    already exists` and would never start again. The migration is one transaction."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore(url)
+    created: list[str] = []
+
+    def die_at_the_third_table(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("CREATE TABLE"):
+            created.append(statement)
+            if len(created) == 3:
+                raise sqlite3.OperationalError("disk I/O error")  # as a kill would end it
+
+    event.listen(store.engine, "before_cursor_execute", die_at_the_third_table)
+    with pytest.raises(StateUnavailable, match="migrate"):
+        store.migrate()
+    store.close()
+    again = StateStore(url)
+    try:
+        assert again.migrate() is True  # still new: nothing of the cut-short one was kept
+        again.ensure_source("s", "orthanc")
+        assert again.cursor("s") is None
+    finally:
+        again.close()
