@@ -201,6 +201,7 @@ class RetryPolicy:
     attempts: int = 4
     max_delay: float = 30.0
     base: float = 0.5
+    sleep: Callable[[float], None] = time.sleep  # how a wait is waited (tests: recorded)
 
     def call(self, fn: Callable[[], T]) -> T:
         return self._retrying.copy()(fn)  # a copy per call: safe in threads, and nested
@@ -215,6 +216,7 @@ class RetryPolicy:
                 wait_exponential_jitter(multiplier=self.base, max=16 * self.base, jitter=self.base)
             ),
             reraise=True,
+            sleep=self.sleep,
         )
 
 

@@ -101,7 +101,10 @@ def test_live_studies_go_ahead_of_a_running_backfill(
     )
     store = StateStore(settings.state_url)
     try:
-        time.sleep(2)
+        deadline = time.monotonic() + 30
+        while not any(run.done for run in store.backfills("default")):  # under way
+            assert time.monotonic() < deadline, "the backfill never started"
+            time.sleep(0.1)
         live = bulk_studies(1, 1, patients=1, prefix="live", series=1)[0]
         orthanc.upload([to_bytes(ds) for ds in instances(live)])
         deadline = time.monotonic() + 30

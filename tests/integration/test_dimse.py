@@ -346,6 +346,17 @@ def test_a_crash_while_receiving_loses_nothing_the_sender_was_told_is_stored(
         worker.wait(30)
 
 
+def pushed_copy_synced(database: str, instances: int) -> bool:
+    """Every pushed instance is stored, and no study waits for a sync: the sync that
+    followed the push is done."""
+    with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
+        try:
+            waiting = db.execute("SELECT count(*) FROM studies WHERE status != 'clean'")
+            return received(database) >= instances and int(waiting.fetchone()[0]) == 0
+        except sqlite3.OperationalError:
+            return False
+
+
 def received(database: str) -> int:
     """Instances the listener stored so far (the state DB, read as it is written)."""
     with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
@@ -454,8 +465,12 @@ def test_query_and_push_at_once_write_one_study(
     try:
         route(pacs, spec)
         [study] = wait_for(fhir, "ImagingStudy", 1)
-        time.sleep(2)  # the pushed copy's sync, after the polled one, changes nothing
-        [again] = all_resources(fhir, "ImagingStudy")
+        database = settings.state_url.removeprefix("sqlite:///")
+        deadline = time.monotonic() + 60
+        while not pushed_copy_synced(database, spec.instance_count):
+            assert time.monotonic() < deadline, "the pushed copy was never synced"
+            time.sleep(0.1)
+        [again] = all_resources(fhir, "ImagingStudy")  # that sync changed nothing
         assert again["id"] == study["id"]
         assert again["numberOfInstances"] == spec.instance_count
         assert duplicates(fhir) == {}

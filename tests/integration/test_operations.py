@@ -125,7 +125,12 @@ def test_metrics_readiness_and_outages_of_either_server(
             "queued changes",
             lambda: value(scrape(base), "dicomcast_studies_dirty", source="default") == 2,
         )
-        time.sleep(3)  # minutes in real life; the worker must simply wait it out
+        wait_for(  # minutes in real life; the worker must simply wait it out
+            "the backlog to age",
+            lambda: (
+                value(scrape(base), "dicomcast_oldest_dirty_age_seconds", source="default") >= 2
+            ),
+        )
         m = scrape(base)
         assert value(m, "dicomcast_oldest_dirty_age_seconds", source="default") >= 2
         assert value(m, "dicomcast_dependency_up", dependency="fhir") == 0
