@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,10 +23,34 @@ DICOMWEB_PLUGIN = os.environ.get(
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Below Linux's ephemeral range (32768-60999): a port bound with 0 comes from that range,
+# where any outgoing connection of a busy test run may take it before the server binds it.
+PORTS = range(20000, 32768)
+_given: set[int] = set()  # never the same port twice from one process
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on now, for a server about to start on it."""
+    for _ in range(200):
+        port = PORTS[secrets.randbelow(len(PORTS))]
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    with socket.socket() as sock:  # the range is busy: any port the kernel gives
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_taken(log: Path) -> bool:
+    """The server's log says its port was taken between `free_port` and its start."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "already in use" in text.lower()
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
@@ -77,6 +102,7 @@ class OrthancServer:
         self.user = user
         self.dicomweb = dicomweb  # False: started as if its DICOMweb plugin were lost
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once up, its ports are kept: tests hold its URLs
 
     @property
     def url(self) -> str:
@@ -87,7 +113,7 @@ class OrthancServer:
         """Its DIMSE address (AE title ORTHANC), as a DIMSE source's url."""
         return f"dicom://127.0.0.1:{self.dicom_port}"
 
-    def start(self) -> OrthancServer:
+    def start(self, attempts: int = 3) -> OrthancServer:
         config_dir = self.folder / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {
@@ -117,6 +143,7 @@ class OrthancServer:
             config["RegisteredUsers"] = {self.user[0]: self.user[1]}
         (config_dir / "orthanc.json").write_text(json.dumps(config))
         log = self.folder / "orthanc.log"
+        log.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [ORTHANC_BIN, f"--logfile={log}", str(config_dir)],
             stdout=subprocess.DEVNULL,
@@ -127,7 +154,13 @@ class OrthancServer:
             self._wait_until_up(log)
         except BaseException:
             _stop(self.proc)  # what was started is stopped, on every path
+            if not self.started and port_taken(log) and attempts > 1:
+                # Taken since it was chosen (by another test process): other ports. Only
+                # at the first start: a restart keeps its URLs, which tests hold.
+                self.http_port, self.dicom_port = free_port(), free_port()
+                return self.start(attempts - 1)
             raise
+        self.started = True
         return self
 
     def _wait_until_up(self, log: Path) -> None:
@@ -203,12 +236,13 @@ class FhirServer:
         self.folder = folder
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once up, its port is kept: tests hold its URL
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/fhir"
 
-    def start(self) -> FhirServer:
+    def start(self, attempts: int = 3) -> FhirServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         settings = self.folder / "sekmet.yaml"
         settings.write_text(
@@ -229,7 +263,11 @@ class FhirServer:
             _wait(f"{self.url}/metadata", self.proc, "sekmet-fhir", log, timeout=60)
         except BaseException:
             _stop(self.proc)  # what was started is stopped, on every path
+            if not self.started and port_taken(log) and attempts > 1:
+                self.port = free_port()  # taken since chosen: another (first start only)
+                return self.start(attempts - 1)
             raise
+        self.started = True
         return self
 
     def __enter__(self) -> FhirServer:

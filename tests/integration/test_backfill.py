@@ -23,6 +23,7 @@ from dicomcast.sources.dimse.source import DimseSource
 from dicomcast.state.store import StateStore
 from tests.conftest import run_once_cli
 from tests.integration.fhir_state import all_resources, duplicates, first_identifier
+from tests.integration.orthanc_state import settle
 from tests.integration.test_dimse import ct_study, dimse
 
 pytestmark = pytest.mark.integration
@@ -37,18 +38,6 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-def settle(orthanc: OrthancServer) -> None:
-    """Wait until Orthanc called every study stable (its feed logs nothing more of them)."""
-    deadline = time.monotonic() + 30
-    with orthanc.client() as http:
-        while time.monotonic() < deadline:
-            studies = http.get("/studies", params={"expand": ""}).json()
-            if all(study.get("IsStable") for study in studies):
-                return
-            time.sleep(0.2)
-    raise AssertionError("Orthanc never called the studies stable")
 
 
 def uids(fhir: FhirServer) -> set[str]:

@@ -18,6 +18,7 @@ from dicomcast.sandbox.samples import (
 )
 from dicomcast.sandbox.servers import FhirServer, OrthancServer
 from dicomcast.worker import Worker
+from tests.integration.orthanc_state import settle
 
 pytestmark = pytest.mark.integration
 Sync = Callable[..., tuple[int, Worker]]
@@ -157,6 +158,7 @@ def test_state_lost_replay_creates_no_versions_or_duplicates(
     upload(orthanc, *demo_studies()[:2])
     assert sync_once()[0] == 0
     versions = {r["id"]: r["meta"]["versionId"] for r in search(fhir, "ImagingStudy")}
+    settle(orthanc)  # each study's events all logged: read in one go, each synced once
     code, worker = sync_once(state_url=f"sqlite:///{tmp_path / 'other.db'}")
     assert code == 0
     assert worker.totals["unchanged"] == 2
@@ -291,6 +293,7 @@ def test_every_write_mode_syncs_the_demo_into_a_real_server_without_twins(
         ids = {i["value"] for i in patients[subject.split("/")[1]]["identifier"]}
         assert spec.patient_id in ids
     before = versions(fhir)
+    settle(orthanc)  # each study's events all logged: read in one go, each synced once
     code, worker = sync_once(fhir_writes=writes, state_url=f"sqlite:///{tmp_path / 'again.db'}")
     assert code == 0 and worker.totals["unchanged"] == len(specs)
     assert versions(fhir) == before  # read, merged, compared: nothing written
