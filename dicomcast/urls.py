@@ -42,3 +42,27 @@ _ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
 def is_absolute_uri(text: str) -> bool:
     """`scheme:rest` with no whitespace: what FHIR accepts as an identifier system."""
     return bool(_ABSOLUTE_URI.match(text))
+
+
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+
+def system_problem(value: str) -> str | None:
+    """Why `value` cannot be a FHIR identifier system (None: it can). A bare OID or a
+    name such as `MRN` would be written as `Identifier.system`, which must be a URI."""
+    if is_absolute_uri(value):
+        return None
+    if _OID.fullmatch(value):
+        return f"{value!r} is an OID, not a URI: write urn:oid:{value}"
+    return (
+        f"{value!r} must be an absolute URI such as urn:oid:1.2.3.4 or "
+        "https://hospital.example.org/mrn"
+    )
+
+
+def http_url_problem(value: str) -> str | None:
+    """Why `value` is not an absolute http(s) URL (None: it is one)."""
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return f"{mask_url(value)!r} is not an absolute http(s) URL (such as https://host/path)"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +20,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dicomcast.config import Settings, load_settings
+from dicomcast.config.loading import stray_variables
 from dicomcast.errors import ConfigError, DicomcastError, FatalError, OperatorError
 from dicomcast.ops.logging import setup_logging
 from dicomcast.state.store import StateStore
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ConfigOption = Annotated[
@@ -85,6 +89,8 @@ def guard(fn: Callable[[], T]) -> T:
 def settings_from(config: Path | None, **overrides: Any) -> Settings:
     settings = guard(lambda: load_settings(config, **overrides))
     setup_logging(settings.log_level, settings.log_format, settings.log_phi)
+    for warning in stray_variables(os.environ, Settings.model_fields):
+        log.warning(warning)
     return settings
 
 

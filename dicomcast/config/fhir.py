@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings
 
 from dicomcast.config.source import resolve_token_url
 from dicomcast.errors import ConfigError
+from dicomcast.urls import http_url_problem
 
 WRITE_BUNDLES = ("transaction", "batch", "single")
 WRITE_FEATURES = ("conditional-create", "if-match")
@@ -110,6 +111,9 @@ class FhirServerSettings(BaseSettings):
     @field_validator("fhir_url", "fhir_oauth_token_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
+        problem = http_url_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
         return value.rstrip("/") if value else value
 
     def fhir_client_certificate(self) -> tuple[str, str] | None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,27 @@ def public_value(value: Any) -> Any:
     if isinstance(value, list):
         return [public_value(v) for v in value]
     return value
+
+
+# Variables dicomcast reads that are no setting: where the settings come from, and the
+# sandbox's own (the demo's and the tests' servers).
+OTHER_VARIABLES = frozenset(
+    {"DICOMCAST_CONFIG", "DICOMCAST_SECRETS_DIR", "DICOMCAST_SEKMET", "DICOMCAST_ORTHANC_BIN"}
+)
+
+
+def stray_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
+    """A warning for each `DICOMCAST_*` variable that is no setting (a typo is otherwise
+    ignored in silence, where the same typo in a config file is refused), with the
+    setting it most resembles."""
+    known = {f"DICOMCAST_{f.upper()}" for f in fields}
+    known |= {f"DICOMCAST_SOURCE_{f.upper()}" for f in SOURCE_FIELDS} | OTHER_VARIABLES
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("DICOMCAST_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = f": did you mean {close[0]}?" if close else ""
+        found.append(f"{name} is not a dicomcast setting and is ignored{hint}")
+    return found

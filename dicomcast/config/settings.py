@@ -9,6 +9,7 @@ and print as `**********` everywhere.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import zoneinfo
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from dicomcast.config.fhir import FhirServerSettings, readable_file
 from dicomcast.config.loading import (
@@ -32,7 +34,9 @@ from dicomcast.model import (
     PatientPolicy,
     UnknownIssuerPolicy,
 )
-from dicomcast.urls import is_absolute_uri
+from dicomcast.urls import is_absolute_uri, system_problem
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(FhirServerSettings):
@@ -221,6 +225,22 @@ class Settings(FhirServerSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    @field_validator("patient_id_system", "accession_system", "issuer_system_base")
+    @classmethod
+    def _system_uri(cls, value: str | None) -> str | None:
+        problem = system_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level: one of {', '.join(LOG_LEVELS)}")
+        return level
+
     @field_validator("issuer_systems")
     @classmethod
     def _issuer_uris(cls, value: dict[str, str]) -> dict[str, str]:
@@ -318,7 +338,9 @@ def _problems(exc: ValidationError) -> str:
             loc = (f"source_{loc[1]}", *loc[2:])
         return ".".join(str(p) for p in loc) or "settings"
 
-    return "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in exc.errors())
+    return "; ".join(
+        f"{where(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
+    )
 
 
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
@@ -335,3 +357,10 @@ def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
             return Settings(**flags)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {_problems(exc)}") from None
+    except SettingsError as exc:  # a list or table setting whose value is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"DICOMCAST_{field.group(1).upper()}" if field else "a setting"
+        raise ConfigError(
+            f"invalid settings: {name} is not valid JSON (a list or table setting takes "
+            'JSON, such as {"HOSP-A": "urn:oid:1.2.3"} or ["a", "b"])'
+        ) from None

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from dicomcast.urls import has_userinfo, without_userinfo
+from dicomcast.urls import has_userinfo, http_url_problem, system_problem, without_userinfo
 
 # Pub/Sub's own rules for the names: a project ID, and a subscription name.
 SUBSCRIPTION = re.compile(
@@ -216,6 +216,7 @@ class SourceSettings(BaseModel):
                     f"source {self.name}: client credentials need tenant_id (Entra ID) "
                     "or oauth_token_url"
                 )
+        self._check_urls()
         if self.public_url and has_userinfo(self.public_url):
             raise ValueError(
                 f"source {self.name}: public_url is published in FHIR Endpoints for every "
@@ -242,6 +243,29 @@ class SourceSettings(BaseModel):
         )
         if not self.region:
             raise ValueError(f"source {self.name}: aws-healthimaging needs region (or AWS_REGION)")
+
+    def _check_urls(self) -> None:
+        """Every URL an absolute http(s) one (a DIMSE source's is dicom://), and an
+        Orthanc source's its REST root, not its DICOMweb root."""
+        urls = {"public_url": self.public_url, "oauth_token_url": self.oauth_token_url}
+        if self.kind != "dimse":
+            urls["url"] = self.url or None
+        for name, value in urls.items():
+            problem = http_url_problem(value) if value else None
+            if problem:
+                raise ValueError(f"source {self.name}: {name} {problem}")
+        if self.kind == "orthanc" and self.url.endswith("/dicom-web"):
+            raise ValueError(
+                f"source {self.name}: url is Orthanc's REST root, without /dicom-web "
+                f"({self.url.removesuffix('/dicom-web')}); the DICOMweb path is added to it"
+            )
+        for name, system in (
+            ("patient_id_system", self.patient_id_system),
+            ("accession_system", self.accession_system),
+        ):
+            problem = system_problem(system) if system is not None else None
+            if problem:
+                raise ValueError(f"source {self.name}: {name} {problem}")
 
     def _check_pubsub(self) -> None:
         if self.kind != "dicomweb":

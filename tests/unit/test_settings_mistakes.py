@@ -1,0 +1,88 @@
+"""The mistakes a newcomer makes in settings, each answered in one line that names the
+setting and the fix (exit 2, never a traceback), or, for a variable that is no setting,
+warned at start with the setting it resembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dicomcast.cli import app
+
+runner = CliRunner()
+BASE = {
+    "DICOMCAST_SOURCE_URL": "http://orthanc.test:8042",
+    "DICOMCAST_FHIR_URL": "http://f.test/fhir",
+}
+
+
+def refused(**variables: str) -> str:
+    """What `check-config` says to these settings, which it must refuse: its one line."""
+    result = runner.invoke(app, ["check-config"], env={**BASE, **variables})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("DICOMCAST_PATIENT_ID_SYSTEM", "MRN", "must be an absolute URI such as urn:oid:1.2.3.4"),
+        ("DICOMCAST_PATIENT_ID_SYSTEM", "1.2.3.4", "an OID, not a URI: write urn:oid:1.2.3.4"),
+        ("DICOMCAST_ACCESSION_SYSTEM", "ACC", "must be an absolute URI"),
+        ("DICOMCAST_SOURCE_PATIENT_ID_SYSTEM", "2.16.840.1", "write urn:oid:2.16.840.1"),
+        ("DICOMCAST_ISSUER_SYSTEMS", '{"HOSP-A": "MRN"}', "need an absolute URI as system"),
+        ("DICOMCAST_ISSUER_SYSTEMS", "{bad json", "DICOMCAST_ISSUER_SYSTEMS is not valid JSON"),
+        ("DICOMCAST_LOG_LEVEL", "verbose", "'verbose' is not a log level: one of DEBUG, INFO"),
+        ("DICOMCAST_FHIR_URL", "fhir.example.org/fhir", "not an absolute http(s) URL"),
+        ("DICOMCAST_SOURCE_URL", "orthanc:8042", "url 'orthanc:8042' is not an absolute http(s)"),
+        ("DICOMCAST_SOURCE_URL", "http://orthanc:8042/dicom-web", "url is Orthanc's REST root"),
+    ],
+)
+def test_a_setting_given_wrong_is_refused_in_one_line_naming_it(
+    variable: str, value: str, said: str
+) -> None:
+    line = refused(**{variable: value})
+    assert line.startswith("dicomcast: invalid settings: ") and said in line
+    assert "Value error" not in line
+
+
+def warnings_of(**variables: str) -> list[str]:
+    """The stray-variable warnings `check-config` logs with these variables set."""
+    env = {**BASE, "DICOMCAST_LOG_FORMAT": "json", **variables}
+    result = runner.invoke(app, ["check-config"], env=env)
+    return [
+        json.loads(line)["msg"]
+        for line in result.stderr.splitlines()
+        if line.startswith("{") and "is not a dicomcast setting" in line
+    ]
+
+
+def test_a_variable_that_is_no_setting_is_warned_with_the_one_it_resembles() -> None:
+    typos = {"DICOMCAST_SOURCE_URLL": "http://x.test", "DICOMCAST_POLL_INTERVALL": "3"}
+    assert warnings_of(**typos, DICOMCAST_ZZZ="1") == [
+        "DICOMCAST_POLL_INTERVALL is not a dicomcast setting and is ignored: "
+        "did you mean DICOMCAST_POLL_INTERVAL?",
+        "DICOMCAST_SOURCE_URLL is not a dicomcast setting and is ignored: "
+        "did you mean DICOMCAST_SOURCE_URL?",
+        "DICOMCAST_ZZZ is not a dicomcast setting and is ignored",
+    ]
+
+
+def test_every_setting_and_the_variables_around_them_pass_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    assert (
+        warnings_of(
+            DICOMCAST_POLL_INTERVAL="3",
+            DICOMCAST_SOURCE_LOOKBACK_DAYS="3",
+            DICOMCAST_SECRETS_DIR=str(tmp_path),
+            DICOMCAST_LOG_FORMAT="json",
+        )
+        == []
+    )
