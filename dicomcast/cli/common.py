@@ -21,9 +21,16 @@ import typer
 
 from dicomcast.config import Settings, load_settings
 from dicomcast.config.loading import stray_variables
-from dicomcast.errors import ConfigError, DicomcastError, FatalError, OperatorError
+from dicomcast.errors import (
+    ConfigError,
+    DicomcastError,
+    FatalError,
+    OperatorError,
+    StateSchemaError,
+)
 from dicomcast.ops.logging import setup_logging
 from dicomcast.state.store import StateStore
+from dicomcast.urls import mask_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,6 +109,30 @@ def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
         return guard(lambda: fn(store))
     finally:
         store.close()
+
+
+def read_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
+    """As `with_store`, for a command that only reads: a state DB that does not exist is
+    never created (an empty one would report "0 failed, lag 0 s" as if all were well);
+    it is said there is none, where it was looked for (exit 2)."""
+    store = guard(lambda: StateStore.for_settings(settings))
+    try:
+        file = store.db.file
+        if file is not None and not file.exists():
+            guard(lambda: _none_at(f"{file.resolve()}"))
+        if not guard(store.schema_revision):
+            guard(lambda: _none_at(mask_url(settings.state_url)))
+        guard(store.migrate)
+        return guard(lambda: fn(store))
+    finally:
+        store.close()
+
+
+def _none_at(where: str) -> None:
+    raise StateSchemaError(
+        f"no dicomcast state database at {where}: nothing has run with these settings "
+        "here. Set DICOMCAST_STATE_URL to the worker's (or run from its folder)"
+    )
 
 
 def iso(epoch: float | None) -> str | None:

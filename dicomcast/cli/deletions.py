@@ -15,6 +15,7 @@ from dicomcast.cli.common import (
     SourceOption,
     iso,
     print_listing,
+    read_store,
     settings_from,
     source_names,
     with_store,
@@ -54,7 +55,7 @@ def deletions_list(
                 )
         return items
 
-    items = with_store(settings, read)
+    items = read_store(settings, read)
     if not print_listing(
         items,
         as_json=as_json,

@@ -17,6 +17,7 @@ from dicomcast.cli.common import (
     SourceOption,
     iso,
     print_listing,
+    read_store,
     settings_from,
     source_names,
     with_store,
@@ -33,6 +34,12 @@ failures = typer.Typer(help="Studies that failed or are backing off: list, show,
 cursor = typer.Typer(help="Where the worker reads the change feed from: show, set.")
 
 StudyArg = Annotated[str, typer.Argument(help="StudyInstanceUID, or the source's study key.")]
+
+
+def _reading(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
+    """`fn` on the state DB, for a command that only reads (none is created)."""
+    settings = settings_from(config)
+    return read_store(settings, lambda store: fn(settings, store))
 
 
 def _with_store(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
@@ -106,7 +113,7 @@ def failures_list(
     if feed:
         _feed_skips(config, source, as_json)
         return
-    rows = _with_store(
+    rows = _reading(
         config,
         lambda s, store: [r for n in source_names(s, store, source) for r in store.failures(n)],
     )
@@ -156,7 +163,7 @@ def _issuer_hint(items: list[dict[str, Any]]) -> None:
 
 
 def _feed_skips(config: Any, source: str | None, as_json: bool) -> None:
-    skips = _with_store(
+    skips = _reading(
         config,
         lambda s, store: [r for n in source_names(s, store, source) for r in store.feed_skips(n)],
     )
@@ -179,7 +186,7 @@ def failures_show(
 ) -> None:
     """The whole record of one study: error, the server's own words (its OperationOutcome,
     which can name the patient: for operators cleared to see patient data), warnings."""
-    rows = _with_store(
+    rows = _reading(
         config,
         lambda s, store: [
             r
@@ -249,7 +256,7 @@ def resync(study: StudyArg, config: ConfigOption = None, source: SourceOption = 
 @cursor.command("show")
 def cursor_show(config: ConfigOption = None, source: SourceOption = None) -> None:
     """The feed position, the feed's head, and which worker holds each source."""
-    summaries = _with_store(
+    summaries = _reading(
         config,
         lambda s, store: [store.summary(n) for n in source_names(s, store, source)],
     )

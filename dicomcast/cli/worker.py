@@ -16,9 +16,9 @@ from dicomcast.cli.common import (
     SourceOption,
     guard,
     iso,
+    read_store,
     settings_from,
     source_names,
-    with_store,
 )
 from dicomcast.config import Settings
 from dicomcast.model import BackfillProgress, SourceSummary, source_dependency
@@ -154,7 +154,7 @@ class _Progress:
 
 
 def _status(settings: Settings, only: str | None = None) -> dict[str, Any]:
-    summaries = with_store(
+    summaries = read_store(
         settings,
         lambda store: [store.summary(name) for name in source_names(settings, store, only)],
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,6 +225,14 @@ class Database:
     def migrate(self) -> bool:
         """Bring the schema to this version's head; refuse a DB written by a newer version.
         Returns True when the database was new (empty)."""
+        if self.file is not None and not self.file.exists():
+            folder = self.file.resolve().parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise ConfigError(
+                    f"cannot create the state database {self.file.resolve()}: {folder} is "
+                    "not a folder this process may write in. Set DICOMCAST_STATE_URL, e.g. "
+                    "sqlite:////var/lib/dicomcast/state.db"
+                )
         if self._at_head():
             return False
         from alembic import command

@@ -356,7 +356,8 @@ def test_resync_repairs_a_hand_edited_study_and_finds_studies_the_state_never_sa
 
     # A fresh state DB has never seen the study: resync asks Orthanc which study that is.
     fresh = env_for(make_settings(state_url=f"sqlite:///{tmp_path / 'fresh.db'}"))
-    assert runner.invoke(app, ["cursor", "show"], env=fresh).exit_code == 0
+    assert runner.invoke(app, ["cursor", "show"], env=fresh).exit_code == 2  # none made
+    assert not (tmp_path / "fresh.db").exists()
     found = runner.invoke(app, ["resync", spec.study_uid], env=fresh)
     assert found.exit_code == 0 and found.stdout.startswith("1 studies"), found.output
     missing = runner.invoke(app, ["resync", "1.2.3.4.5.6.7"], env=fresh)

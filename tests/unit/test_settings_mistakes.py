@@ -86,3 +86,41 @@ def test_every_setting_and_the_variables_around_them_pass_without_a_warning(
         )
         == []
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["failures", "list"],
+        ["failures", "list", "--feed"],
+        ["cursor", "show"],
+        ["deletions", "list"],
+    ],
+)
+def test_a_command_that_only_reads_never_creates_a_state_db(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`status` from another folder used to create an empty state DB there and report
+    '0 failed, lag 0.0 s' as if all were well."""
+    state = tmp_path / "state.db"
+    result = runner.invoke(app, command, env={**BASE, "DICOMCAST_STATE_URL": f"sqlite:///{state}"})
+    assert result.exit_code == 2 and not state.exists()
+    assert result.stderr.strip() == (
+        f"dicomcast: no dicomcast state database at {state}: nothing has run with these "
+        "settings here. Set DICOMCAST_STATE_URL to the worker's (or run from its folder)"
+    )
+
+
+def test_a_state_db_that_cannot_be_created_is_named_with_its_path(tmp_path: Path) -> None:
+    state = tmp_path / "missing-folder" / "state.db"
+    env = {**BASE, "DICOMCAST_STATE_URL": f"sqlite:///{state}", "DICOMCAST_HTTP_PORT": "0"}
+    env["DICOMCAST_PATIENT_ID_SYSTEM"] = "urn:oid:1.2.3"
+    result = runner.invoke(app, ["run", "--once"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dicomcast: cannot create the state database {state}: {state.parent} is not a "
+        "folder this process may write in. Set DICOMCAST_STATE_URL, e.g. "
+        "sqlite:////var/lib/dicomcast/state.db"
+    )
