@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -93,7 +94,9 @@ def check_config(config: ConfigOption = None) -> None:
     settings = settings_from(config)
     guard(settings.require_worker_settings)
     mappings = guard(lambda: load_mappings(settings))
-    typer.echo(f"settings    ok ({json.dumps(settings.public_dict(), default=str)})")
+    typer.echo("settings    ok (secrets masked)")
+    for name, value in _flat(settings.public_dict()):
+        typer.echo(f"  {name} = {json.dumps(value, default=str)}")
     typer.echo(f"mappings    ok ({mappings.folder})")
     failed = False
     probes: list[tuple[str, Callable[[], str]]] = [
@@ -112,6 +115,19 @@ def check_config(config: ConfigOption = None) -> None:
             failed = True
             typer.echo(f"{name:<{width}}FAILED: {exc}")
     raise typer.Exit(1 if failed else 0)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Settings one a line: a source's as `source.url`, a list's as `sources[0].url`;
+    unset ones left out."""
+    for name, value in values.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{name}.")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                yield from _flat(item, f"{prefix}{name}[{i}].")
+        elif value not in (None, "", [], {}):
+            yield f"{prefix}{name}", value
 
 
 def _probe_source(settings: Settings, config: SourceSettings) -> str:
@@ -178,9 +194,22 @@ def _learn_if_match(settings: Settings, fhir: FhirClient, mode: WriteMode) -> Wr
 
 
 def _probe_state(settings: Settings) -> str:
+    """What the state DB is, read only: a check creates nothing (the worker does)."""
+    from dicomcast.state.db import SCHEMA_HEAD
+
     store = StateStore.for_settings(settings)
     try:
-        store.migrate()
-        return f"schema {', '.join(sorted(store.schema_revision()))}"
+        file = store.db.file
+        if file is not None and not file.exists():
+            folder = file.resolve().parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise ConfigError(f"{file.resolve()} cannot be created: {folder} is not writable")
+            return f"none yet at {file.resolve()}: the worker creates it, schema {SCHEMA_HEAD}"
+        found = store.schema_revision()
+        if not found:
+            return f"empty: the worker creates schema {SCHEMA_HEAD}"
+        if found != {SCHEMA_HEAD}:
+            return f"schema {', '.join(sorted(found))}: the worker migrates it to {SCHEMA_HEAD}"
+        return f"schema {SCHEMA_HEAD}"
     finally:
         store.close()

@@ -186,9 +186,10 @@ def test_check_config_says_what_each_server_is_and_how_dicomcast_logs_in(
 ) -> None:
     from dicomcast.state.db import SCHEMA_HEAD
 
+    settings = make_settings()
     checked = subprocess.run(
         [sys.executable, "-m", "dicomcast", "check-config"],
-        env=env_for(make_settings()),
+        env=env_for(settings),
         capture_output=True,
         text=True,
         timeout=60,
@@ -201,4 +202,10 @@ def test_check_config_says_what_each_server_is_and_how_dicomcast_logs_in(
         "ok (FHIR 4.0.1; login: no login; writes: transaction Bundles of up to 100 entries;"
         " conditional create, If-Match)"
     )
-    assert lines["state"].endswith(f"ok (schema {SCHEMA_HEAD})")
+    state = settings.state_url.removeprefix("sqlite:///")
+    assert lines["state"].endswith(  # a check creates nothing
+        f"ok (none yet at {state}: the worker creates it, schema {SCHEMA_HEAD})"
+    )
+    assert not Path(state).exists()
+    assert "  state_url = " in checked.stdout  # the settings, one a line
+    assert lines["settings"] == "settings    ok (secrets masked)"

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomcast.cli import app
+from dicomcast.state.db import SCHEMA_HEAD
 
 runner = CliRunner()
 BASE = {
@@ -124,3 +125,27 @@ def test_a_state_db_that_cannot_be_created_is_named_with_its_path(tmp_path: Path
         "folder this process may write in. Set DICOMCAST_STATE_URL, e.g. "
         "sqlite:////var/lib/dicomcast/state.db"
     )
+
+
+def test_check_config_shows_the_settings_one_a_line_masked_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state.db"
+    env = {
+        **BASE,
+        "DICOMCAST_SOURCE_URL": "http://admin:s3cret@orthanc.test:8042",
+        "DICOMCAST_FHIR_CLIENT_SECRET": "hunter2",
+        "DICOMCAST_FHIR_CLIENT_ID": "dicomcast",
+        "DICOMCAST_FHIR_OAUTH_TOKEN_URL": "https://login.test/token",
+        "DICOMCAST_PATIENT_ID_SYSTEM": "urn:oid:1.2.3",
+        "DICOMCAST_STATE_URL": f"sqlite:///{state}",
+    }
+    result = runner.invoke(app, ["check-config"], env=env)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "settings    ok (secrets masked)"
+    assert '  source.url = "http://admin:***@orthanc.test:8042"' in lines
+    assert '  fhir_client_secret = "**********"' in lines
+    assert "s3cret" not in result.output and "hunter2" not in result.output
+    assert not state.exists()  # a check creates nothing: the worker does
+    (said,) = [line for line in lines if line.startswith("state")]
+    assert said.endswith(f"ok (none yet at {state}: the worker creates it, schema {SCHEMA_HEAD})")
