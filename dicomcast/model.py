@@ -249,6 +249,7 @@ class SourceSummary:
     last_poll_at: float | None = None
     resets: int = 0
     feed_skips: int = 0  # feed entries skipped because they could not be used
+    seen: int = 0  # clean without a sync: recorded as seen by `cursor set head`
     feed_error: str | None = None  # why the feed stopped on a stored value it cannot use
     backfill: BackfillProgress | None = None  # the newest unfinished backfill run
 

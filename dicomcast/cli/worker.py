@@ -174,7 +174,12 @@ def _source_status(info: SourceSummary) -> dict[str, Any]:
         "feed_head": head,
         "lag_events": lag,
         "lag_seconds": round(now - info.oldest_event, 1) if info.oldest_event else 0.0,
-        "studies": {k: info.counts.get(k, 0) for k in ("clean", "dirty", "failed")},
+        "studies": {
+            "clean": info.counts.get("clean", 0) - info.seen,
+            "dirty": info.counts.get("dirty", 0),
+            "failed": info.counts.get("failed", 0),
+        },
+        "seen_not_synced": info.seen,
         "deletions": {k: info.counts.get(k, 0) for k in ("held", "kept")},
         "oldest_dirty_age_s": round(now - info.oldest_dirty, 1) if info.oldest_dirty else None,
         "failures_by_kind": info.failures_by_kind,
@@ -230,7 +235,13 @@ def _status_text(info: dict[str, Any]) -> str:
         f"cursor / head   {info['cursor']} / {info['feed_head']}{behind}",
         f"lag             {info['lag_seconds']} s (oldest change not yet in FHIR)",
         f"studies         {studies['clean']} clean, {studies['dirty']} dirty, "
-        f"{studies['failed']} failed",
+        f"{studies['failed']} failed"
+        + (
+            f", {info['seen_not_synced']} seen, not synced (history skipped by `cursor set "
+            "head`: each is synced once it changes, or by `dicomcast backfill`)"
+            if info["seen_not_synced"]
+            else ""
+        ),
         f"oldest dirty    {info['oldest_dirty_age_s'] or '-'} s",
         f"last success    {info['last_success_at'] or '-'}",
         f"last poll       {info['last_poll_at'] or '-'}",

@@ -99,6 +99,15 @@ class Reports:
             skips = session.scalar(
                 select(func.count()).select_from(FeedSkipRow).where(FeedSkipRow.source == source)
             )
+            seen = session.scalar(  # recorded by `cursor set head`, never synced
+                select(func.count())
+                .select_from(StudyRow)
+                .where(
+                    StudyRow.source == source,
+                    StudyRow.status == "clean",
+                    StudyRow.last_synced_at.is_(None),
+                )
+            )
         return SourceSummary(
             source,
             cursor=row.cursor if row else None,
@@ -113,6 +122,7 @@ class Reports:
             last_poll_at=row.last_poll_at if row else None,
             resets=row.resets if row else 0,
             feed_skips=int(skips or 0),
+            seen=int(seen or 0),
             feed_error=row.feed_error if row else None,
             backfill=backfill[0] if backfill else None,
         )

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from dicomcast.cli import app
 from dicomcast.state.db import SCHEMA_HEAD
+from dicomcast.state.store import StateStore
 
 runner = CliRunner()
 BASE = {
@@ -149,3 +150,23 @@ def test_check_config_shows_the_settings_one_a_line_masked_and_creates_nothing(
     assert not state.exists()  # a check creates nothing: the worker does
     (said,) = [line for line in lines if line.startswith("state")]
     assert said.endswith(f"ok (none yet at {state}: the worker creates it, schema {SCHEMA_HEAD})")
+
+
+def test_studies_cursor_set_head_recorded_are_shown_as_seen_not_as_synced(tmp_path: Path) -> None:
+    """After `cursor set head`, `status` said "600 clean" although none was in FHIR."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore(url)
+    store.migrate()
+    store.ensure_source("default", "orthanc")
+    store.baseline("default", {f"study-{n}": 3 for n in range(600)})
+    store.close()
+    env = {**BASE, "DICOMCAST_STATE_URL": url}
+    result = runner.invoke(app, ["status"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (
+        "studies         0 clean, 0 dirty, 0 failed, 600 seen, not synced (history skipped "
+        "by `cursor set head`: each is synced once it changes, or by `dicomcast backfill`)"
+    ) in result.stdout.splitlines()
+    report = json.loads(runner.invoke(app, ["status", "--json"], env=env).stdout)
+    (source,) = report["sources"]
+    assert source["studies"]["clean"] == 0 and source["seen_not_synced"] == 600
