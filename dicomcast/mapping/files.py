@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from dicomcast.errors import MappingFileError
+from dicomcast.mapping.elements import check_elements
 from dicomcast.mapping.engine import TEMPLATE_KEYS, Compiler
 from dicomcast.mapping.runtime import Node
 from dicomcast.studyview import is_uid
@@ -77,6 +78,7 @@ def compile_file(
     declared = compiler.plain(keys["resourceType"]) if "resourceType" in keys else None
     if declared != resource_type:
         raise compiler.fail(root, f"resourceType must be {resource_type!r}, found {declared!r}")
+    check_elements(root, resource_type, path)
     build = compiler.compile(root, "")
     meta = ("resourceType", "tables", "instances_of", *TEMPLATE_KEYS)
     owned = frozenset(k for k in keys if k not in meta)

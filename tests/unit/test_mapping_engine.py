@@ -156,6 +156,45 @@ def test_broken_mapping_files_are_refused_with_file_and_line(
     assert message.replace("LINE", str(number + 1)) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            "descripton: {from: StudyDescription}",
+            "imagingstudy.yaml:LINE: 'descripton' is not an element of ImagingStudy: "
+            "did you mean 'description'?",
+        ),
+        (
+            "description: {form: StudyDescription}",
+            "imagingstudy.yaml:LINE: ImagingStudy.description takes a value, not an object "
+            "with 'form': did you mean the directive 'from'?",
+        ),
+        (
+            "note: [{txt: {from: StudyDescription}}]",
+            "imagingstudy.yaml:LINE: 'txt' is not an element of ImagingStudy.note: "
+            "did you mean 'text'?",
+        ),
+        (
+            "note: {foreach: series, each: {tetx: {from: SeriesDescription}}}",
+            "imagingstudy.yaml:LINE: 'tetx' is not an element of ImagingStudy.note: "
+            "did you mean 'text'?",
+        ),
+    ],
+)
+def test_a_misspelled_element_or_directive_is_refused_at_load_not_dropped_from_every_study(
+    folder: Path, edit: str, message: str
+) -> None:
+    """Before, `mappings ok`, and the element silently dropped from every study."""
+    path = folder / "imagingstudy.yaml"
+    lines = path.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("description:"))
+    lines[number] = edit
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MappingFileError) as caught:
+        Mappings.load(folder, MAPPING_CONFIG_KEYS)
+    assert message.replace("LINE", str(number + 1)) in str(caught.value)
+
+
 def test_missing_file_and_bad_table_are_refused(folder: Path) -> None:
     table = folder / "tables" / "laterality.csv"
     good = table.read_text()
