@@ -24,7 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dicomcast import runner
-from dicomcast.errors import StateUnavailable, failure_class, failure_label
+from dicomcast.errors import (
+    ConfigError,
+    FhirRejected,
+    StateUnavailable,
+    failure_class,
+    failure_label,
+)
 from dicomcast.mapping.settings import MappingConfigs
 from dicomcast.model import Kind, Outcome, RoundStats, StudyTask, source_dependency
 from dicomcast.ops.memory import release_free_memory, settle_heap
@@ -157,7 +163,14 @@ class Worker:
         for name, source in self.sources.items():
             location = source.default_location()
             if location is not None:
-                self.endpoints.ref(name, location)
+                try:
+                    self.endpoints.ref(name, location)
+                except FhirRejected as exc:
+                    if exc.status != 404:
+                        raise
+                    # A FHIR server answers a search with a Bundle, never 404: at start,
+                    # that is a FHIR URL that is no FHIR base (a 404 later is not fatal).
+                    raise ConfigError(f"{exc}: {self.app.fhir.not_a_base()}") from None
 
     def hold_source(self) -> bool:
         """Take or renew the leases that make this worker the sources' one tailer; True

@@ -22,6 +22,7 @@ from dicomcast.http import (
     make_client,
     send,
 )
+from dicomcast.urls import mask_url
 
 FHIR_JSON = "application/fhir+json"
 log = logging.getLogger(__name__)
@@ -140,12 +141,23 @@ class FhirClient:
         return f"FHIR {version}"
 
     def metadata(self) -> dict[str, Any]:
-        body = self._json("GET", "metadata", "FHIR capability statement")
+        try:
+            body = self._json("GET", "metadata", "FHIR capability statement")
+        except FhirRejected as exc:
+            if exc.status == 404:  # no FHIR base, or a gateway that hides its statement
+                raise FhirRejected(f"{exc}: {self.not_a_base()}", status=404) from None
+            raise
         if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
             raise FhirUnavailable(
-                "FHIR /metadata did not return a CapabilityStatement", outage=True
+                f"FHIR /metadata did not return a CapabilityStatement: {self.not_a_base()}",
+                outage=True,
             )
         return body
+
+    def not_a_base(self) -> str:
+        """What to tell someone whose FHIR URL answers as no FHIR base does."""
+        base = mask_url(str(self.http.base_url).rstrip("/"))
+        return f"is DICOMCAST_FHIR_URL ({base}) the FHIR base, often ending in /fhir?"
 
     def search(self, query: str) -> list[dict[str, Any]]:
         """Matches of `Type?params` (first page; identifier searches match few)."""

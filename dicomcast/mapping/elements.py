@@ -53,9 +53,7 @@ class _Walk:
             else:
                 self.template(keys, model, path, top)
 
-    def directive(
-        self, keys: Keys, model: Model, path: str
-    ) -> None:
+    def directive(self, keys: Keys, model: Model, path: str) -> None:
         """What a directive gives is an element value too: `foreach`'s `each` template and
         `first`'s alternatives are checked as the element they give."""
         if "foreach" in keys and "each" in keys:

@@ -30,6 +30,7 @@ from dicomcast.sources.base import ArchivePage, FeedPage, FetchedStudy, SourceCo
 from dicomcast.sources.dicomweb_reads import metadata, study_of
 from dicomcast.sources.rest import NotFound, RestSource, sequence_number
 from dicomcast.studyview import is_uid, text_value, whole_text
+from dicomcast.urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +70,30 @@ class OrthancSource(RestSource):
 
     def check(self, timeout: float = 5.0) -> str:
         """One quick, unretried GET /system: for readiness and `check-config`."""
-        response = send(
-            self.http,
-            "GET",
-            "system",
-            "Orthanc GET system",
-            SourceUnavailable,
-            SourceRejected,
-            timeout=timeout,
-            bounds=Bounds(deadline=timeout),
-        )
+        root = mask_url(self.settings.url)
+        hint = f"is DICOMCAST_SOURCE_URL ({root}) Orthanc's REST root, such as http://host:8042?"
+        try:
+            response = send(
+                self.http,
+                "GET",
+                "system",
+                "Orthanc GET system",
+                SourceUnavailable,
+                SourceRejected,
+                timeout=timeout,
+                bounds=Bounds(deadline=timeout),
+            )
+        except SourceRejected as exc:
+            if exc.status == 404:
+                raise SourceRejected(f"{exc}: {hint}", status=404) from None
+            raise
         try:
             system = response.json()
             about = f"Orthanc {system.get('Version', '?')} ({system.get('Name', '')})"
         except (ValueError, AttributeError):
-            raise SourceUnavailable("Orthanc /system did not return JSON", outage=True) from None
+            raise SourceUnavailable(
+                f"Orthanc /system did not return JSON: {hint}", outage=True
+            ) from None
         self._check_dicomweb(timeout)
         return f"{about}, DICOMweb plugin answers"
 

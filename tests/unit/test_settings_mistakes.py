@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from dicomcast.cli import app
 from dicomcast.state.db import SCHEMA_HEAD
 from dicomcast.state.store import StateStore
+from tests.loopback import Answer, Loopback
 
 runner = CliRunner()
 BASE = {
@@ -170,3 +171,41 @@ def test_studies_cursor_set_head_recorded_are_shown_as_seen_not_as_synced(tmp_pa
     report = json.loads(runner.invoke(app, ["status", "--json"], env=env).stdout)
     (source,) = report["sources"]
     assert source["studies"]["clean"] == 0 and source["seen_not_synced"] == 600
+
+
+class NotFound(Loopback):
+    """A web server that is neither Orthanc nor a FHIR base: 404 for everything."""
+
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        return 404, {"Content-Type": "text/html"}, b"<h1>Not Found</h1>"
+
+
+def test_urls_that_point_at_the_wrong_thing_are_answered_with_the_url_and_a_hint(
+    tmp_path: Path,
+) -> None:
+    with NotFound() as web:
+        env = {
+            "DICOMCAST_SOURCE_URL": web.url,
+            "DICOMCAST_FHIR_URL": web.url,
+            "DICOMCAST_PATIENT_ID_SYSTEM": "urn:oid:1.2.3",
+            "DICOMCAST_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+            "DICOMCAST_HTTP_PORT": "0",
+            "DICOMCAST_HTTP_RETRIES": "1",
+        }
+        checked = runner.invoke(app, ["check-config"], env=env)
+        lines = {line.split()[0]: line for line in checked.stdout.splitlines() if line.strip()}
+        assert lines["source:default"].endswith(
+            f"FAILED: Orthanc GET system: HTTP 404: is DICOMCAST_SOURCE_URL ({web.url}) "
+            "Orthanc's REST root, such as http://host:8042?"
+        )
+        assert lines["fhir"].endswith(
+            f"FAILED: FHIR capability statement: HTTP 404: is DICOMCAST_FHIR_URL ({web.url}) "
+            "the FHIR base, often ending in /fhir?"
+        )
+        ran = runner.invoke(app, ["run", "--once"], env=env)
+    assert ran.exit_code == 2  # a wrong URL is a setting to fix, not an outage to wait out
+    assert (
+        ran.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"is DICOMCAST_FHIR_URL ({web.url}) the FHIR base, often ending in /fhir?")
+    )
