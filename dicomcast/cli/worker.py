@@ -45,12 +45,17 @@ def run(
 
     built = guard(lambda: build_app(settings))
     worker = Worker(built)
+    interrupted = False
     try:
         if once:
             started = time.monotonic()
             progress = _Progress(built.store, list(built.sources)) if sys.stderr.isatty() else None
             try:
                 code = guard(lambda: worker.run_once(progress))
+            except KeyboardInterrupt:
+                worker.stop_event.set()  # said once the syncs under way have ended
+                interrupted = True
+                raise typer.Exit(130) from None
             finally:
                 if progress:
                     progress.done()
@@ -74,7 +79,21 @@ def run(
                 listener.stop()
     finally:
         worker.close()
+        said = _interrupted(worker) if interrupted else None
         built.close()
+        if said:
+            typer.echo(said, err=True)
+
+
+def _interrupted(worker: Worker) -> str:
+    """Ctrl-C during `run --once`: how far it got, and that nothing is lost (exit 130)."""
+    totals = worker.totals
+    done = sum(totals.get(k, 0) for k in ("synced", "unchanged", "deleted", "failed"))
+    waiting = worker.counts().get("dirty", 0)
+    return (
+        f"dicomcast: interrupted: {done} of {done + waiting} studies done; run again to "
+        "finish (the rest wait in the state DB, nothing is lost)"
+    )
 
 
 def _listen(settings: Settings, worker: Worker) -> Listener | None:

@@ -150,3 +150,38 @@ def test_logs_carry_no_patient_data_by_default(
         family = spec.patient_name.split("^")[0]
         for secret in (spec.patient_id, family, spec.birth_date):
             assert secret not in logs, secret
+
+
+def test_ctrl_c_during_run_once_says_how_far_it_got_and_that_nothing_is_lost(
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """It printed nothing and exited 130."""
+    specs = bulk_studies(40, 2, patients=4, prefix="ctrlc", series=1)
+    for spec in specs:
+        orthanc.upload([to_bytes(ds) for ds in instances(spec)])
+    settings = make_settings(concurrency=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomcast", "run", "--once"],
+        env=env_for(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(all_resources(fhir, "ImagingStudy")) < 3:  # under way
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("dicomcast: interrupted: ") and last.endswith(
+        f"of {len(specs)} studies done; run again to finish (the rest wait in the state DB, "
+        "nothing is lost)"
+    ), stderr[-2000:]
+    done = int(last.split("interrupted: ")[1].split(" of ")[0])
+    assert 3 <= done < len(specs)
+    assert run_once_cli(env_for(settings), timeout=120).returncode == 0  # and it finishes
+    assert len(all_resources(fhir, "ImagingStudy")) == len(specs)
