@@ -126,6 +126,12 @@ def build_app(
     carry the configured names. `adapt` changes what a configured one is built with (tests
     give a transport, a clock)."""
     settings.require_worker_settings()
+    if "timezone" not in settings.model_fields_set:
+        log.warning(
+            "DICOMCAST_TIMEZONE is not set: DICOM times without an offset "
+            "(TimezoneOffsetFromUTC) are read as UTC. Set it to the zone the modalities' "
+            "clocks run in (e.g. Europe/Berlin), or every such time is off by that much"
+        )
     if not settings.verify_tls:
         log.warning(
             "TLS certificate verification is OFF (DICOMCAST_VERIFY_TLS=false): any server can "

@@ -5,12 +5,15 @@ warned at start with the setting it resembles."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from dicomcast.app import build_app
 from dicomcast.cli import app
+from dicomcast.config import load_settings
 from dicomcast.state.db import SCHEMA_HEAD
 from dicomcast.state.store import StateStore
 from tests.loopback import Answer, Loopback
@@ -208,4 +211,32 @@ def test_urls_that_point_at_the_wrong_thing_are_answered_with_the_url_and_a_hint
         ran.stderr.strip()
         .splitlines()[-1]
         .endswith(f"is DICOMCAST_FHIR_URL ({web.url}) the FHIR base, often ending in /fhir?")
+    )
+
+
+@pytest.mark.parametrize("zone", [None, "Europe/Berlin", "UTC"])
+def test_a_timezone_left_unset_is_warned_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, zone: str | None
+) -> None:
+    """Left at UTC on a site in CET, every time was an hour or two off, unsaid."""
+    settings = load_settings(
+        None,
+        source_url="http://orthanc.test",
+        fhir_url="http://fhir.test/fhir",
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        patient_id_system="urn:oid:1.2.3",
+        http_port=0,
+        timezone=zone,
+    )
+    with caplog.at_level(logging.WARNING, logger="dicomcast.app"):
+        build_app(settings).close()
+    warned = [r.getMessage() for r in caplog.records if "DICOMCAST_TIMEZONE" in r.getMessage()]
+    assert warned == (
+        [
+            "DICOMCAST_TIMEZONE is not set: DICOM times without an offset "
+            "(TimezoneOffsetFromUTC) are read as UTC. Set it to the zone the modalities' "
+            "clocks run in (e.g. Europe/Berlin), or every such time is off by that much"
+        ]
+        if zone is None
+        else []  # set, even to UTC: the operator's choice
     )
