@@ -62,6 +62,13 @@ def backfill(
     wait: Annotated[
         bool, typer.Option(help="Follow the sync with a progress bar until it is done.")
     ] = True,
+    cancel: Annotated[
+        bool,
+        typer.Option(
+            "--cancel",
+            help="End the running backfill: its studies not synced yet are left as seen.",
+        ),
+    ] = False,
 ) -> None:
     """Sync the studies the archive holds already (e.g. on a fresh install, or after
     `cursor set head`), behind live changes: a live study is synced within the usual lag
@@ -76,7 +83,22 @@ def backfill(
     try:
         guard(store.migrate)
         names = guard(lambda: source_names(settings, store, source))
+        if cancel:
+            for name in names:
+                taken = guard(functools.partial(store.cancel_backfills, name))
+                typer.echo(
+                    f"backfill of {name} cancelled: {taken} studies not synced yet are left "
+                    "as seen (each is synced once it changes)"
+                )
+            return
         console = Console(stderr=True)
+        held = {n: guard(functools.partial(store.summary, n)).holder_now() for n in names}
+        idle = [n for n, holder in held.items() if holder is None]
+        for name in idle:
+            console.print(
+                f"no worker is running for {name}: the backfill waits for one; start "
+                "`dicomcast run`"
+            )
         for name in names:
             guard(
                 functools.partial(
@@ -88,7 +110,8 @@ def backfill(
             raise typer.Exit(code)
         for run in guard(lambda: _newest(store, names)):
             typer.echo(_line(run))
-        typer.echo("the workers sync them; see progress with: dicomcast status")
+        if not idle:
+            typer.echo("the workers sync them; see progress with: dicomcast status")
     finally:
         store.close()
 
@@ -189,7 +212,14 @@ def _follow(store: StateStore, names: list[str], console: Console) -> int:
                     break
                 time.sleep(1.0)
         except KeyboardInterrupt:
-            console.print("the backfill goes on in the workers; see: dicomcast status")
+            held = [n for n in names if store.summary(n).holder_now() is not None]
+            if held:
+                console.print("the backfill goes on in the workers; see: dicomcast status")
+            else:
+                console.print(
+                    "no worker is running: the backfill waits for `dicomcast run` "
+                    "(or: dicomcast backfill --cancel)"
+                )
             return 0
     for run in runs:
         typer.echo(_line(run))

@@ -147,6 +147,42 @@ class Backfills:
             )
         return marked
 
+    def cancel_backfills(self, source: str, now: float | None = None) -> int:
+        """End the source's unfinished runs: their studies not yet synced (and not being
+        synced now) go back to "seen, not synced", as `cursor set head` left them; live
+        changes to them are synced as ever. Returns how many were taken back."""
+        now = time.time() if now is None else now
+        with self.db.write("cancel_backfills") as session:
+            open_runs = select(BackfillRow.id).where(
+                BackfillRow.source == source, BackfillRow.finished_at.is_(None)
+            )
+            taken = session.execute(
+                update(StudyRow)
+                .where(
+                    StudyRow.source == source,
+                    StudyRow.status == "dirty",
+                    StudyRow.priority == BACKFILL,
+                    StudyRow.claimed_by.is_(None),
+                    StudyRow.backfill.in_(open_runs.scalar_subquery()),
+                )
+                .values(
+                    status="clean",
+                    generation=StudyRow.generation + 1,
+                    priority=0,
+                    backfill=None,
+                    attempts=0,
+                    dirty_since=None,
+                    event_time=None,
+                    next_attempt_at=None,
+                )
+            )
+            session.execute(
+                update(BackfillRow)
+                .where(BackfillRow.source == source, BackfillRow.finished_at.is_(None))
+                .values(finished_at=now, listed_at=func.coalesce(BackfillRow.listed_at, now))
+            )
+        return int(getattr(taken, "rowcount", 0) or 0)
+
     def backfill_limits(self) -> dict[str, Limits]:
         """The pace of each source's running backfill (the strictest, if several run);
         runs found settled on the way are recorded as finished."""

@@ -59,6 +59,11 @@ def test_a_backfill_syncs_the_history_that_cursor_set_head_skipped(
     listed = cli(env, "backfill", "--no-wait", "--page-size", "5")
     assert listed.returncode == 0, listed.stderr
     assert "12 studies listed, 12 to sync" in listed.stdout
+    assert (
+        "no worker is running for default: the backfill waits for one; start `dicomcast "
+        "run`" in " ".join(listed.stderr.split())
+    )
+    assert "the workers sync them" not in listed.stdout  # there are none
     status = json.loads(cli(env, "status", "--json").stdout)["sources"][0]
     assert status["backfill"]["to_sync"] == 12 and status["lag_seconds"] == 0.0
     assert run_once_cli(env, timeout=120).returncode == 0
@@ -138,3 +143,25 @@ def test_a_dimse_backfill_lists_a_date_span_a_month_a_query(
     assert listed.returncode == 0, listed.stderr
     assert run_once_cli(env, timeout=120).returncode == 0
     assert len(uids(fhir)) == 3  # the 2021 study lies outside both the span and the lookback
+
+
+def test_a_cancelled_backfill_leaves_the_history_seen_and_syncs_nothing_more(
+    orthanc: OrthancServer, fhir: FhirServer, make_settings: Callable[..., Settings]
+) -> None:
+    history = bulk_studies(6, 1, patients=2, prefix="cancel")
+    for spec in history:
+        orthanc.upload([to_bytes(ds) for ds in instances(spec)])
+    settle(orthanc)
+    env = env_for(make_settings())
+    assert cli(env, "cursor", "set", "head").returncode == 0
+    assert cli(env, "backfill", "--no-wait").returncode == 0
+    cancelled = cli(env, "backfill", "--cancel")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == (
+        "backfill of default cancelled: 6 studies not synced yet are left as seen (each is "
+        "synced once it changes)"
+    )
+    status = json.loads(cli(env, "status", "--json").stdout)["sources"][0]
+    assert status["backfill"] is None and status["seen_not_synced"] == 6
+    assert run_once_cli(env, timeout=120).returncode == 0
+    assert uids(fhir) == set()  # cancelled: nothing of the history synced

@@ -153,3 +153,20 @@ def test_a_stored_limit_the_pace_cannot_use_runs_unpaced_instead_of_stalling() -
     pace = BackfillPace(per_round=8, clock=lambda: 5.0)
     pace.update(store.backfill_limits(), workers=3)
     assert pace.admit("s", 10) == 8  # no OverflowError, no stall
+
+
+def test_a_cancelled_backfill_leaves_its_unsynced_studies_as_seen() -> None:
+    """`backfill --cancel`: what it had not synced is as `cursor set head` left it; a
+    study being synced, and one a live change lifted, are left to finish."""
+    store = store_with()
+    run = store.open_backfill("s", None, None, None, None, now=0.0)
+    store.mark_backfill(run, ["a", "b", "c", "d"], None, now=0.0)
+    (claimed,) = store.claim_due("s", "w", 60, 1, priority=BACKFILL, now=1.0)
+    lifted = next(k for k in "abcd" if k != claimed.study_key)
+    store.mark_dirty("s", [DirtyMark(lifted, 2.0)], now=2.0)  # a live change to it
+    assert store.cancel_backfills("s", now=3.0) == 2
+    summary = store.summary("s")
+    assert summary.seen == 2 and summary.backfill is None  # the run is over
+    assert [t.study_key for t in store.claim_due("s", "w2", 60, 10, now=4.0)] == [lifted]
+    assert store.claim_due("s", "w2", 60, 10, priority=BACKFILL, now=4.0) == []
+    assert store.cancel_backfills("s", now=5.0) == 0  # nothing left to cancel
