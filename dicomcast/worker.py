@@ -39,7 +39,7 @@ from dicomcast.sources.base import Source
 from dicomcast.state.locks import StudyLocks
 from dicomcast.sync.endpoints import Endpoints
 from dicomcast.sync.feed import Feed, per_source
-from dicomcast.sync.leases import SourceLeases
+from dicomcast.sync.leases import SourceLeases, process_name, refuse_a_twin
 from dicomcast.sync.multisource import MultiSource
 from dicomcast.sync.pace import BackfillPace
 from dicomcast.sync.pauses import Pause, Pauses
@@ -65,6 +65,7 @@ class Worker:
         self.store = app.store
         self.metrics = app.metrics
         self.owner = owner or settings.worker_id
+        self.instance = process_name()  # which process speaks as `owner`
         self.stop_event = threading.Event()
         self.totals: Counter[str] = Counter()
         self.progress_at = time.time()  # the loop's heartbeat, for /livez
@@ -149,7 +150,10 @@ class Worker:
     # --- start-up
 
     def prepare(self) -> None:
-        """Register the sources, take back our stale claims, find or create the Endpoints."""
+        """Refuse a worker name another live process uses; register the sources, take back
+        our stale claims, find or create the Endpoints."""
+        refuse_a_twin(self.store, self.owner, self.instance, self.settings.feed_lease)
+        self.store.heartbeat(self.owner, within=0, instance=self.instance)
         for name, source in self.sources.items():
             self.store.ensure_source(name, source.kind)
             released = self.store.release_claims(name, self.owner)
@@ -188,7 +192,9 @@ class Worker:
     def follow_backfills(self) -> None:
         """Say this worker is alive, and learn which backfills run, their limits and how
         many workers share them (at every poll of the feed)."""
-        live = self.store.heartbeat(self.owner, within=3 * self.settings.poll_interval + 10)
+        live = self.store.heartbeat(
+            self.owner, within=3 * self.settings.poll_interval + 10, instance=self.instance
+        )
         self.pace.update(self.store.backfill_limits(), workers=live)
 
     # --- syncing

@@ -64,12 +64,22 @@ class Cursors:
                 )
             )
 
-    def heartbeat(self, owner: str, within: float, now: float | None = None) -> int:
-        """Record that `owner` is alive; returns how many workers were seen within the
-        last `within` seconds (this one included)."""
+    def last_heard(self, owner: str) -> tuple[str | None, float] | None:
+        """Which process last spoke as `owner` (host:pid), and when; None: never."""
+        with self.db.read("last_heard") as session:
+            row = session.get(WorkerRow, owner)
+            return (row.instance, row.seen_at) if row else None
+
+    def heartbeat(
+        self, owner: str, within: float, now: float | None = None, instance: str | None = None
+    ) -> int:
+        """Record that `owner` (this process: `instance`) is alive; returns how many
+        workers were seen within the last `within` seconds (this one included)."""
         now = time.time() if now is None else now
-        stmt = self.db.insert()(WorkerRow).values(name=owner, seen_at=now)
-        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"seen_at": now})
+        stmt = self.db.insert()(WorkerRow).values(name=owner, seen_at=now, instance=instance)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"seen_at": now, "instance": instance}
+        )
         with self.db.write("heartbeat") as session:
             session.execute(stmt)
             seen = session.scalar(

@@ -94,6 +94,7 @@ class WorkerRow(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     seen_at: Mapped[float] = mapped_column(Float)
+    instance: Mapped[str | None] = mapped_column(String(200))  # host:pid (migration 0010)
 
 
 class BackfillRow(Base):

@@ -8,10 +8,13 @@ leases back at once, so `cursor set` and the next worker need not wait.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from dicomcast.errors import StateUnavailable
+from dicomcast.errors import ConfigError, StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +58,46 @@ class SourceLeases:
             except StateUnavailable as exc:
                 log.warning("could not release the source lease: %s", exc, extra={"source": name})
             self.tailing[name] = False
+
+
+def process_name() -> str:
+    """This process, as the workers table names it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heard(Protocol):
+    def last_heard(self, owner: str) -> tuple[str | None, float] | None: ...
+
+
+def refuse_a_twin(
+    store: Heard, owner: str, instance: str, lease: float, now: float | None = None
+) -> None:
+    """Refuse to start under a worker name another live process uses (two workers with
+    the default WORKER_ID, the host name, on one machine both believed they held the
+    feed). A process of this host that is gone is a crash being restarted: not a twin."""
+    heard = store.last_heard(owner)
+    if heard is None:
+        return
+    other, at = heard
+    if other is None or other == instance:
+        return
+    age = (time.time() if now is None else now) - at
+    if age > lease:
+        return
+    host, _, pid = other.rpartition(":")
+    if host == instance.rpartition(":")[0] and not _alive(pid):
+        return
+    raise ConfigError(
+        f"another worker runs as DICOMCAST_WORKER_ID={owner} on this state database "
+        f"({other}, heard {age:.0f} s ago): give each worker its own DICOMCAST_WORKER_ID"
+    )
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,10 @@ from typer.testing import CliRunner
 from dicomcast.app import build_app
 from dicomcast.cli import app
 from dicomcast.config import load_settings
+from dicomcast.errors import ConfigError
 from dicomcast.state.db import SCHEMA_HEAD
 from dicomcast.state.store import StateStore
+from dicomcast.sync.leases import refuse_a_twin
 from tests.loopback import Answer, Loopback
 
 runner = CliRunner()
@@ -240,3 +244,29 @@ def test_a_timezone_left_unset_is_warned_at_start(
         if zone is None
         else []  # set, even to UTC: the operator's choice
     )
+
+
+def test_a_second_live_worker_under_the_same_name_is_refused_and_a_restart_is_not() -> None:
+    """Two workers with the default WORKER_ID (the host name) on one machine both believed
+    they held the feed, silently."""
+    store = StateStore("sqlite://")
+    store.migrate()
+    here = socket.gethostname()
+    me = f"{here}:{os.getpid()}"
+    store.heartbeat("vm", within=0, now=100.0, instance=f"{here}:{os.getppid()}")  # alive
+    with pytest.raises(ConfigError) as refused:
+        refuse_a_twin(store, "vm", me, lease=30, now=101.0)
+    assert str(refused.value) == (
+        f"another worker runs as DICOMCAST_WORKER_ID=vm on this state database "
+        f"({here}:{os.getppid()}, heard 1 s ago): give each worker its own DICOMCAST_WORKER_ID"
+    )
+    store.heartbeat("vm", within=0, now=100.0, instance="other-host:1")  # another machine
+    with pytest.raises(ConfigError):
+        refuse_a_twin(store, "vm", me, lease=30, now=101.0)
+    refuse_a_twin(store, "vm", me, lease=30, now=200.0)  # not heard for a lease: gone
+    store.heartbeat("vm", within=0, now=100.0, instance=f"{here}:999999999")  # died: a restart
+    refuse_a_twin(store, "vm", me, lease=30, now=101.0)
+    store.heartbeat("vm", within=0, now=100.0, instance=me)  # this very process
+    refuse_a_twin(store, "vm", me, lease=30, now=101.0)
+    refuse_a_twin(store, "another-name", me, lease=30, now=101.0)
+    store.close()
