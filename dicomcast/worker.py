@@ -14,6 +14,7 @@ clears by itself when the server answers again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -135,6 +136,8 @@ class Worker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        with contextlib.suppress(StateUnavailable):  # then only a lease's wait for the next
+            self.store.leave(self.owner, self.instance)  # a clean exit: the name is free
 
     def beat(self) -> None:
         self.progress_at = time.time()
@@ -169,11 +172,9 @@ class Worker:
             if location is not None:
                 try:
                     self.endpoints.ref(name, location)
-                except FhirRejected as exc:
+                except FhirRejected as exc:  # a FHIR base answers a search, never 404
                     if exc.status != 404:
                         raise
-                    # A FHIR server answers a search with a Bundle, never 404: at start,
-                    # that is a FHIR URL that is no FHIR base (a 404 later is not fatal).
                     raise ConfigError(f"{exc}: {self.app.fhir.not_a_base()}") from None
 
     def hold_source(self) -> bool:

@@ -70,6 +70,15 @@ class Cursors:
             row = session.get(WorkerRow, owner)
             return (row.instance, row.seen_at) if row else None
 
+    def leave(self, owner: str, instance: str) -> None:
+        """This process no longer speaks as `owner` (a clean exit): the name is free."""
+        with self.db.write("leave") as session:
+            session.execute(
+                update(WorkerRow)
+                .where(WorkerRow.name == owner, WorkerRow.instance == instance)
+                .values(instance=None)
+            )
+
     def heartbeat(
         self, owner: str, within: float, now: float | None = None, instance: str | None = None
     ) -> int:

@@ -263,6 +263,9 @@ def test_a_second_live_worker_under_the_same_name_is_refused_and_a_restart_is_no
     store.heartbeat("vm", within=0, now=100.0, instance="other-host:1")  # another machine
     with pytest.raises(ConfigError):
         refuse_a_twin(store, "vm", me, lease=30, now=101.0)
+    store.leave("vm", "other-host:1")  # it exited cleanly: the name is free at once
+    refuse_a_twin(store, "vm", me, lease=30, now=101.0)
+    store.heartbeat("vm", within=0, now=100.0, instance="other-host:1")
     refuse_a_twin(store, "vm", me, lease=30, now=200.0)  # not heard for a lease: gone
     store.heartbeat("vm", within=0, now=100.0, instance=f"{here}:999999999")  # died: a restart
     refuse_a_twin(store, "vm", me, lease=30, now=101.0)
