@@ -162,17 +162,22 @@ class Mappings:
         folder = folder or default_mapping_dir()
         if not folder.is_dir():
             raise MappingFileError(f"mapping folder {folder} does not exist")
+        # The bundled files' element names are checked by the tests (on a copy), not at
+        # each start: the check imports the FHIR models, 0.1 s a start-up.
+        check = folder.resolve() != default_mapping_dir().resolve()
         tables = load_tables(folder / "tables")
         resources = {}
         for resource_type, name in RESOURCE_FILES.items():
             path = folder / name
             if not path.is_file():
                 raise MappingFileError(f"{folder}: {name} is missing (maps {resource_type})")
-            resources[resource_type] = compile_file(path, resource_type, tables, config_keys)
+            resources[resource_type] = compile_file(
+                path, resource_type, tables, config_keys, check=check
+            )
         for resource_type, name in INSTANCE_FILES.items() if per_instance else ():
             path = folder / name
             if path.is_file():
-                mapping = compile_file(path, resource_type, tables, config_keys)
+                mapping = compile_file(path, resource_type, tables, config_keys, check=check)
                 if mapping.instances_of is None:
                     raise MappingFileError(f"{name}:1: instances_of: is missing")
                 resources[resource_type] = mapping

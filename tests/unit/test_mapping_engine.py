@@ -279,3 +279,9 @@ def test_the_tags_the_mappings_read_are_all_a_source_needs_to_keep() -> None:
             b.observations,
             b.warnings,
         )
+
+
+def test_the_bundled_mappings_name_only_fhir_elements(folder: Path) -> None:
+    """They are not checked at each start (0.1 s of model imports): checked here, on a
+    copy, as any user's folder is at its start."""
+    assert Mappings.load(folder, MAPPING_CONFIG_KEYS).folder == folder
