@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,11 @@ def _show(args: argparse.Namespace, orthanc: OrthancServer, fhir: FhirServer) ->
         "DICOMCAST_LOG_LEVEL": "WARNING",
     }
     dicomcast = [sys.executable, "-m", "dicomcast"]
+    print("\nthe settings it runs with (to try commands against these servers yourself,")
+    print("start the demo with --keep and paste these into another shell):")
+    for name, value in env.items():
+        if name.startswith("DICOMCAST_") and name not in os.environ:
+            print(f"  export {name}={shlex.quote(value)}")
     print("\n$ dicomcast run --once")
     started = time.monotonic()
     code = subprocess.run([*dicomcast, "run", "--once"], env=env, check=False).returncode
