@@ -123,6 +123,7 @@ def _health(worker: Worker) -> Health:
         probes[source_dependency(name)] = source.check
         probes[f"feed:{name}"] = functools.partial(worker.feed.check, name)
     probes["fhir"] = app.fhir.ping
+    app.metrics.watch_pauses(worker.pauses)
     return Health(
         probes,
         worker,

@@ -139,7 +139,6 @@ class Health:
         paused = {}
         for name, pause in self.pauses.items():
             active = pause.active(now)
-            self.metrics.paused.labels(name).set(1 if active else 0)
             if active:
                 paused[name] = {"for_s": round(pause.until - now, 1), "failure": pause.kind}
         ok = all(v == "ok" for v in checks.values())

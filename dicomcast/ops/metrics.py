@@ -8,10 +8,11 @@ by `StateCollector`, so every worker process reports the same truth and nothing 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -167,6 +168,18 @@ class Metrics:
 
     def watch_state(self, store: Summaries, sources: Callable[[], Sequence[str]]) -> None:
         self.registry.register(StateCollector(store, sources))
+
+    def watch_pauses(self, pauses: Mapping[str, Pausing]) -> None:
+        """`dicomcast_paused` read at each scrape: a pause shows from the moment it is
+        tripped (the log's "pausing"), not from the next `/readyz` request."""
+        for name, pause in pauses.items():
+            self.paused.labels(name).set_function(
+                functools.partial(lambda p: 1.0 if p.active() else 0.0, pause)
+            )
+
+
+class Pausing(Protocol):
+    def active(self, now: float | None = None) -> bool: ...
 
 
 def _number(value: str | None) -> float:

@@ -280,3 +280,28 @@ def test_every_counter_an_alert_reads_starts_at_zero(tmp_path: Path) -> None:
     )
     worker.close()
     worker.app.close()
+
+
+def test_a_pause_shows_in_the_metric_from_the_moment_it_is_tripped() -> None:
+    """dicomcast_paused was set only when /readyz was asked: at start-up, the log said
+    'pausing' while /metrics said 0."""
+    from prometheus_client import generate_latest
+
+    from dicomcast.ops.metrics import Metrics
+    from dicomcast.sync.pauses import Pauses
+
+    now = [100.0]
+    pauses = Pauses(["fhir", "state"], 1.0, 10.0, clock=lambda: now[0], jitter=lambda a, b: a)
+    metrics = Metrics()
+    metrics.watch_pauses(pauses)
+
+    def paused(name: str) -> str:
+        line = f'dicomcast_paused{{dependency="{name}"}}'
+        text = generate_latest(metrics.registry).decode()
+        return next(ln for ln in text.splitlines() if ln.startswith(line)).split()[-1]
+
+    assert paused("fhir") == "0.0"
+    pauses["fhir"].trip("FHIR server unreachable", now=100.0)
+    assert paused("fhir") == "1.0" and paused("state") == "0.0"
+    now[0] = 1000.0  # the pause ran out
+    assert paused("fhir") == "0.0"
