@@ -101,8 +101,22 @@ class TextFormatter(logging.Formatter):
         return f"{text}  {extra}" if extra else text
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to `sys.stderr` as it is at each record: a live progress bar (`run --once`
+    on a terminal) puts a proxy there that prints lines above the bar, where a handler
+    holding the stream it was given would write through the bar."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: str = "auto", phi: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter(phi) if use_json else TextFormatter(phi))
     handler.addFilter(PhiFilter(phi))

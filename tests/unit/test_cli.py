@@ -61,3 +61,22 @@ def test_run_once_progress_counts_settled_of_settled_and_waiting() -> None:
         assert task.fields["detail"] == "1 failed, 4 synced"
     finally:
         progress.done()
+
+
+def test_log_lines_during_a_live_progress_bar_print_above_it() -> None:
+    """`run --once` on a terminal: the bar and the per-study log lines interleaved, the
+    handler writing to the stream it was given, past rich's live display."""
+    import io
+    import logging
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from dicomcast.ops.logging import setup_logging
+
+    setup_logging("INFO", "text")
+    screen = io.StringIO()
+    with Progress(console=Console(file=screen, force_terminal=True, width=80)) as bar:
+        bar.add_task("studies", total=10)
+        logging.getLogger("dicomcast.worker").warning("a study was parked")
+    assert "a study was parked" in screen.getvalue()  # through the live display's console
