@@ -21,6 +21,7 @@ from dicomcast.cli.common import (
     source_names,
 )
 from dicomcast.config import Settings
+from dicomcast.errors import failure_label
 from dicomcast.model import BackfillProgress, SourceSummary, source_dependency
 from dicomcast.sources.rest import sequence_number
 from dicomcast.state.store import StateStore
@@ -100,9 +101,14 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
     if not settings.http_port:
         return None
     from dicomcast.ops.listener import Listener
+    from dicomcast.ops.status_page import StatusPage
 
     try:
-        return Listener(_health(worker).start(), settings.http_host, settings.http_port).start()
+        health = _health(worker).start()
+        page = StatusPage(
+            lambda: _page_report(worker), lambda: health.ready().body["paused"]
+        ).start()
+        return Listener(health, settings.http_host, settings.http_port, page).start()
     except OSError as exc:
         typer.echo(
             f"dicomcast: cannot listen on {settings.http_host}:{settings.http_port}: "
@@ -110,6 +116,25 @@ def _listen(settings: Settings, worker: Worker) -> Listener | None:
             err=True,
         )
         raise typer.Exit(2) from None
+
+
+def _page_report(worker: Worker) -> dict[str, Any]:
+    """`status --json` of this worker's sources, with each one's latest failures (their
+    kind and study UID only), for the status page."""
+    store = worker.app.store
+    sources = []
+    for name in worker.sources:
+        info = _source_status(store.summary(name))
+        info["latest_failures"] = [
+            {
+                "study_uid": row.study_uid,
+                "kind": failure_label(row.error_kind or "error", row.error_status),
+                "at": iso(row.failed_at),
+            }
+            for row in store.failures(name)[-10:][::-1]
+        ]
+        sources.append(info)
+    return {"sources": sources}
 
 
 def _health(worker: Worker) -> Health:

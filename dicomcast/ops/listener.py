@@ -1,6 +1,7 @@
-"""The worker's HTTP listener: `/livez`, `/readyz` (JSON bodies) and `/metrics` (Prometheus
-text format). Standard library server on its own threads: it answers even while every
-sync thread is busy, and a slow probe never blocks a scrape of another."""
+"""The worker's HTTP listener: `/livez`, `/readyz` (JSON bodies), `/metrics` (Prometheus
+text format), and the status page (`/`, `/status.json`). Standard library server on its
+own threads: it answers even while every sync thread is busy, and a slow probe never
+blocks a scrape of another."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dicomcast.ops.health import Health, Report
+from dicomcast.ops.status_page import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class Listener:
-    def __init__(self, health: Health, host: str, port: int) -> None:
+    def __init__(
+        self, health: Health, host: str, port: int, page: StatusPage | None = None
+    ) -> None:
         self.health = health
         registry = health.metrics.registry
 
@@ -39,6 +43,11 @@ class Listener:
                     self._report(health.live())
                 elif path == "/readyz":
                     self._report(health.ready())
+                elif page is not None and path == "/":
+                    self._send(200, page.html().encode(), "text/html; charset=utf-8")
+                elif page is not None and path == "/status.json":
+                    body = json.dumps(page.sample(), indent=1).encode() + b"\n"
+                    self._send(200, body, "application/json")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

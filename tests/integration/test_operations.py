@@ -209,3 +209,42 @@ def test_check_config_says_what_each_server_is_and_how_dicomcast_logs_in(
     assert not Path(state).exists()
     assert "  state_url = " in checked.stdout  # the settings, one a line
     assert lines["settings"] == "settings    ok (secrets masked)"
+
+
+def test_the_status_page_shows_a_running_worker_and_no_patient_data(
+    orthanc: OrthancServer,
+    fhir: FhirServer,
+    make_settings: Callable[..., Settings],
+) -> None:
+    specs = demo_studies()
+    upload(orthanc, specs)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomcast", "run"],
+        env=env_for(make_settings(http_port=port, poll_interval=0.3)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("every study", lambda: len(all_resources(fhir, "ImagingStudy")) == len(specs))
+
+        def clean() -> int:
+            with httpx.Client() as http:
+                data = http.get(f"{base}/status.json").json()
+            return int(data["sources"][0]["studies"]["clean"])
+
+        wait_for("the page to count them", lambda: clean() == len(specs))
+        with httpx.Client() as http:
+            page = http.get(f"{base}/")
+            data = http.get(f"{base}/status.json").json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<h2>default</h2>" in page.text and f"{len(specs)} clean, 0 waiting" in page.text
+    assert "<svg" in page.text and "nothing paused" in page.text
+    assert data["lag_history"]["default"] and data["paused"] == {}
+    for spec in specs:  # the page and its data name studies by UID, never patients
+        for secret in (spec.patient_id, spec.patient_name.split("^")[0]):
+            assert secret not in page.text and secret not in json.dumps(data), secret
