@@ -261,14 +261,30 @@ def status(
     config: ConfigOption = None,
     source: SourceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Refresh every this many seconds until Ctrl-C."),
+    ] = None,
 ) -> None:
     """Show how far behind FHIR is, per source: events and seconds, dirty and failed
     studies, by reason."""
-    report = _status(settings_from(config), source)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    typer.echo("\n\n".join(_status_text(info) for info in report["sources"]))
+    settings = settings_from(config)
+    while True:
+        report = _status(settings, source)
+        if watch and not as_json:
+            if sys.stdout.isatty():
+                typer.echo("\033[2J\033[H", nl=False)  # the screen cleared, cursor home
+            typer.echo(f"dicomcast status, every {watch:g} s (Ctrl-C to stop)\n")
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            typer.echo("\n\n".join(_status_text(info) for info in report["sources"]))
+        if not watch:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
 
 
 def _status_text(info: dict[str, Any]) -> str:

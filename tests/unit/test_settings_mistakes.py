@@ -273,3 +273,34 @@ def test_a_second_live_worker_under_the_same_name_is_refused_and_a_restart_is_no
     refuse_a_twin(store, "vm", me, lease=30, now=101.0)
     refuse_a_twin(store, "another-name", me, lease=30, now=101.0)
     store.close()
+
+
+def test_status_watch_refreshes_until_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore(url)
+    store.migrate()
+    store.ensure_source("default", "orthanc")
+    store.close()
+    env = {**os.environ, **BASE, "DICOMCAST_STATE_URL": url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomcast", "status", "--watch", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline, seen, studies = time.monotonic() + 30, 0, 0
+    while seen < 3:  # three refreshes printed: then Ctrl-C
+        assert time.monotonic() < deadline and proc.poll() is None
+        line = proc.stdout.readline()
+        seen += line.startswith("dicomcast status, every 0.2 s (Ctrl-C to stop)")
+        studies += line.startswith("studies         0 clean, 0 dirty, 0 failed")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0 and studies >= 2
