@@ -269,22 +269,26 @@ def status(
     """Show how far behind FHIR is, per source: events and seconds, dirty and failed
     studies, by reason."""
     settings = settings_from(config)
-    while True:
-        report = _status(settings, source)
-        if watch and not as_json:
-            if sys.stdout.isatty():
-                typer.echo("\033[2J\033[H", nl=False)  # the screen cleared, cursor home
-            typer.echo(f"dicomcast status, every {watch:g} s (Ctrl-C to stop)\n")
-        if as_json:
-            typer.echo(json.dumps(report, indent=2))
-        else:
-            typer.echo("\n\n".join(_status_text(info) for info in report["sources"]))
-        if not watch:
-            return
-        try:
+    try:
+        while True:
+            _show_status(_status(settings, source), as_json, watch)
+            if not watch:
+                return
             time.sleep(watch)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:  # how --watch ends, whenever it comes
+        if not watch:
+            raise
+
+
+def _show_status(report: dict[str, Any], as_json: bool, watch: float | None) -> None:
+    if watch and not as_json:
+        if sys.stdout.isatty():
+            typer.echo("\033[2J\033[H", nl=False)  # the screen cleared, cursor home
+        typer.echo(f"dicomcast status, every {watch:g} s (Ctrl-C to stop)\n")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo("\n\n".join(_status_text(info) for info in report["sources"]))
 
 
 def _status_text(info: dict[str, Any]) -> str:
