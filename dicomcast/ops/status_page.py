@@ -123,16 +123,22 @@ def plot(points: list[list[float]], width: int = 600, height: int = 120) -> str:
         return "<p>no samples yet</p>"
     end = points[-1][0]
     top = max(1.0, max(lag for _, lag in points))
-    xy = " ".join(
-        f"{width - (end - at) / WINDOW * width:.1f},{height - lag / top * height:.1f}"
+    pad = 4  # the line stays inside the frame at 0 s and at the top
+    xy = [
+        (width - (end - at) / WINDOW * width, height - pad - lag / top * (height - 2 * pad))
         for at, lag in points
-    )
+    ]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    now_x, now_y = xy[-1]
     return (
         f'<svg role="img" aria-label="lag over the last hour, up to {top:.0f} s" '
         f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
         f'<rect width="{width}" height="{height}" fill="#f6f6f6"/>'
-        f'<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{xy}"/>'
-        f'<text x="4" y="14" font-size="12">{top:.0f} s</text></svg>'
+        f'<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{line}"/>'
+        f'<circle cx="{now_x:.1f}" cy="{now_y:.1f}" r="3" fill="#c0392b"/>'
+        f'<text x="4" y="14" font-size="12">{top:.0f} s</text>'
+        f'<text x="{width - 4}" y="{height - 6}" font-size="12" text-anchor="end">now</text>'
+        "</svg>"
     )
 
 

@@ -211,10 +211,24 @@ def test_check_config_says_what_each_server_is_and_how_dicomcast_logs_in(
     assert lines["settings"] == "settings    ok (secrets masked)"
 
 
+def browser(url: str, *args: str) -> str:
+    """Headless Chromium (Debian's, installed by scripts/setup) on `url`: its output."""
+    done = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", *args, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def test_the_status_page_shows_a_running_worker_and_no_patient_data(
     orthanc: OrthancServer,
     fhir: FhirServer,
     make_settings: Callable[..., Settings],
+    tmp_path: Path,
 ) -> None:
     specs = demo_studies()
     upload(orthanc, specs)
@@ -238,6 +252,9 @@ def test_the_status_page_shows_a_running_worker_and_no_patient_data(
         with httpx.Client() as http:
             page = http.get(f"{base}/")
             data = http.get(f"{base}/status.json").json()
+        seen = browser(f"{base}/", "--dump-dom")
+        shot = tmp_path / "status-page.png"
+        browser(f"{base}/", f"--screenshot={shot}", "--window-size=1000,1100")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -245,6 +262,10 @@ def test_the_status_page_shows_a_running_worker_and_no_patient_data(
     assert "<h2>default</h2>" in page.text and f"{len(specs)} clean, 0 waiting" in page.text
     assert "<svg" in page.text and "nothing paused" in page.text
     assert data["lag_history"]["default"] and data["paused"] == {}
+    # What a person sees in a real browser: the page as Chromium rendered it, and a picture.
+    assert "<h2>default</h2>" in seen and f"{len(specs)} clean, 0 waiting" in seen
+    assert "<svg" in seen and "<polyline" in seen
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     for spec in specs:  # the page and its data name studies by UID, never patients
         for secret in (spec.patient_id, spec.patient_name.split("^")[0]):
             assert secret not in page.text and secret not in json.dumps(data), secret

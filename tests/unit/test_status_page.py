@@ -68,5 +68,5 @@ def test_the_lag_of_the_last_hour_is_sampled_and_older_samples_dropped() -> None
 
 def test_the_plot_draws_the_hour_to_scale() -> None:
     svg = plot([[0.0, 0.0], [WINDOW / 2, 30.0], [WINDOW, 60.0]], width=600, height=120)
-    assert 'points="0.0,120.0 300.0,60.0 600.0,0.0"' in svg and "60 s" in svg
+    assert 'points="0.0,116.0 300.0,60.0 600.0,4.0"' in svg and "60 s" in svg
     assert plot([]) == "<p>no samples yet</p>"
