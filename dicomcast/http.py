@@ -28,6 +28,7 @@ from tenacity import (
 )
 
 from dicomcast.errors import ConfigError, FhirConflict, Rejected, RetriableError
+from dicomcast.urls import mask_url
 
 T = TypeVar("T")
 Observer = Callable[[int | None, float], None]
@@ -332,6 +333,10 @@ def send(
         raise rejected(f"{what}: answer over {limit:,} bytes", status=413) from None
     except (httpx.TimeoutException, _TooSlow):
         raise failed(f"no full answer within {bounds.deadline:g} s") from None
+    except httpx.ConnectError as exc:  # nothing there: say where it was looked for
+        where = mask_url(f"{request.url.scheme}://{request.url.netloc.decode()}")
+        problem = _tls_problem(exc) or f"ConnectError: nothing answers at {where}"
+        raise failed(problem) from None
     except httpx.TransportError as exc:
         raise failed(_tls_problem(exc) or type(exc).__name__) from None
     except RetriableError as exc:

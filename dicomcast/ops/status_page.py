@@ -86,7 +86,8 @@ def _source(source: Mapping[str, Any], lag: list[list[float]]) -> str:
         (
             "studies",
             f"{studies.get('clean', 0)} clean, {studies.get('dirty', 0)} waiting, "
-            f"{studies.get('failed', 0)} failed, {source.get('seen_not_synced', 0)} seen",
+            f"{studies.get('failed', 0)} failed, {source.get('seen_not_synced', 0)} seen, "
+            f"{source.get('deletions', {}).get('held', 0)} deletions held",
         ),
         ("feed", f"{source.get('cursor')} of {source.get('feed_head')}"),
         ("tailed by", source.get("held_by") or "no worker"),

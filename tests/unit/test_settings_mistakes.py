@@ -17,6 +17,7 @@ from dicomcast.app import build_app
 from dicomcast.cli import app
 from dicomcast.config import load_settings
 from dicomcast.errors import ConfigError
+from dicomcast.http import RetryPolicy
 from dicomcast.state.db import SCHEMA_HEAD
 from dicomcast.state.store import StateStore
 from dicomcast.sync.leases import refuse_a_twin
@@ -304,3 +305,19 @@ def test_status_watch_refreshes_until_ctrl_c(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=10)
     assert proc.returncode == 0 and studies >= 2
+
+
+def test_a_server_that_is_not_there_is_named_by_its_address() -> None:
+    """A FHIR URL with nothing behind it said only 'ConnectError'."""
+    from dicomcast.errors import FhirUnavailable
+    from dicomcast.fhir.client import FhirClient
+    from dicomcast.sandbox.servers import free_port
+
+    port = free_port()  # nothing listens there
+    client = FhirClient(f"http://127.0.0.1:{port}/fhir", retry=RetryPolicy(attempts=1))
+    with pytest.raises(FhirUnavailable) as caught:
+        client.metadata()
+    client.close()
+    assert str(caught.value) == (
+        f"FHIR capability statement: ConnectError: nothing answers at http://127.0.0.1:{port}"
+    )

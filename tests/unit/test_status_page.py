@@ -16,6 +16,7 @@ def source(**extra: Any) -> dict[str, Any]:
         "lag_seconds": 12.5,
         "studies": {"clean": 600, "dirty": 3, "failed": 1},
         "seen_not_synced": 20,
+        "deletions": {"held": 2, "kept": 0},
         "held_by": "worker-1",
         "last_success_at": "2026-12-08T01:00:00Z",
         "feed_error": None,
@@ -39,7 +40,7 @@ def test_the_page_shows_each_source_at_a_glance_escaped() -> None:
     assert "<h2>pacs-&lt;east&gt;</h2>" in text and "<east>" not in text
     for said in (
         "12.5 s (oldest change not yet in FHIR)",
-        "600 clean, 3 waiting, 1 failed, 20 seen",
+        "600 clean, 3 waiting, 1 failed, 20 seen, 2 deletions held",
         "41 of 50",
         "40 of 100 done, 1 failed, 2.5/s, about 24 s left",
         "FhirRejected HTTP 422: study 1.2.3.4",
