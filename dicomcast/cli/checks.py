@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -201,9 +200,7 @@ def _probe_state(settings: Settings) -> str:
     try:
         file = store.db.file
         if file is not None and not file.exists():
-            folder = file.resolve().parent
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
-                raise ConfigError(f"{file.resolve()} cannot be created: {folder} is not writable")
+            store.db.check_creatable()
             return f"none yet at {file.resolve()}: the worker creates it, schema {SCHEMA_HEAD}"
         found = store.schema_revision()
         if not found:

@@ -101,10 +101,19 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
     return settings
 
 
-def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
-    """Open the state DB (migrated), run `fn` on it, close it; errors become exit codes."""
+def with_store(settings: Settings, fn: Callable[[StateStore], T], *, create: bool = True) -> T:
+    """Open the state DB (migrated), run `fn` on it, close it; errors become exit codes.
+    Without `create` (a command that only reads), a state DB that does not exist is never
+    created (an empty one would report "0 failed, lag 0 s" as if all were well): it is
+    said there is none, where it was looked for (exit 2)."""
     store = guard(lambda: StateStore.for_settings(settings))  # a bad URL: one line, exit 2
     try:
+        if not create:
+            file = store.db.file
+            if file is not None and not file.exists():
+                guard(lambda: _none_at(f"{file.resolve()}"))
+            if not guard(store.schema_revision):
+                guard(lambda: _none_at(mask_url(settings.state_url)))
         guard(store.migrate)
         return guard(lambda: fn(store))
     finally:
@@ -112,20 +121,8 @@ def with_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
 
 
 def read_store(settings: Settings, fn: Callable[[StateStore], T]) -> T:
-    """As `with_store`, for a command that only reads: a state DB that does not exist is
-    never created (an empty one would report "0 failed, lag 0 s" as if all were well);
-    it is said there is none, where it was looked for (exit 2)."""
-    store = guard(lambda: StateStore.for_settings(settings))
-    try:
-        file = store.db.file
-        if file is not None and not file.exists():
-            guard(lambda: _none_at(f"{file.resolve()}"))
-        if not guard(store.schema_revision):
-            guard(lambda: _none_at(mask_url(settings.state_url)))
-        guard(store.migrate)
-        return guard(lambda: fn(store))
-    finally:
-        store.close()
+    """`with_store` for a command that only reads: none is created."""
+    return with_store(settings, fn, create=False)
 
 
 def _none_at(where: str) -> None:

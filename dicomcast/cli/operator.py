@@ -17,7 +17,6 @@ from dicomcast.cli.common import (
     SourceOption,
     iso,
     print_listing,
-    read_store,
     settings_from,
     source_names,
     with_store,
@@ -36,15 +35,14 @@ cursor = typer.Typer(help="Where the worker reads the change feed from: show, se
 StudyArg = Annotated[str, typer.Argument(help="StudyInstanceUID, or the source's study key.")]
 
 
+def _with_store(config: Any, fn: Callable[[Settings, StateStore], T], *, create: bool = True) -> T:
+    """`fn` on the state DB; without `create` (a command that only reads) none is made."""
+    settings = settings_from(config)
+    return with_store(settings, lambda store: fn(settings, store), create=create)
+
+
 def _reading(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
-    """`fn` on the state DB, for a command that only reads (none is created)."""
-    settings = settings_from(config)
-    return read_store(settings, lambda store: fn(settings, store))
-
-
-def _with_store(config: Any, fn: Callable[[Settings, StateStore], T]) -> T:
-    settings = settings_from(config)
-    return with_store(settings, lambda store: fn(settings, store))
+    return _with_store(config, fn, create=False)
 
 
 def _failure(row: StudyRow, *, phi: bool = False) -> dict[str, Any]:

@@ -222,17 +222,23 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         return cfg
 
+    def check_creatable(self) -> None:
+        """ConfigError, naming the file, for a SQLite file that does not exist and cannot
+        be created (its folder is missing or not writable); nothing is created."""
+        if self.file is None or self.file.exists():
+            return
+        folder = self.file.resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ConfigError(
+                f"cannot create the state database {self.file.resolve()}: {folder} is "
+                "not a folder this process may write in. Set DICOMCAST_STATE_URL, e.g. "
+                "sqlite:////var/lib/dicomcast/state.db"
+            )
+
     def migrate(self) -> bool:
         """Bring the schema to this version's head; refuse a DB written by a newer version.
         Returns True when the database was new (empty)."""
-        if self.file is not None and not self.file.exists():
-            folder = self.file.resolve().parent
-            if not folder.is_dir() or not os.access(folder, os.W_OK):
-                raise ConfigError(
-                    f"cannot create the state database {self.file.resolve()}: {folder} is "
-                    "not a folder this process may write in. Set DICOMCAST_STATE_URL, e.g. "
-                    "sqlite:////var/lib/dicomcast/state.db"
-                )
+        self.check_creatable()
         if self._at_head():
             return False
         from alembic import command

@@ -128,6 +128,19 @@ def test_a_user_folder_changes_an_element_without_python(folder: Path) -> None:
     assert study["description"] == "no description"
 
 
+def refusal(folder: Path, edit: str) -> tuple[str, int]:
+    """What loading says when imagingstudy.yaml's description line is `edit`, and the
+    line's number."""
+    path = folder / "imagingstudy.yaml"
+    lines = path.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith("description:"))
+    lines[number] = edit
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MappingFileError) as caught:
+        Mappings.load(folder, MAPPING_CONFIG_KEYS)
+    return str(caught.value), number + 1
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -146,14 +159,8 @@ def test_a_user_folder_changes_an_element_without_python(folder: Path) -> None:
 def test_broken_mapping_files_are_refused_with_file_and_line(
     folder: Path, edit: str, message: str
 ) -> None:
-    path = folder / "imagingstudy.yaml"
-    lines = path.read_text().splitlines()
-    number = next(i for i, line in enumerate(lines) if line.startswith("description:"))
-    lines[number] = edit
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MappingFileError) as caught:
-        Mappings.load(folder, MAPPING_CONFIG_KEYS)
-    assert message.replace("LINE", str(number + 1)) in str(caught.value)
+    said, line = refusal(folder, edit)
+    assert message.replace("LINE", str(line)) in said
 
 
 @pytest.mark.parametrize(
@@ -185,14 +192,8 @@ def test_a_misspelled_element_or_directive_is_refused_at_load_not_dropped_from_e
     folder: Path, edit: str, message: str
 ) -> None:
     """Before, `mappings ok`, and the element silently dropped from every study."""
-    path = folder / "imagingstudy.yaml"
-    lines = path.read_text().splitlines()
-    number = next(i for i, line in enumerate(lines) if line.startswith("description:"))
-    lines[number] = edit
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(MappingFileError) as caught:
-        Mappings.load(folder, MAPPING_CONFIG_KEYS)
-    assert message.replace("LINE", str(number + 1)) in str(caught.value)
+    said, line = refusal(folder, edit)
+    assert message.replace("LINE", str(line)) in said
 
 
 def test_missing_file_and_bad_table_are_refused(folder: Path) -> None:
